@@ -1,0 +1,36 @@
+"""Pure lattices of crdtim: no I/O, no imports from the rest of the package."""
+
+from .conversation import (
+    DEFAULT_SCHEMA,
+    Conversation,
+    ConversationMap,
+    Field,
+    Schema,
+    conversation_view,
+    join_fields,
+    novel_fields,
+)
+from .flag import CausalContext, Flag
+from .hlc import DEFAULT_MAX_DRIFT_MS, ClockDriftError, Hlc
+from .lww import BOTTOM_STAMP, Lww, Stamp
+from .maxreg import MaxReg
+
+__all__ = [
+    "BOTTOM_STAMP",
+    "CausalContext",
+    "ClockDriftError",
+    "Conversation",
+    "ConversationMap",
+    "DEFAULT_MAX_DRIFT_MS",
+    "DEFAULT_SCHEMA",
+    "Field",
+    "Flag",
+    "Hlc",
+    "Lww",
+    "MaxReg",
+    "Schema",
+    "Stamp",
+    "conversation_view",
+    "join_fields",
+    "novel_fields",
+]

@@ -1,0 +1,298 @@
+"""The state of all of a user's conversations: a map conversation id -> field -> lattice.
+
+The fields are declared once, in a `Schema` (name, small wire tag, lattice); the map, its join,
+its delta mutators, the novel-part function and the codec all read that table, so an
+embedding app adds e.g. an `archived` flag with `DEFAULT_SCHEMA.extend(...)` and writes no
+other code. A delta is a map of the same shape holding only the fields that changed; states
+and deltas share one join (Almeida et al., "Delta State Replicated Data Types", 2018).
+
+Only non-bottom fields are stored, and conversations with none are dropped, so equal states
+are equal dicts: equality is structural. No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+from .flag import Flag
+from .hlc import Hlc
+from .lww import Lww, Stamp
+from .maxreg import MaxReg
+
+__all__ = [
+    "Field",
+    "Schema",
+    "DEFAULT_SCHEMA",
+    "Fields",
+    "ConversationMap",
+    "Conversation",
+    "join_fields",
+    "novel_fields",
+    "conversation_view",
+]
+
+LATTICES = (Lww, Flag, MaxReg)
+
+#: One conversation's state: field name -> non-bottom lattice state.
+Fields = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    tag: int  # small integer used on the wire and on disk instead of the name
+    lattice: type
+    # The field's stamps are hybrid-logical-clock readings, so a replica receiving it must
+    # advance its clock past them (and refuse readings too far in the future).
+    clocked: bool = False
+
+
+class Schema:
+    """The table of conversation fields; the single place a field is declared."""
+
+    def __init__(self, fields: Iterable[Field]):
+        self.fields: tuple[Field, ...] = tuple(fields)
+        self.by_name: dict[str, Field] = {}
+        self.by_tag: dict[int, Field] = {}
+        for f in self.fields:
+            if f.lattice not in LATTICES:
+                raise ValueError(f"field {f.name!r}: unknown lattice {f.lattice!r}")
+            if not 0 <= f.tag < 128:
+                raise ValueError(f"field {f.name!r}: tag {f.tag} is not in 0..127")
+            if f.name in self.by_name or f.tag in self.by_tag:
+                raise ValueError(f"field {f.name!r} (tag {f.tag}) is declared twice")
+            self.by_name[f.name] = f
+            self.by_tag[f.tag] = f
+
+    def extend(self, *fields: Field) -> Schema:
+        return Schema(self.fields + fields)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schema) and self.fields == other.fields
+
+    def __hash__(self) -> int:
+        return hash(self.fields)
+
+    def __repr__(self) -> str:
+        return f"Schema({[f.name for f in self.fields]})"
+
+
+DEFAULT_SCHEMA = Schema(
+    [
+        Field("title", 0, Lww, clocked=True),
+        Field("pinned", 1, Flag),
+        Field("muted", 2, Flag),
+        Field("last_seq", 3, MaxReg),
+        Field("read_seq", 4, MaxReg),
+        # Keyed by (message time, sequence, replica): the newest message wins, not the
+        # newest arrival.
+        Field("last_message", 5, Lww),
+    ]
+)
+
+
+def join_fields(a: Fields, b: Fields) -> Fields:
+    """Join of two conversations' field states (neither argument is changed)."""
+    if not b:
+        return a
+    if not a:
+        return b
+    out = dict(a)
+    for name, state in b.items():
+        mine = out.get(name)
+        out[name] = state if mine is None else mine.join(state)
+    return out
+
+
+def novel_fields(state: Fields, delta: Fields) -> Fields:
+    """The fields of `delta` that would change `state` (Enes et al., ICDE 2019, "removing
+    redundant state", at field granularity): state ⊔ result == state ⊔ delta."""
+    out = {}
+    for name, d in delta.items():
+        mine = state.get(name)
+        if mine is None or mine.join(d) != mine:
+            out[name] = d
+    return out
+
+
+def _normalized(convs: Mapping[str, Fields]) -> dict[str, Fields]:
+    out = {}
+    for cid, fields in convs.items():
+        kept = {name: s for name, s in fields.items() if not s.is_bottom()}
+        if kept:
+            out[cid] = kept
+    return out
+
+
+class ConversationMap:
+    """A state or a delta: conversation id -> {field name -> lattice state}.
+
+    Immutable in use: join and the mutators return new maps. Equality is structural.
+    """
+
+    __slots__ = ("convs", "schema")
+
+    def __init__(self, convs: Mapping[str, Fields] | None = None, schema: Schema = DEFAULT_SCHEMA):
+        self.schema = schema
+        self.convs: dict[str, Fields] = _normalized(convs) if convs else {}
+
+    # -- lattice ---------------------------------------------------------------------------
+
+    @classmethod
+    def bottom(cls, schema: Schema = DEFAULT_SCHEMA) -> ConversationMap:
+        return cls(None, schema)
+
+    def is_bottom(self) -> bool:
+        return not self.convs
+
+    def join(self, other: ConversationMap) -> ConversationMap:
+        out = dict(self.convs)
+        for cid, fields in other.convs.items():
+            out[cid] = join_fields(out.get(cid, {}), fields)
+        return self._new(out)
+
+    def novel(self, delta: ConversationMap) -> ConversationMap:
+        """The part of `delta` that is new to this state; self ⊔ it == self ⊔ delta."""
+        out = {}
+        for cid, fields in delta.convs.items():
+            part = novel_fields(self.convs.get(cid, {}), fields)
+            if part:
+                out[cid] = part
+        return self._new(out)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConversationMap):
+            return NotImplemented
+        return self.convs == other.convs
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ConversationMap({self.convs!r})"
+
+    def __len__(self) -> int:
+        return len(self.convs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.convs)
+
+    def fields(self, cid: str) -> Fields:
+        return self.convs.get(cid, {})
+
+    def max_clock(self) -> Hlc | None:
+        """The largest hybrid-clock reading in the map's clocked fields, if any."""
+        best = None
+        clocked = [f.name for f in self.schema.fields if f.clocked]
+        for fields in self.convs.values():
+            for name in clocked:
+                s = fields.get(name)
+                if s is not None and (best is None or s.stamp[:2] > best):
+                    best = Hlc(s.stamp.wall, s.stamp.counter)
+        return best
+
+    # -- delta mutators: each returns the delta (a map holding just the change) --------------
+
+    def set_register(self, cid: str, name: str, value: str, stamp: Stamp) -> ConversationMap:
+        return self._one(cid, name, Lww(stamp, value))
+
+    def set_title(self, cid: str, text: str, stamp: Stamp) -> ConversationMap:
+        return self.set_register(cid, "title", text, stamp)
+
+    def enable(self, cid: str, name: str, replica: str) -> ConversationMap:
+        return self._one(cid, name, self._field(cid, name).enable(replica))
+
+    def disable(self, cid: str, name: str) -> ConversationMap:
+        return self._one(cid, name, self._field(cid, name).disable())
+
+    def raise_to(self, cid: str, name: str, n: int) -> ConversationMap:
+        return self._one(cid, name, self._field(cid, name).raise_to(n))
+
+    def message_arrived(
+        self, cid: str, seq: int, preview: str, at: int, replica: str
+    ) -> ConversationMap:
+        last = self._field(cid, "last_message")
+        fields = {
+            "last_seq": self._field(cid, "last_seq").raise_to(seq),
+            "last_message": last.join(Lww(Stamp(at, seq, replica), preview)),
+        }
+        if fields["last_message"] == last:
+            del fields["last_message"]
+        return self._new({cid: fields})
+
+    def mark_read(self, cid: str, seq: int) -> ConversationMap:
+        return self.raise_to(cid, "read_seq", seq)
+
+    # -- views --------------------------------------------------------------------------------
+
+    def view(self, cid: str) -> Conversation | None:
+        fields = self.convs.get(cid)
+        return None if fields is None else conversation_view(cid, fields, self.schema)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _field(self, cid: str, name: str) -> Any:
+        state = self.convs.get(cid, {}).get(name)
+        return self.schema.by_name[name].lattice.bottom() if state is None else state
+
+    def _one(self, cid: str, name: str, state: Any) -> ConversationMap:
+        return self._new({cid: {name: state}})
+
+    def _new(self, convs: dict[str, Fields]) -> ConversationMap:
+        return ConversationMap(convs, self.schema)
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """What a user sees of one conversation: the value of its lattices."""
+
+    id: str
+    title: str = ""
+    pinned: bool = False
+    muted: bool = False
+    unread: int = 0
+    last_seq: int = 0
+    read_seq: int = 0
+    last_preview: str = ""
+    last_at: int = 0
+    # Values of fields an embedding app added to the schema, by name.
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {name: getattr(self, name) for name in _VIEW_NAMES}
+        if self.extra:
+            d["extra"] = dict(self.extra)
+        return d
+
+
+_VIEW_NAMES = (
+    "id", "title", "pinned", "muted", "unread", "last_seq", "read_seq", "last_preview", "last_at"
+)
+_BUILTIN = {f.name for f in DEFAULT_SCHEMA.fields}
+
+
+def conversation_view(cid: str, fields: Fields, schema: Schema = DEFAULT_SCHEMA) -> Conversation:
+    def val(name: str, default: Any) -> Any:
+        s = fields.get(name)
+        return default if s is None else s.value
+
+    last_seq = val("last_seq", 0)
+    read_seq = val("read_seq", 0)
+    last = fields.get("last_message")
+    extra = {
+        f.name: (fields[f.name].value if f.name in fields else f.lattice.bottom().value)
+        for f in schema.fields
+        if f.name not in _BUILTIN
+    }
+    return Conversation(
+        id=cid,
+        title=val("title", ""),
+        pinned=val("pinned", False),
+        muted=val("muted", False),
+        unread=max(0, last_seq - read_seq),
+        last_seq=last_seq,
+        read_seq=read_seq,
+        last_preview="" if last is None else last.value,
+        last_at=0 if last is None else last.stamp.wall,
+        extra=extra,
+    )

@@ -1,0 +1,44 @@
+"""The errors crdtim raises to its callers; each names what was wrong."""
+
+from __future__ import annotations
+
+from .crdt.hlc import ClockDriftError
+
+__all__ = [
+    "CrdtimError",
+    "DecodeError",
+    "ClockDriftError",
+    "StoreError",
+    "NotAReplicaError",
+    "FormatVersionError",
+    "CorruptStoreError",
+    "ReplicaClosedError",
+]
+
+
+class CrdtimError(Exception):
+    """Base of the errors crdtim raises on purpose."""
+
+
+class DecodeError(CrdtimError, ValueError):
+    """Bytes that are not a valid crdtim encoding; the message says what was wrong."""
+
+
+class StoreError(CrdtimError):
+    """The replica directory cannot be used."""
+
+
+class NotAReplicaError(StoreError):
+    """The directory holds something that is not a crdtim replica."""
+
+
+class FormatVersionError(StoreError):
+    """The replica was written by a newer (or unknown) storage format."""
+
+
+class CorruptStoreError(StoreError):
+    """The replica's files are damaged."""
+
+
+class ReplicaClosedError(CrdtimError):
+    """The replica was used after close()."""

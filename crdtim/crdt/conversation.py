@@ -29,6 +29,7 @@ __all__ = [
     "Conversation",
     "join_fields",
     "novel_fields",
+    "message_arrived_delta",
     "conversation_view",
 ]
 
@@ -114,6 +115,23 @@ def novel_fields(state: Fields, delta: Fields) -> Fields:
         if mine is None or mine.join(d) != mine:
             out[name] = d
     return out
+
+
+def message_arrived_delta(state: Fields, seq: int, preview: str, at: int, replica: str) -> Fields:
+    """Delta mutator on one conversation: message `seq` sent at `at` ms has arrived.
+
+    Raises last_seq, and becomes the last message if it is newer (by message time, then
+    sequence) than the one shown; only the fields that change are in the delta.
+    """
+    delta: Fields = {}
+    last_seq = state.get("last_seq", MaxReg.bottom()).raise_to(seq)
+    if not last_seq.is_bottom():
+        delta["last_seq"] = last_seq
+    message = Lww(Stamp(at, seq, replica), preview)
+    shown = state.get("last_message")
+    if shown is None or shown.join(message) != shown:
+        delta["last_message"] = message
+    return delta
 
 
 def _normalized(convs: Mapping[str, Fields]) -> dict[str, Fields]:
@@ -211,14 +229,7 @@ class ConversationMap:
     def message_arrived(
         self, cid: str, seq: int, preview: str, at: int, replica: str
     ) -> ConversationMap:
-        last = self._field(cid, "last_message")
-        fields = {
-            "last_seq": self._field(cid, "last_seq").raise_to(seq),
-            "last_message": last.join(Lww(Stamp(at, seq, replica), preview)),
-        }
-        if fields["last_message"] == last:
-            del fields["last_message"]
-        return self._new({cid: fields})
+        return self._new({cid: message_arrived_delta(self.fields(cid), seq, preview, at, replica)})
 
     def mark_read(self, cid: str, seq: int) -> ConversationMap:
         return self.raise_to(cid, "read_seq", seq)

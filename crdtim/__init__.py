@@ -1,0 +1,42 @@
+"""crdtim: coordination-free replication of instant-messaging conversation state.
+
+Every replica accepts writes at once, offline too; replicas exchange delta-states and
+converge whatever the order, loss or duplication of messages. See README.md and specs/.
+"""
+
+from .crdt import Conversation, ConversationMap, DEFAULT_SCHEMA, Field, Schema
+from .errors import (
+    ClockDriftError,
+    CorruptStoreError,
+    CrdtimError,
+    DecodeError,
+    FormatVersionError,
+    NotAReplicaError,
+    ReplicaClosedError,
+    StoreError,
+)
+from .replica import Change, InvalidArgument, Page, Replica, Subscription
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Change",
+    "ClockDriftError",
+    "Conversation",
+    "ConversationMap",
+    "CorruptStoreError",
+    "CrdtimError",
+    "DEFAULT_SCHEMA",
+    "DecodeError",
+    "Field",
+    "FormatVersionError",
+    "InvalidArgument",
+    "NotAReplicaError",
+    "Page",
+    "Replica",
+    "ReplicaClosedError",
+    "Schema",
+    "StoreError",
+    "Subscription",
+    "__version__",
+]

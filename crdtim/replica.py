@@ -1,0 +1,647 @@
+"""Replica: one durable copy of a user's conversation state, and the embedding API.
+
+Local mutators, remote deltas, the delta log with each entry's origin, per-peer acks and
+change subscriptions. Every mutation -- one local op, a batch, or one received delta -- is a
+single LMDB write transaction that moves state, ordering index, log, clock and acks together,
+so a crash at any instant leaves either all of it or none (durable once the call returns, in
+`sync` mode). Encoding is codec.py's job and storage store.py's; this module holds what the
+bytes mean. Not thread-safe: use a replica from one thread (trio task or plain code) at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+import trio
+
+from . import codec
+from .crdt import (
+    DEFAULT_MAX_DRIFT_MS,
+    DEFAULT_SCHEMA,
+    Conversation,
+    ConversationMap,
+    Hlc,
+    Lww,
+    Schema,
+    Stamp,
+    conversation_view,
+    join_fields,
+    novel_fields,
+)
+from .crdt import hlc
+from .crdt.conversation import Fields, message_arrived_delta
+from .errors import CorruptStoreError, DecodeError, CrdtimError, ReplicaClosedError
+from .store import Store, Txn, order_key
+
+__all__ = ["Replica", "Page", "Change", "Subscription", "InvalidArgument", "LOCAL"]
+
+#: Log entries kept for peers that have not acknowledged them, at most; a peer further behind
+#: gets a state transfer instead of deltas (DESIGN.md, Replication, 4).
+DEFAULT_LOG_RETENTION = 100_000
+MAX_CID = codec.DEFAULT_LIMITS.max_cid
+MAX_TEXT = codec.DEFAULT_LIMITS.max_text
+MAX_SEQ = codec.MAX_INT
+#: Origin recorded for local writes and deltas of unknown origin: forwarded to every peer.
+LOCAL = ""
+
+
+class InvalidArgument(CrdtimError, ValueError):
+    """A caller passed a value crdtim cannot accept (bad id, text too long, negative seq...)."""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_replica_id() -> str:
+    """Random, short, printable: 13 lowercase base32 characters (64 random bits)."""
+    return base64.b32encode(secrets.token_bytes(8)).decode().rstrip("=").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Conversation]
+    cursor: str | None  # pass back to list() for the next page; None on the last page
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One conversation changed, in one committed transaction."""
+
+    conversation: str
+    fields: frozenset[str]
+    origin: str  # "local" or "remote"
+    peer: str | None = None  # for remote changes, the replica the delta came from, if known
+
+
+class Subscription:
+    """Change events for one subscriber: a callback, or a trio channel to iterate.
+
+    `async for change in sub` works when no callback was given. If the consumer falls more
+    than `max_buffer` events behind, further events are dropped and counted in `dropped`
+    rather than growing memory without bound; re-read with get()/list() after a drop.
+    """
+
+    def __init__(self, replica: Replica, callback: Callable[[Change], Any] | None, max_buffer: int):
+        self._replica = replica
+        self.callback = callback
+        self.dropped = 0
+        self._send: trio.MemorySendChannel | None = None
+        self.receive_channel: trio.MemoryReceiveChannel | None = None
+        if callback is None:
+            self._send, self.receive_channel = trio.open_memory_channel(max_buffer)
+
+    def _deliver(self, change: Change) -> None:
+        if self.callback is not None:
+            self.callback(change)
+            return
+        try:
+            self._send.send_nowait(change)
+        except trio.WouldBlock:
+            self.dropped += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.close()
+
+    def close(self) -> None:
+        self._replica._subscriptions.discard(self)
+        if self._send is not None:
+            self._send.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __aiter__(self) -> Any:
+        if self.receive_channel is None:
+            raise TypeError("this subscription delivers to a callback")
+        return self.receive_channel.__aiter__()
+
+
+class _Write:
+    """The changes of one write transaction, accumulated before they are written."""
+
+    __slots__ = ("replica", "txn", "old", "new", "delta", "clock", "clock_moved")
+
+    def __init__(self, replica: Replica, txn: Txn):
+        self.replica = replica
+        self.txn = txn
+        self.old: dict[str, Fields] = {}
+        self.new: dict[str, Fields] = {}
+        self.delta: dict[str, Fields] = {}
+        self.clock: Hlc | None = None
+        self.clock_moved = False
+
+    def fields(self, cid: str) -> Fields:
+        state = self.new.get(cid)
+        if state is None:
+            state = self.replica._load(self.txn, cid)
+            self.old[cid] = self.new[cid] = state
+        return state
+
+    def _clock(self) -> Hlc:
+        if self.clock is None:
+            self.clock = Hlc(*self.txn.clock())
+        return self.clock
+
+    def stamp(self) -> Stamp:
+        """A fresh hybrid-clock stamp for a local write, larger than every one seen."""
+        self.clock = hlc.tick(self._clock(), self.replica._now())
+        self.clock_moved = True
+        return Stamp(self.clock.wall, self.clock.counter, self.replica.id)
+
+    def observe(self, remote: Hlc) -> None:
+        """Advance the clock past a remote reading; ClockDriftError aborts the transaction."""
+        r = self.replica
+        self.clock = hlc.receive(self._clock(), remote, r._now(), r.max_clock_drift_ms)
+        self.clock_moved = True
+
+    def join(self, cid: str, part: Fields) -> None:
+        if not part:
+            return
+        self.new[cid] = join_fields(self.fields(cid), part)
+        self.delta[cid] = join_fields(self.delta.get(cid, {}), part)
+
+    def finish(self, origin: str) -> list[tuple[str, frozenset[str]]]:
+        """Write states, index, log entry and clock; return what changed."""
+        t, schema = self.txn, self.replica.schema
+        for cid in self.delta:
+            state = self.new[cid]
+            t.put_conversation(cid, codec.encode_fields(state, schema))
+            t.replace_order_key(_order_key_of(cid, self.old[cid]), _order_key_of(cid, state))
+        if self.delta:
+            t.append_log(origin, codec.encode_map(ConversationMap(self.delta, schema)))
+        if self.clock_moved:
+            t.put_clock(*self.clock)
+        return [(cid, frozenset(part)) for cid, part in self.delta.items()]
+
+
+def _order_key_of(cid: str, fields: Fields) -> bytes | None:
+    if not fields:
+        return None
+    pinned = fields.get("pinned")
+    last = fields.get("last_message")
+    return order_key(
+        pinned is not None and pinned.value, 0 if last is None else last.stamp.wall, cid
+    )
+
+
+class Replica:
+    """A durable replica in an LMDB directory. Open with `Replica.open(path)`."""
+
+    def __init__(self, store: Store, replica_id: str, *, schema: Schema, max_clock_drift_ms: int,
+                 log_retention: int, now_ms: Callable[[], int], limits: codec.Limits):
+        self._store: Store | None = store
+        self.id = replica_id
+        self.schema = schema
+        self.max_clock_drift_ms = max_clock_drift_ms
+        self.log_retention = log_retention
+        self.limits = limits
+        self._now = now_ms
+        self._batch: list[tuple[str, Callable[[_Write, Fields], Fields]]] | None = None
+        self._subscriptions: set[Subscription] = set()
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        durability: str = "sync",
+        *,
+        create: bool = True,
+        schema: Schema = DEFAULT_SCHEMA,
+        max_clock_drift_ms: int = DEFAULT_MAX_DRIFT_MS,
+        log_retention: int = DEFAULT_LOG_RETENTION,
+        now_ms: Callable[[], int] = _now_ms,
+        limits: codec.Limits = codec.DEFAULT_LIMITS,
+    ) -> Replica:
+        """Open the replica in `path`, creating it (with a new id) if missing and `create`.
+
+        Raises NotAReplicaError, FormatVersionError or CorruptStoreError, having written
+        nothing, for a path that is not a usable crdtim replica.
+        """
+        store = Store(os.fspath(path), durability, create=create)
+        try:
+            rid = store.init_meta(new_replica_id)
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, rid, schema=schema, max_clock_drift_ms=max_clock_drift_ms,
+                   log_retention=log_retention, now_ms=now_ms, limits=limits)
+
+    def __enter__(self) -> Replica:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        for sub in list(self._subscriptions):
+            sub.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._store is None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ReplicaClosedError("the replica is closed")
+        return self._store
+
+    @property
+    def path(self) -> str:
+        return self.store.path
+
+    def __repr__(self) -> str:
+        return f"<Replica {self.id} at {self._store.path if self._store else '(closed)'}>"
+
+    # -- local mutators ----------------------------------------------------------------------
+
+    def set_title(self, cid: str, text: str) -> None:
+        _check_cid(cid)
+        _check_text(text, "title")
+        self._local(cid, lambda w, cur: {"title": Lww(w.stamp(), text)})
+
+    def set_register(self, cid: str, name: str, text: str) -> None:
+        """Write a last-writer-wins field an app added to the schema."""
+        _check_cid(cid)
+        _check_text(text, name)
+        self._field_of(name, Lww)
+        self._local(cid, lambda w, cur: {name: Lww(w.stamp(), text)})
+
+    def pin(self, cid: str) -> None:
+        self.enable(cid, "pinned")
+
+    def unpin(self, cid: str) -> None:
+        self.disable(cid, "pinned")
+
+    def mute(self, cid: str) -> None:
+        self.enable(cid, "muted")
+
+    def unmute(self, cid: str) -> None:
+        self.disable(cid, "muted")
+
+    def enable(self, cid: str, flag: str) -> None:
+        """Set an add-wins flag (pinned, muted, or one an app added to the schema)."""
+        _check_cid(cid)
+        bottom = self._field_of(flag, None).lattice.bottom()
+        if not hasattr(bottom, "enable"):
+            raise InvalidArgument(f"field {flag!r} is not a flag")
+        self._local(cid, lambda w, cur: {flag: cur.get(flag, bottom).enable(self.id)})
+
+    def disable(self, cid: str, flag: str) -> None:
+        _check_cid(cid)
+        bottom = self._field_of(flag, None).lattice.bottom()
+        if not hasattr(bottom, "disable"):
+            raise InvalidArgument(f"field {flag!r} is not a flag")
+
+        def op(w: _Write, cur: Fields) -> Fields:
+            d = cur.get(flag, bottom).disable()
+            return {} if d.is_bottom() else {flag: d}
+
+        self._local(cid, op)
+
+    def message_arrived(self, cid: str, seq: int, preview: str = "", at: int | None = None) -> None:
+        _check_cid(cid)
+        _check_seq(seq, "seq")
+        _check_text(preview, "preview")
+        at = self._now() if at is None else _check_seq(at, "at")
+        self._local(cid, lambda w, cur: message_arrived_delta(cur, seq, preview, at, self.id))
+
+    def mark_read(self, cid: str, seq: int) -> None:
+        _check_cid(cid)
+        _check_seq(seq, "seq")
+
+        def op(w: _Write, cur: Fields) -> Fields:
+            d = cur.get("read_seq", self.schema.by_name["read_seq"].lattice.bottom()).raise_to(seq)
+            return {} if d.is_bottom() else {"read_seq": d}
+
+        self._local(cid, op)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many ops, one commit: `with r.batch(): ...`.
+
+        The ops are checked as they are called and written together, in one transaction,
+        when the block exits; reads inside the block see the state before it. If the block
+        raises, nothing is written.
+        """
+        if self._batch is not None:
+            yield  # nested: part of the outer batch
+            return
+        self._batch = []
+        try:
+            yield
+            ops = self._batch
+        finally:
+            self._batch = None
+        if ops:
+            self._commit_local(ops)
+
+    def _local(self, cid: str, op: Callable[[_Write, Fields], Fields]) -> None:
+        self.store  # fail now, not at the end of a batch, if closed
+        if self._batch is not None:
+            self._batch.append((cid, op))
+        else:
+            self._commit_local([(cid, op)])
+
+    def _commit_local(self, ops: list[tuple[str, Callable[[_Write, Fields], Fields]]]) -> None:
+        def txn(t: Txn) -> list[tuple[str, frozenset[str]]]:
+            w = _Write(self, t)
+            for cid, op in ops:
+                w.join(cid, op(w, w.fields(cid)))
+            return w.finish(LOCAL)
+
+        self._notify(self.store.write(txn), "local", None)
+
+    # -- remote deltas -----------------------------------------------------------------------
+
+    def apply_delta(self, data: bytes, origin: str | None = None) -> set[str]:
+        """Join an encoded delta from anywhere, in one transaction; returns the ids changed.
+
+        Only the part that was new here is logged, with `origin` (the replica it came from,
+        if known) so that it is forwarded to others but not back. Raises DecodeError or
+        ClockDriftError, changing nothing, for a delta that is malformed or from the future.
+        """
+        delta = codec.decode_map(data, self.schema, self.limits)
+        return self.apply_map(delta, origin)
+
+    def apply_map(self, delta: ConversationMap, origin: str | None = None,
+                  *, received: tuple[str, int] | None = None) -> set[str]:
+        """apply_delta for a decoded map; `received=(peer, seq)` records, in the same
+        transaction, that the peer's log up to `seq` is now applied here."""
+
+        def txn(t: Txn) -> list[tuple[str, frozenset[str]]]:
+            w = _Write(self, t)
+            remote = delta.max_clock()
+            if remote is not None:
+                w.observe(remote)
+            for cid, fields in delta.convs.items():
+                w.join(cid, novel_fields(w.fields(cid), fields))
+            if received is not None:
+                t.put_received(*received)
+            return w.finish(origin or LOCAL)
+
+        changes = self.store.write(txn)
+        self._notify(changes, "remote", origin)
+        return {cid for cid, _ in changes}
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, cid: str) -> Conversation | None:
+        _check_cid(cid)
+        fields = self.store.read(lambda t: self._load(t, cid))
+        return conversation_view(cid, fields, self.schema) if fields else None
+
+    def list(self, limit: int = 50, cursor: str | None = None) -> Page:
+        """One page of conversations: pinned first, then newest message first, then by id.
+
+        Costs O(limit) through the ordering index, whatever the number of conversations.
+        """
+        if type(limit) is not int or not 1 <= limit <= 10_000:
+            raise InvalidArgument(f"limit must be an integer from 1 to 10000, not {limit!r}")
+        after = _decode_cursor(cursor)
+
+        def read(t: Txn) -> tuple[list[tuple[bytes, Fields]], bool]:
+            keys = t.order_keys(after)
+            items = []
+            for key in keys:
+                if len(items) == limit:
+                    return items, True
+                cid = key[9:].decode()
+                items.append((key, self._load(t, cid)))
+            return items, False
+
+        rows, has_more = self.store.read(read)
+        items = [conversation_view(key[9:].decode(), f, self.schema) for key, f in rows]
+        next_cursor = _encode_cursor(rows[-1][0]) if has_more else None
+        return Page(items, next_cursor, has_more)
+
+    def __iter__(self) -> Iterator[Conversation]:
+        """Every conversation, in list order, a page at a time."""
+        cursor = None
+        while True:
+            page = self.list(500, cursor)
+            yield from page.items
+            if not page.has_more:
+                return
+            cursor = page.cursor
+
+    def __len__(self) -> int:
+        return self.store.read(lambda t: t.conversation_count())
+
+    @property
+    def head(self) -> int:
+        """Sequence number of the newest delta-log entry (0 for none)."""
+        return self.store.read(lambda t: t.head())
+
+    @property
+    def log_floor(self) -> int:
+        """Entries at or below this sequence have been dropped from the log."""
+        return self.store.read(lambda t: t.log_floor())
+
+    def state(self) -> ConversationMap:
+        """The whole state as one map (reads every conversation: for tests and small replicas)."""
+        return self.store.read(lambda t: ConversationMap(
+            {cid: self._decode(cid, raw) for cid, raw in t.conversations()}, self.schema))
+
+    def delta_since(self, seq: int) -> bytes:
+        """Encoded delta of everything logged after `seq`, for a custom transport.
+
+        If entries after `seq` were already dropped from the log, the whole state is returned
+        instead (a state is a delta too), so the receiver still converges.
+        """
+        _check_seq(seq, "seq")
+        return self.store.read(lambda t: codec.encode_map(self._delta_since(t, seq)))
+
+    def _delta_since(self, t: Txn, seq: int) -> ConversationMap:
+        if seq < t.log_floor():
+            return ConversationMap(
+                {cid: self._decode(cid, raw) for cid, raw in t.conversations()}, self.schema)
+        acc: dict[str, Fields] = {}
+        for _, _, payload in t.log_entries(seq):
+            _join_into(acc, self._decode_log(payload))
+        return ConversationMap(acc, self.schema)
+
+    # -- replication support (used by protocol.py through a narrow interface) -----------------
+
+    def delta_interval(self, after: int, *, skip_origin: str | None = None,
+                       max_entries: int = 1000) -> tuple[int, ConversationMap | None]:
+        """(to, delta): the join of log entries in (after, to], leaving out those that came
+        from `skip_origin` (no back-propagation); at most `max_entries` entries. `delta` is
+        None when every entry in the range was left out or there are none (then to == after)."""
+        def read(t: Txn) -> tuple[int, ConversationMap | None]:
+            acc: dict[str, Fields] = {}
+            to = after
+            for i, (seq, origin, payload) in enumerate(t.log_entries(after)):
+                if i == max_entries:
+                    break
+                to = seq
+                if skip_origin is None or origin != skip_origin:
+                    _join_into(acc, self._decode_log(payload))
+            return to, ConversationMap(acc, self.schema) if acc else None
+        return self.store.read(read)
+
+    def state_chunk(self, after: str | None, max_conversations: int = 1000
+                    ) -> tuple[ConversationMap, str | None]:
+        """Up to `max_conversations` conversations after id `after`, as a delta, and the id
+        to continue after (None when this was the last chunk)."""
+        def read(t: Txn) -> tuple[ConversationMap, str | None]:
+            convs = {}
+            last = None
+            for cid, raw in t.conversations(after):
+                if len(convs) == max_conversations:
+                    return ConversationMap(convs, self.schema), last
+                convs[cid] = self._decode(cid, raw)
+                last = cid
+            return ConversationMap(convs, self.schema), None
+        return self.store.read(read)
+
+    def peer_ack(self, peer: str) -> int | None:
+        """Highest sequence of this replica's log that `peer` acknowledged (None: unknown)."""
+        return self.store.read(lambda t: t.ack(peer))
+
+    def record_ack(self, peer: str, seq: int) -> None:
+        """Persist that `peer` holds everything in our log up to `seq` (never moves back)."""
+        def write(t: Txn) -> None:
+            if seq > (t.ack(peer) or 0) or t.ack(peer) is None:
+                t.put_ack(peer, max(seq, t.ack(peer) or 0))
+        self.store.write(write)
+
+    def received_from(self, peer: str) -> int:
+        """Highest sequence of `peer`'s log that has been applied here."""
+        return self.store.read(lambda t: t.received(peer))
+
+    def peers(self) -> dict[str, int]:
+        """Known peers and the sequence of our log each acknowledged."""
+        return self.store.read(lambda t: t.acks())
+
+    def trim_log(self) -> int:
+        """Drop log entries every known peer acknowledged, and any beyond the retention
+        bound (a peer that never returns must not pin the log forever: it gets a state
+        transfer instead). Returns how many entries were dropped."""
+        def write(t: Txn) -> int:
+            head = t.head()
+            acks = t.acks()
+            floor = min(acks.values()) if acks else t.log_floor()
+            floor = max(floor, head - self.log_retention)
+            if floor <= t.log_floor():
+                return 0
+            return t.drop_log_upto(min(floor, head))
+        return self.store.write(write)
+
+    def status(self) -> dict[str, Any]:
+        def read(t: Txn) -> dict[str, Any]:
+            head = t.head()
+            return {
+                "id": self.id,
+                "path": self.store.path,
+                "conversations": t.conversation_count(),
+                "head": head,
+                "log_floor": t.log_floor(),
+                "clock": list(t.clock()),
+                "peers": {
+                    peer: {"ack": ack, "missing": max(0, head - ack), "received": t.received(peer)}
+                    for peer, ack in sorted(t.acks().items())
+                },
+            }
+        return self.store.read(read)
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Change], Any] | None = None, *,
+                  max_buffer: int = 10_000) -> Subscription:
+        """Change events after each commit of this process: to `callback`, called
+        synchronously, or (no callback) on a trio channel: `async for change in sub`."""
+        sub = Subscription(self, callback, max_buffer)
+        self._subscriptions.add(sub)
+        return sub
+
+    def changes_since(self, seq: int) -> Iterator[tuple[int, Change]]:
+        """Changes recorded in the log after `seq` by any process (for `crdtim watch`)."""
+        entries = self.store.read(lambda t: list(t.log_entries(seq)))
+        for s, origin, payload in entries:
+            for cid, fields in self._decode_log(payload).convs.items():
+                yield s, Change(cid, frozenset(fields), "remote" if origin else "local",
+                                origin or None)
+
+    def _notify(self, changes: list[tuple[str, frozenset[str]]], origin: str, peer: str | None) -> None:
+        if not self._subscriptions:
+            return
+        for cid, fields in changes:
+            change = Change(cid, fields, origin, peer)
+            for sub in list(self._subscriptions):
+                sub._deliver(change)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _field_of(self, name: str, lattice: type | None) -> Any:
+        f = self.schema.by_name.get(name)
+        if f is None or (lattice is not None and f.lattice is not lattice):
+            raise InvalidArgument(f"no field {name!r} of that kind in the schema")
+        return f
+
+    def _load(self, t: Txn, cid: str) -> Fields:
+        raw = t.conversation(cid)
+        return {} if raw is None else self._decode(cid, raw)
+
+    def _decode(self, cid: str, raw: bytes) -> Fields:
+        try:
+            return codec.decode_fields(raw, self.schema, self.limits, cid)
+        except DecodeError as e:
+            raise CorruptStoreError(f"{self.store.path}: stored conversation is damaged: {e}") from None
+
+    def _decode_log(self, payload: bytes) -> ConversationMap:
+        try:
+            return codec.decode_map(payload, self.schema, self.limits)
+        except DecodeError as e:
+            raise CorruptStoreError(f"{self.store.path}: delta log entry is damaged: {e}") from None
+
+
+def _join_into(acc: dict[str, Fields], delta: ConversationMap) -> None:
+    for cid, fields in delta.convs.items():
+        acc[cid] = join_fields(acc.get(cid, {}), fields)
+
+
+def _check_cid(cid: Any) -> None:
+    if type(cid) is not str or not 1 <= len(cid) <= MAX_CID:
+        raise InvalidArgument(
+            f"conversation id must be a string of 1 to {MAX_CID} characters, not {cid!r:.80}")
+
+
+def _check_text(text: Any, what: str) -> None:
+    if type(text) is not str or len(text) > MAX_TEXT:
+        raise InvalidArgument(f"{what} must be a string of at most {MAX_TEXT} characters")
+
+
+def _check_seq(n: Any, what: str) -> int:
+    if type(n) is not int or not 0 <= n <= MAX_SEQ:
+        raise InvalidArgument(f"{what} must be an integer from 0 to {MAX_SEQ}, not {n!r:.40}")
+    return n
+
+
+def _encode_cursor(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> bytes | None:
+    if cursor is None:
+        return None
+    try:
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (ValueError, TypeError):
+        key = b""
+    if len(key) < 10 or key[0] not in (0, 1):
+        raise InvalidArgument(f"invalid cursor {cursor!r:.60}: pass back one that list() returned")
+    return key

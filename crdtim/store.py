@@ -1,0 +1,320 @@
+"""LMDB storage of one replica; the only module that imports lmdb.
+
+One environment per replica directory, with named databases (layout in specs/storage.md):
+
+    meta   b"magic", b"format", b"replica_id", b"clock", b"head", b"log_floor"
+    convs  conversation id (utf-8)          -> encoded conversation state
+    order  ordering key (see order_key)     -> b""   (paged listing, pinned first)
+    log    local sequence (8-byte big end.) -> origin length, origin, encoded delta
+    acks   b"a" + peer id -> highest local sequence the peer acknowledged;
+           b"r" + peer id -> highest sequence of the peer's log applied here
+
+Every mutation runs as one write transaction through `Store.write`, which re-runs it after
+growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here knows what
+the bytes mean: encoding belongs to codec.py, meaning to replica.py.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Callable, Iterator, TypeVar
+
+import lmdb
+
+from .errors import CorruptStoreError, FormatVersionError, NotAReplicaError, StoreError
+
+__all__ = ["Store", "Txn", "FORMAT", "order_key"]
+
+T = TypeVar("T")
+
+FORMAT = 1
+MAGIC = b"crdtim"
+_U64 = struct.Struct(">Q")
+_CLOCK = struct.Struct(">QI")
+_MAX_U64 = 2**64 - 1
+
+INITIAL_MAP_SIZE = 64 * 1024 * 1024
+DURABILITY_MODES = ("sync", "nosync")
+
+
+def order_key(pinned: bool, last_at: int, cid: str) -> bytes:
+    """Sorts pinned first, then newest message first, then by id."""
+    return (b"\x00" if pinned else b"\x01") + _U64.pack(_MAX_U64 - last_at) + cid.encode()
+
+
+def _u64(b: bytes | None, default: int = 0) -> int:
+    return default if b is None else _U64.unpack(b)[0]
+
+
+class Txn:
+    """A transaction on the replica's databases; read-only or read-write."""
+
+    __slots__ = ("_t", "_s")
+
+    def __init__(self, txn: lmdb.Transaction, store: Store):
+        self._t = txn
+        self._s = store
+
+    # meta
+    def meta(self, key: bytes) -> bytes | None:
+        return self._t.get(key, db=self._s._meta)
+
+    def put_meta(self, key: bytes, value: bytes) -> None:
+        self._t.put(key, value, db=self._s._meta)
+
+    def clock(self) -> tuple[int, int]:
+        raw = self.meta(b"clock")
+        return (0, 0) if raw is None else _CLOCK.unpack(raw)
+
+    def put_clock(self, wall: int, counter: int) -> None:
+        self.put_meta(b"clock", _CLOCK.pack(wall, counter))
+
+    def head(self) -> int:
+        return _u64(self.meta(b"head"))
+
+    def log_floor(self) -> int:
+        """Every log entry at or below this sequence has been dropped."""
+        return _u64(self.meta(b"log_floor"))
+
+    # conversations
+    def conversation(self, cid: str) -> bytes | None:
+        return self._t.get(cid.encode(), db=self._s._convs)
+
+    def put_conversation(self, cid: str, value: bytes) -> None:
+        self._t.put(cid.encode(), value, db=self._s._convs)
+
+    def conversation_count(self) -> int:
+        return self._t.stat(self._s._convs)["entries"]
+
+    def conversations(self, after: str | None = None) -> Iterator[tuple[str, bytes]]:
+        """Conversations in id order, starting after `after`."""
+        with self._t.cursor(db=self._s._convs) as cur:
+            start = b"" if after is None else after.encode()
+            if not cur.set_range(start):
+                return
+            for k, v in cur:
+                if after is not None and k == start:
+                    continue
+                yield k.decode(), v
+
+    # ordering index
+    def replace_order_key(self, old: bytes | None, new: bytes) -> None:
+        if old == new:
+            return
+        if old is not None:
+            self._t.delete(old, db=self._s._order)
+        self._t.put(new, b"", db=self._s._order)
+
+    def order_keys(self, after: bytes | None) -> Iterator[bytes]:
+        with self._t.cursor(db=self._s._order) as cur:
+            if not cur.set_range(after or b""):
+                return
+            for k in cur.iternext(keys=True, values=False):
+                if k == after:
+                    continue
+                yield k
+
+    # delta log
+    def append_log(self, origin: str, payload: bytes) -> int:
+        seq = self.head() + 1
+        o = origin.encode()
+        self._t.put(_U64.pack(seq), bytes([len(o)]) + o + payload, db=self._s._log, append=True)
+        self.put_meta(b"head", _U64.pack(seq))
+        return seq
+
+    def log_entries(self, after: int, upto: int | None = None) -> Iterator[tuple[int, str, bytes]]:
+        """(seq, origin, payload) for retained entries with after < seq <= upto."""
+        with self._t.cursor(db=self._s._log) as cur:
+            if not cur.set_range(_U64.pack(after + 1)):
+                return
+            for k, v in cur:
+                seq = _U64.unpack(k)[0]
+                if upto is not None and seq > upto:
+                    return
+                n = v[0]
+                yield seq, v[1 : 1 + n].decode(), v[1 + n :]
+
+    def drop_log_upto(self, seq: int) -> int:
+        """Drop entries with sequence <= seq; returns how many."""
+        dropped = 0
+        with self._t.cursor(db=self._s._log) as cur:
+            if cur.first():
+                while _U64.unpack(cur.key())[0] <= seq:
+                    dropped += 1
+                    if not cur.delete():
+                        break
+        if seq > self.log_floor():
+            self.put_meta(b"log_floor", _U64.pack(seq))
+        return dropped
+
+    # peers: b"a" + id -> highest seq of OUR log the peer acknowledged;
+    #        b"r" + id -> highest seq of THEIR log we applied (written with the delta itself)
+    def ack(self, peer: str) -> int | None:
+        raw = self._t.get(b"a" + peer.encode(), db=self._s._acks)
+        return None if raw is None else _u64(raw)
+
+    def put_ack(self, peer: str, seq: int) -> None:
+        self._t.put(b"a" + peer.encode(), _U64.pack(seq), db=self._s._acks)
+
+    def received(self, peer: str) -> int:
+        return _u64(self._t.get(b"r" + peer.encode(), db=self._s._acks))
+
+    def put_received(self, peer: str, seq: int) -> None:
+        self._t.put(b"r" + peer.encode(), _U64.pack(seq), db=self._s._acks)
+
+    def acks(self) -> dict[str, int]:
+        with self._t.cursor(db=self._s._acks) as cur:
+            cur.set_range(b"a")
+            out = {}
+            for k, v in cur:
+                if not k.startswith(b"a"):
+                    break
+                out[k[1:].decode()] = _u64(v)
+            return out
+
+
+class Store:
+    """The LMDB environment of one replica directory."""
+
+    def __init__(self, path: str, durability: str = "sync", create: bool = True):
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {DURABILITY_MODES}, not {durability!r}")
+        self.path = path
+        self.durability = durability
+        fresh = _check_directory(path, create)
+        sync = durability == "sync"
+        try:
+            self._env = lmdb.open(
+                path,
+                map_size=INITIAL_MAP_SIZE,
+                max_dbs=8,
+                sync=sync,
+                metasync=sync,
+                readahead=False,
+                max_readers=256,
+            )
+        except lmdb.Error as e:
+            raise CorruptStoreError(f"{path}: cannot open the database: {e}") from None
+        # Another process may already have grown the map: adopt the file's size.
+        self._grow(0)
+        try:
+            self._meta = self._env.open_db(b"meta")
+            self._convs = self._env.open_db(b"convs")
+            self._order = self._env.open_db(b"order")
+            self._log = self._env.open_db(b"log")
+            self._acks = self._env.open_db(b"acks")
+        except lmdb.Error as e:
+            self._env.close()
+            raise CorruptStoreError(f"{path}: damaged database: {e}") from None
+        self.fresh = fresh
+
+    def close(self) -> None:
+        self._env.close()
+
+    def _grow(self, to: int) -> None:
+        self._env.set_mapsize(to)
+
+    def read(self, fn: Callable[[Txn], T]) -> T:
+        for _ in range(3):
+            try:
+                with self._env.begin(write=False) as t:
+                    return fn(Txn(t, self))
+            except lmdb.MapResizedError:
+                self._grow(0)
+        raise StoreError(f"{self.path}: the map kept being resized by another process")
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        """Run `fn` in one write transaction and commit it; all of it happens or none.
+
+        When the map is full the transaction is aborted, the map doubled and `fn` run again,
+        so `fn` must compute everything from what it reads in the transaction.
+        """
+        while True:
+            try:
+                with self._env.begin(write=True) as t:
+                    return fn(Txn(t, self))
+            except lmdb.MapFullError:
+                self._grow(self._env.info()["map_size"] * 2)
+            except lmdb.MapResizedError:
+                self._grow(0)
+
+    def disk_size(self) -> int:
+        return os.path.getsize(os.path.join(self.path, "data.mdb"))
+
+    # -- identity of the directory -------------------------------------------------------------
+
+    def init_meta(self, make_replica_id: Callable[[], str]) -> str:
+        """Stamp a new replica with magic, format and a fresh id; or check an existing one."""
+
+        def init(t: Txn) -> str:
+            magic = t.meta(b"magic")
+            if magic is None:
+                if t.conversation_count() or t.meta(b"format") is not None:
+                    raise NotAReplicaError(f"{self.path}: database has no crdtim marker")
+                t.put_meta(b"magic", MAGIC)
+                t.put_meta(b"format", _U64.pack(FORMAT))
+                rid = make_replica_id()
+                t.put_meta(b"replica_id", rid.encode())
+                return rid
+            return self._checked_id(t)
+
+        return self.write(init)
+
+    def replica_id(self) -> str:
+        return self.read(self._checked_id)
+
+    def _checked_id(self, t: Txn) -> str:
+        if t.meta(b"magic") != MAGIC:
+            raise NotAReplicaError(f"{self.path}: not a crdtim replica (no crdtim marker)")
+        raw = t.meta(b"format")
+        fmt = _u64(raw) if raw is not None and len(raw) == 8 else None
+        if fmt != FORMAT:
+            raise FormatVersionError(
+                f"{self.path}: storage format {fmt} is not supported by this crdtim "
+                f"(which reads format {FORMAT}); upgrade crdtim"
+            )
+        rid = t.meta(b"replica_id")
+        if not rid:
+            raise CorruptStoreError(f"{self.path}: replica id is missing")
+        return rid.decode()
+
+
+def _check_directory(path: str, create: bool) -> bool:
+    """Refuse, before LMDB writes anything, a path that is not (or cannot become) a replica.
+
+    Returns True when the directory is new or empty.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotAReplicaError(f"{path}: is a file, not a replica directory")
+    if not os.path.exists(path):
+        if not create:
+            raise NotAReplicaError(f"{path}: no such replica directory (run `crdtim init`)")
+        os.makedirs(path)
+        return True
+    names = set(os.listdir(path))
+    if not names:
+        if not create:
+            raise NotAReplicaError(f"{path}: empty directory, not a replica (run `crdtim init`)")
+        return True
+    if "data.mdb" not in names:
+        raise NotAReplicaError(
+            f"{path}: directory is not empty and holds no crdtim database; refusing to use it"
+        )
+    # Validate the file read-only first, so a damaged or foreign file is never written to.
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, max_dbs=8)
+    except lmdb.Error as e:
+        raise CorruptStoreError(f"{path}: data.mdb is not a readable LMDB database: {e}") from None
+    try:
+        with env.begin() as t:
+            if t.get(b"meta") is None:
+                raise NotAReplicaError(f"{path}: an LMDB database, but not a crdtim replica")
+            meta = env.open_db(b"meta", txn=t, create=False)
+            if t.get(b"magic", db=meta) != MAGIC:
+                raise NotAReplicaError(f"{path}: an LMDB database, but not a crdtim replica")
+    except lmdb.Error as e:
+        raise CorruptStoreError(f"{path}: damaged database: {e}") from None
+    finally:
+        env.close()
+    return False

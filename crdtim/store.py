@@ -140,7 +140,8 @@ class Txn:
         dropped = 0
         with self._t.cursor(db=self._s._log) as cur:
             if cur.first():
-                while _U64.unpack(cur.key())[0] <= seq:
+                # delete() moves to the next entry; past the last one the key is empty.
+                while cur.key() and _U64.unpack(cur.key())[0] <= seq:
                     dropped += 1
                     if not cur.delete():
                         break

@@ -1,0 +1,376 @@
+"""trio transport for sync sessions: serve, dial peers, move bytes; no CRDT or storage logic.
+
+A `Node` runs a replica's replication: it listens, dials its peers (exponential backoff with
+full jitter), and runs one `protocol.SyncSession` per connection with one receiver task and
+one sender task. The sender is the only writer to its stream; it sleeps until woken by a local
+commit (after a short linger, to batch), by a remote delta that may need forwarding, by an
+ACK that opened the window, or by a heartbeat deadline. Writes made to the same directory by
+other processes are noticed by polling the log head. Back-pressure: a session keeps at most
+`max_unacked_frames` frames in flight and `send_all` blocks on a full socket, so nothing is
+buffered without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import trio
+
+from .protocol import (
+    DeltaApplied,
+    HandshakeComplete,
+    PeerAcked,
+    PeerClosed,
+    ProtocolError,
+    RemoteProtocolError,
+    SessionConfig,
+    StateTransferFinished,
+    StateTransferStarted,
+    SyncSession,
+)
+from .replica import Replica
+
+__all__ = ["Node", "NodeConfig", "parse_address"]
+
+log = logging.getLogger("crdtim.net")
+
+
+def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); ValueError naming the problem."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"address {text!r} is not HOST:PORT")
+    host = host.strip("[]") or default_host
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"address {text!r}: port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"address {text!r}: port {number} is not in 0..65535")
+    return host, number
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    session: SessionConfig = field(default_factory=SessionConfig)
+    linger: float = 0.002  # after a local commit, wait this long for more before sending
+    poll_interval: float = 0.1  # how often to look for log entries written by other processes
+    backoff_initial: float = 0.05
+    backoff_max: float = 5.0
+    max_peers: int = 64  # connections at once; more are refused
+    receive_size: int = 65536
+    trim_interval: float = 1.0  # seconds between log trims
+
+
+@dataclass
+class NodeStats:
+    connections: int = 0
+    connections_open: int = 0
+    errors: int = 0
+    deltas_sent: int = 0
+    deltas_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    conversations_changed: int = 0
+    state_transfers_sent: int = 0
+    state_transfers_received: int = 0
+
+
+class _Link:
+    """One live connection: its session and the event that wakes its sender."""
+
+    def __init__(self, session: SyncSession, dialer: str | None, stream: trio.abc.Stream):
+        self.session = session
+        self.dialer = dialer  # replica id of the side that dialed (known after the handshake)
+        self.stream = stream
+        self.wake = trio.Event()
+        self.cancel_scope = trio.CancelScope()
+        self.peer_addr: tuple[str, int] | None = None
+
+    def poke(self) -> None:
+        self.wake.set()
+
+
+class Node:
+    """Replicates `replica` with its peers while the `async with` block runs.
+
+    >>> async with Node(replica, listen=("127.0.0.1", 0), peers=[("127.0.0.1", 7001)]) as node:
+    ...     await node.wait_caught_up()
+    """
+
+    def __init__(self, replica: Replica, listen: tuple[str, int] | str | None = None,
+                 peers: Iterable[tuple[str, int] | str] = (), config: NodeConfig | None = None):
+        self.replica = replica
+        self.config = config or NodeConfig()
+        self.listen = parse_address(listen) if isinstance(listen, str) else listen
+        self.peers = [parse_address(p) if isinstance(p, str) else p for p in peers]
+        self.stats = NodeStats()
+        self.listeners: list[trio.SocketListener] = []
+        self._links: dict[str, _Link] = {}  # peer replica id -> the link kept for it
+        self._all_links: set[_Link] = set()
+        self._changed = trio.Condition()
+        self._nursery: trio.Nursery | None = None
+        self._subscription = None
+        self._known_head = 0
+        self._last_trim = -math.inf
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        self._cm = trio.open_nursery()
+        self._nursery = await self._cm.__aenter__()
+        try:
+            self._known_head = self.replica.head
+            self._subscription = self.replica.subscribe(self._on_replica_change)
+            if self.listen is not None:
+                self.listeners = await trio.open_tcp_listeners(self.listen[1], host=self.listen[0])
+                for listener in self.listeners:
+                    self._nursery.start_soon(self._accept_loop, listener)
+            for addr in self.peers:
+                self._nursery.start_soon(self._dial_loop, addr)
+            self._nursery.start_soon(self._watch_log)
+        except BaseException as e:
+            self._nursery.cancel_scope.cancel()
+            await self._cm.__aexit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        self._nursery.cancel_scope.cancel()
+        if self._subscription is not None:
+            self._subscription.close()
+        return await self._cm.__aexit__(*exc)
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful with port 0)."""
+        return self.listeners[0].socket.getsockname()[1]
+
+    def add_peer(self, addr: tuple[str, int] | str) -> None:
+        addr = parse_address(addr) if isinstance(addr, str) else addr
+        self.peers.append(addr)
+        self._nursery.start_soon(self._dial_loop, addr)
+
+    @property
+    def connected_peers(self) -> set[str]:
+        return set(self._links)
+
+    async def wait_connected(self, n: int = 1) -> None:
+        async with self._changed:
+            while len(self._links) < n:
+                await self._changed.wait()
+
+    async def wait_caught_up(self, n: int | None = None) -> None:
+        """Until at least `n` peers (default: every configured peer) are connected and have
+        acknowledged everything in our log."""
+        want = len(self.peers) if n is None else n
+        async with self._changed:
+            while True:
+                self._notice_foreign_writes()
+                links = list(self._links.values())
+                if len(links) >= want and all(l.session.caught_up for l in links):
+                    return
+                await self._changed.wait()
+
+    async def _notify_changed(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- waking senders ----------------------------------------------------------------------------
+
+    def _on_replica_change(self, change: Any) -> None:
+        for link in list(self._links.values()):
+            if change.peer != link.session.peer_id:
+                link.poke()
+
+    def _notice_foreign_writes(self) -> None:
+        head = self.replica.head
+        if head != self._known_head:
+            self._known_head = head
+            for link in list(self._links.values()):
+                link.poke()
+
+    async def _watch_log(self) -> None:
+        while True:
+            await trio.sleep(self.config.poll_interval)
+            self._notice_foreign_writes()
+            now = trio.current_time()
+            if now - self._last_trim >= self.config.trim_interval:
+                self._last_trim = now
+                self.replica.trim_log()
+
+    # -- connections -------------------------------------------------------------------------------
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                if len(self._all_links) >= self.config.max_peers:
+                    log.warning("refusing a connection: %d peers already", len(self._all_links))
+                    self._nursery.start_soon(_refuse, stream, "too many peers")
+                    continue
+                self._nursery.start_soon(self._run_link, stream, False, None)
+
+    async def _dial_loop(self, addr: tuple[str, int]) -> None:
+        delay = self.config.backoff_initial
+        peer_id: str | None = None
+        while True:
+            while peer_id is not None and peer_id in self._links:
+                async with self._changed:  # connected (maybe by the peer dialing us): wait
+                    await self._changed.wait()
+            try:
+                stream = await trio.open_tcp_stream(*addr)
+            except OSError as e:
+                log.debug("dial %s:%d failed: %s", *addr, e)
+            else:
+                peer_id, handshook = await self._run_link(stream, True, addr)
+                if handshook:
+                    delay = self.config.backoff_initial
+            # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
+            await trio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, self.config.backoff_max)
+
+    async def _run_link(self, stream: trio.abc.Stream, dialed: bool,
+                        addr: tuple[str, int] | None) -> tuple[str | None, bool]:
+        session = SyncSession(self.replica, self.config.session)
+        link = _Link(session, None, stream)
+        link.peer_addr = addr
+        self._all_links.add(link)
+        self.stats.connections += 1
+        handshook = False
+        try:
+            async with stream:
+                session.initiate(trio.current_time())
+                await self._flush(link)
+                with link.cancel_scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._send_loop, link)
+                        handshook = await self._receive_loop(link, dialed)
+                        nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            log.info("connection to %s lost: %s", session.peer_id or addr or "peer", e)
+        finally:
+            self._all_links.discard(link)
+            if session.peer_id is not None and self._links.get(session.peer_id) is link:
+                del self._links[session.peer_id]
+                self.stats.connections_open -= 1
+                log.info("disconnected from %s", session.peer_id)
+            await _notify_quietly(self)
+        return session.peer_id, handshook
+
+    async def _receive_loop(self, link: _Link, dialed: bool) -> bool:
+        session = link.session
+        handshook = False
+        while True:
+            timeout = self.config.session.idle_timeout
+            with trio.move_on_after(timeout) as scope:
+                data = await link.stream.receive_some(self.config.receive_size)
+            now = trio.current_time()
+            if scope.cancelled_caught:
+                data = None
+            elif not data:
+                log.info("peer %s closed the connection", session.peer_id or "?")
+                return handshook
+            try:
+                if data is None:
+                    session.tick(now)
+                    continue
+                self.stats.bytes_received += len(data)
+                events = session.receive_data(data, now)
+            except RemoteProtocolError as e:
+                self.stats.errors += 1
+                log.warning("peer %s: %s; closing", session.peer_id or "?", e.reason)
+                await self._flush(link)
+                return handshook
+            for event in events:
+                if isinstance(event, HandshakeComplete):
+                    handshook = True
+                    if not self._register(link, dialed):
+                        await self._flush(link)
+                        return handshook
+                elif isinstance(event, DeltaApplied):
+                    self.stats.deltas_received += 1
+                    self.stats.conversations_changed += len(event.changed)
+                elif isinstance(event, StateTransferStarted):
+                    log.info("state transfer %s %s", "to" if event.outbound else "from",
+                             session.peer_id)
+                    if event.outbound:
+                        self.stats.state_transfers_sent += 1
+                    else:
+                        self.stats.state_transfers_received += 1
+                elif isinstance(event, PeerClosed):
+                    log.warning("peer %s closed with error: %s", session.peer_id or "?", event.reason)
+                    return handshook
+            link.poke()
+            if any(isinstance(e, (PeerAcked, StateTransferFinished)) for e in events):
+                await self._notify_changed()
+
+    def _register(self, link: _Link, dialed: bool) -> bool:
+        """Keep one link per peer: of two, the one dialed by the replica with the smaller id
+        (both sides decide alike); of two dialed by the same side, the newer."""
+        peer = link.session.peer_id
+        link.dialer = self.replica.id if dialed else peer
+        old = self._links.get(peer)
+        if old is not None:
+            if old.dialer != link.dialer and old.dialer < link.dialer:
+                log.info("duplicate connection with %s: keeping the older", peer)
+                link.session.close("duplicate connection")
+                return False
+            old.session.close("duplicate connection")
+            old.poke()
+            old.cancel_scope.deadline = trio.current_time() + 1.0  # let the ERROR go out
+            self.stats.connections_open -= 1
+        self._links[peer] = link
+        self.stats.connections_open += 1
+        log.info("connected to %s (%s)", peer, "dialed" if dialed else "accepted")
+        self._nursery.start_soon(self._notify_changed)
+        return True
+
+    async def _send_loop(self, link: _Link) -> None:
+        session = link.session
+        cfg = self.config
+        while True:
+            with trio.move_on_after(cfg.session.ping_interval):
+                await link.wake.wait()
+            link.wake = trio.Event()
+            if cfg.linger:
+                await trio.sleep(cfg.linger)
+            self.stats.deltas_sent += session.pump()
+            try:
+                session.tick(trio.current_time())
+            except RemoteProtocolError as e:
+                log.warning("peer %s: %s; closing", session.peer_id, e.reason)
+                await self._flush(link)
+                link.cancel_scope.cancel()
+                return
+            await self._flush(link)
+            if session.state.value == "closed":
+                link.cancel_scope.cancel()
+                return
+
+    async def _flush(self, link: _Link) -> None:
+        data = link.session.data_to_send()
+        if data:
+            self.stats.bytes_sent += len(data)
+            await link.stream.send_all(data)
+            link.session.sent_at(trio.current_time())
+
+
+async def _notify_quietly(node: Node) -> None:
+    with trio.CancelScope(shield=True):
+        await node._notify_changed()
+
+
+async def _refuse(stream: trio.abc.Stream, reason: str) -> None:
+    from .protocol import Error, encode_frame
+
+    with trio.move_on_after(1):
+        async with stream:
+            try:
+                await stream.send_all(encode_frame(Error(reason=reason)))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass

@@ -1,0 +1,563 @@
+"""The `crdtim` command line: a thin shell over `Replica` for people and scripts.
+
+Each subcommand is one `cmd_xxx(args) -> int` function and one row of `COMMANDS`; `main`
+parses, runs the row, and turns crdtim's own errors into `crdtim: error: ...` on stderr with
+exit status 2 (bad usage or input) or 1 (anything else). It holds no CRDT, storage or network
+logic, never prints a traceback for a user mistake, and never creates a replica from a
+command that only reads (show, ls, status, watch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import unicodedata
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence, TextIO
+
+import trio
+
+from . import __version__
+from .demo import run_demo
+from .errors import CrdtimError
+from .net import Node, parse_address
+from .replica import MAX_SEQ, Change, InvalidArgument, Replica
+
+__all__ = ["main", "build_parser", "COMMANDS", "Subcommand", "Argument", "arg", "watch_log",
+           "data_dir", "CommandFailed", "UsageError", "DATA_ENV", "DEFAULT_DATA",
+           "WATCH_INTERVAL"]
+
+DATA_ENV = "CRDTIM_DATA"
+DEFAULT_DATA = "crdtim-data"
+#: Seconds between two looks at the log in `crdtim watch`: short enough to feel live, long
+#: enough to cost nothing (one read transaction per look).
+WATCH_INTERVAL = 0.2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: Columns of `crdtim ls` that are cut, with "...", to stay readable on a terminal.
+TITLE_WIDTH = 30
+PREVIEW_WIDTH = 40
+
+
+class CommandFailed(Exception):
+    """A command could not do what was asked; `status` is its exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILURE):
+        super().__init__(message)
+        self.status = status
+
+
+class UsageError(CommandFailed):
+    """The command line itself is wrong (argparse's complaints land here, not in sys.exit)."""
+
+    def __init__(self, message: str, usage: str = ""):
+        super().__init__(message, EXIT_USAGE)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse would print and sys.exit(2) from deep inside parse_args; raising lets main()
+    # return the status (callable in-process) and print every error the same way.
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, self.format_usage())
+
+
+# -- the data directory and the replica --------------------------------------------------------
+
+
+def data_dir(args: argparse.Namespace) -> str:
+    """`--data DIR`, else $CRDTIM_DATA, else ./crdtim-data (an empty value counts as unset)."""
+    if args.data is not None:
+        if not args.data:
+            raise UsageError("--data needs a directory, not an empty string")
+        return args.data
+    return os.environ.get(DATA_ENV) or DEFAULT_DATA
+
+
+@contextmanager
+def _writable_replica(args: argparse.Namespace) -> Iterator[Replica]:
+    """The replica in the data directory, created if missing (and said so on stderr, since a
+    mistyped --data would otherwise start a new replica silently)."""
+    path = data_dir(args)
+    with Replica.open(path) as replica:
+        if replica.store.fresh:
+            _note(f"created a new replica {replica.id} at {path}")
+        yield replica
+
+
+@contextmanager
+def _existing_replica(args: argparse.Namespace) -> Iterator[Replica]:
+    """The replica in the data directory; never creates one, nor writes to a directory that
+    is not one (Replica.open(create=False) checks before LMDB touches anything)."""
+    path = data_dir(args)
+    if not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path)):
+        raise CommandFailed(f"no replica at {path} (run `crdtim init`)")
+    with Replica.open(path, create=False) as replica:
+        yield replica
+
+
+def _mutate(args: argparse.Namespace, op: Callable[[Replica], object]) -> int:
+    with _writable_replica(args) as replica:
+        op(replica)
+    return EXIT_OK
+
+
+# -- subcommands: one function each, registered in COMMANDS below ------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = data_dir(args)
+    with Replica.open(path) as replica:
+        if replica.store.fresh:
+            _note(f"initialized a new replica at {path}")
+        else:
+            _note(f"a replica already exists at {path}; its id is unchanged")
+        print(replica.id)
+    return EXIT_OK
+
+
+def cmd_title(args: argparse.Namespace) -> int:
+    return _mutate(args, lambda r: r.set_title(args.cid, args.text))
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    return _mutate(args, lambda r: r.pin(args.cid))
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    return _mutate(args, lambda r: r.unpin(args.cid))
+
+
+def cmd_mute(args: argparse.Namespace) -> int:
+    return _mutate(args, lambda r: r.mute(args.cid))
+
+
+def cmd_unmute(args: argparse.Namespace) -> int:
+    return _mutate(args, lambda r: r.unmute(args.cid))
+
+
+def cmd_arrive(args: argparse.Namespace) -> int:
+    return _mutate(args, lambda r: r.message_arrived(args.cid, args.seq, args.preview, args.at))
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    return _mutate(args, lambda r: r.mark_read(args.cid, args.seq))
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _existing_replica(args) as replica:
+        conversation = replica.get(args.cid)
+    if conversation is None:
+        raise CommandFailed(f"no conversation {args.cid!r}")
+    fields = conversation.as_dict()
+    if args.json:
+        _print_json(fields)
+        return EXIT_OK
+    shown = {k: _show_value(k, v) for k, v in fields.items() if k != "extra"}
+    shown.update({k: _show_value(k, v) for k, v in fields.get("extra", {}).items()})
+    _print_pairs(shown)
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _existing_replica(args) as replica:
+        page = replica.list(args.limit, args.cursor)
+    if args.json:
+        _print_json({"items": [c.as_dict() for c in page.items], "cursor": page.cursor,
+                     "has_more": page.has_more})
+        return EXIT_OK
+    if not page.items:
+        print("no conversations" if args.cursor is None else "no more conversations")
+        return EXIT_OK
+    rows = [("PIN", "MUTE", "UNREAD", "ID", "TITLE", "LAST AT", "LAST MESSAGE")]
+    for c in page.items:
+        rows.append((
+            "pin" if c.pinned else "",
+            "mute" if c.muted else "",
+            str(c.unread) if c.unread else "",
+            _printable(c.id),
+            _cut(_printable(c.title), TITLE_WIDTH),
+            _local_time(c.last_at) if c.last_at else "-",
+            _cut(_printable(c.last_preview), PREVIEW_WIDTH),
+        ))
+    _print_table(rows, right_aligned={2})
+    if page.has_more:
+        limit = "" if args.limit == 50 else f" --limit {args.limit}"
+        print(f"more: crdtim ls{limit} --cursor={page.cursor}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _existing_replica(args) as replica:
+        status = replica.status()
+    status["path"] = os.path.abspath(status["path"])
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    _print_pairs({
+        "replica": status["id"],
+        "path": status["path"],
+        "conversations": str(status["conversations"]),
+        "head": str(status["head"]),
+        "log floor": str(status["log_floor"]),
+        "peers": str(len(status["peers"])) if status["peers"] else "none",
+    })
+    if status["peers"]:
+        rows = [("  PEER", "ACK", "MISSING")]
+        rows += [(f"  {_printable(peer)}", str(p["ack"]), str(p["missing"]))
+                 for peer, p in status["peers"].items()]
+        _print_table(rows, right_aligned={1, 2})
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    try:
+        with _existing_replica(args) as replica:
+            after = replica.head if args.since is None else args.since
+            _note(f"watching {replica.path} (replica {replica.id}) after log entry {after}; "
+                  "Ctrl-C to stop")
+            emit = _change_json if args.json else _change_line
+            watch_log(replica, after, lambda seq, change: print(emit(seq, change), flush=True),
+                      on_gap=lambda missed: _note(
+                          f"{missed} log entries were trimmed before they could be shown"))
+    except KeyboardInterrupt:
+        pass  # the way to stop watching: not an error
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    with _writable_replica(args) as replica:
+        try:
+            trio.run(_serve, replica, args.listen, args.peer, args.metrics)
+        except BaseExceptionGroup as group:
+            # A task of the node failed: report the first real cause like any other error.
+            leaf = group
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise leaf from None
+    return EXIT_OK
+
+
+async def _serve(replica: Replica, listen: tuple[str, int], peers: list[tuple[str, int]],
+                 metrics: tuple[str, int] | None) -> None:
+    log = logging.getLogger("crdtim.serve")
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with Node(replica, listen=listen, peers=peers) as node:
+            host, port = listen
+            log.info("replica %s listening on %s:%d (data %s), %d peer(s) to dial",
+                     replica.id, host, node.port, replica.path, len(peers))
+            if metrics is not None:
+                from .metrics import serve_metrics  # prometheus_client: only when asked for
+
+                serve_metrics(node, *metrics)
+                log.info("metrics on http://%s:%d/metrics", *metrics)
+            async for signum in signals:
+                log.info("stopping (%s)", signal.Signals(signum).name)
+                break
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo()
+
+
+def watch_log(
+    replica: Replica,
+    after: int,
+    emit: Callable[[int, Change], object],
+    *,
+    on_gap: Callable[[int], object] = lambda missed: None,
+    interval: float = WATCH_INTERVAL,
+    sleep: Callable[[float], object] = time.sleep,
+    polls: int | None = None,
+) -> int:
+    """Emit every change logged after `after`, by any process, as it appears; return the last
+    sequence seen. Polls `polls` times (forever if None), sleeping `interval` between polls.
+
+    The log, not `Replica.subscribe`, is the source, because subscriptions only see this
+    process's commits and watch must see the CLI and `serve` writing from elsewhere. If the
+    log was trimmed past what was shown (a server dropped acknowledged entries meanwhile),
+    `on_gap` gets how many entries were missed; the state itself is still complete.
+    """
+    done = 0
+    while True:
+        head = replica.head  # read before the entries: any gap found below is a real one
+        changes = list(replica.changes_since(after))
+        # Sequence numbers are consecutive and trimming drops a prefix, so a hole between
+        # `after` and the first entry still here means entries were dropped unseen.
+        first = changes[0][0] if changes else head + 1
+        if first > after + 1:
+            on_gap(first - 1 - after)
+            after = first - 1
+        for seq, change in changes:
+            emit(seq, change)
+            after = seq
+        done += 1
+        if polls is not None and done >= polls:
+            return after
+        sleep(interval)
+
+
+# -- the command table -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Argument:
+    flags: tuple[str, ...]
+    options: Mapping[str, Any]
+
+
+def arg(*flags: str, **options: Any) -> Argument:
+    """One `add_argument` call, written down for the table: arg("--limit", type=int)."""
+    return Argument(flags, options)
+
+
+@dataclass(frozen=True, slots=True)
+class Subcommand:
+    """One row of the command table: what runs, its one-line help, and its arguments."""
+
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    arguments: tuple[Argument, ...] = field(default=())
+
+
+def _whole_number(text: str) -> int:
+    # (length first: int() refuses strings of over 4300 digits with a ValueError)
+    if not (text.isascii() and text.isdigit()) or len(text) > 20 or int(text) > MAX_SEQ:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to {MAX_SEQ}, not {text!r:.40}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    n = _whole_number(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError("expected a number of 1 or more, not 0")
+    return n
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _conversation_id(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("a conversation id cannot be empty")
+    return text
+
+
+CID = arg("cid", metavar="CID", type=_conversation_id, help="conversation id")
+SEQ = arg("seq", metavar="SEQ", type=_whole_number, help="message sequence number")
+JSON = arg("--json", action="store_true", help="print JSON instead of text")
+
+COMMANDS: dict[str, Subcommand] = {
+    "init": Subcommand(cmd_init, "create the replica if missing; print its id"),
+    "title": Subcommand(cmd_title, "set a conversation's title",
+                        (CID, arg("text", metavar="TEXT", help="the new title"))),
+    "pin": Subcommand(cmd_pin, "pin a conversation", (CID,)),
+    "unpin": Subcommand(cmd_unpin, "unpin a conversation", (CID,)),
+    "mute": Subcommand(cmd_mute, "mute a conversation", (CID,)),
+    "unmute": Subcommand(cmd_unmute, "unmute a conversation", (CID,)),
+    "arrive": Subcommand(cmd_arrive, "record that message SEQ arrived in a conversation", (
+        CID, SEQ,
+        arg("--preview", metavar="TEXT", default="", help="the message's preview text"),
+        arg("--at", metavar="MS", type=_whole_number, default=None,
+            help="message time in ms since the epoch (default: now)"),
+    )),
+    "read": Subcommand(cmd_read, "mark a conversation read up to message SEQ", (CID, SEQ)),
+    "show": Subcommand(cmd_show, "show one conversation", (CID, JSON)),
+    "ls": Subcommand(cmd_ls, "list conversations: pinned first, then newest message first", (
+        arg("--limit", metavar="N", type=_positive, default=50, help="page size (default 50)"),
+        arg("--cursor", metavar="C", default=None, help="continue after a previous page"),
+        JSON,
+    )),
+    "status": Subcommand(cmd_status, "replica id, log and peers", (JSON,)),
+    "watch": Subcommand(cmd_watch, "print changes as they happen, from any process", (
+        arg("--since", metavar="SEQ", type=_whole_number, default=None,
+            help="start after this log entry (default: the newest)"),
+        arg("--json", action="store_true", help="one JSON object per line"),
+    )),
+    "serve": Subcommand(cmd_serve, "replicate with peers over TCP until SIGINT/SIGTERM", (
+        arg("--listen", metavar="HOST:PORT", type=_address, required=True,
+            help="address to accept peers on (port 0: any free port)"),
+        arg("--peer", metavar="HOST:PORT", type=_address, action="append", default=[],
+            help="a peer to dial (repeatable)"),
+        arg("--metrics", metavar="HOST:PORT", type=_address, default=None,
+            help="serve Prometheus metrics on this address"),
+        arg("--quiet", action="store_true", help="log only warnings and errors"),
+    )),
+    "demo": Subcommand(cmd_demo, "three replicas syncing on loopback, step by step"),
+}
+
+
+def build_parser(
+    commands: Mapping[str, Subcommand] = COMMANDS,
+) -> tuple[argparse.ArgumentParser, Mapping[str, Subcommand]]:
+    """The parser for `commands`, and the table itself: main runs `commands[args.command]`."""
+    parser = _Parser(
+        prog="crdtim",
+        description="Conversation state (title, pinned, muted, unread, last message) that "
+        "every device can change offline and that converges when they sync.",
+    )
+    parser.add_argument("--version", action="version", version=f"crdtim {__version__}")
+    data_help = f"replica directory (default: ${DATA_ENV}, else ./{DEFAULT_DATA})"
+    parser.add_argument("--data", metavar="DIR", default=None, help=data_help)
+    # --data after the subcommand too; SUPPRESS keeps an absent one from overwriting the
+    # value given before the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS, help=data_help)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in commands.items():
+        p = sub.add_parser(name, help=command.help, description=command.help, parents=[common])
+        for a in command.arguments:
+            p.add_argument(*a.flags, **a.options)
+    return parser, commands
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    _tolerate_unencodable(sys.stdout)
+    _tolerate_unencodable(sys.stderr)
+    parser, commands = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version
+            return e.code if isinstance(e.code, int) else EXIT_OK
+        return commands[args.command].run(args)
+    except UsageError as e:
+        sys.stderr.write(e.usage)
+        return _error(str(e), e.status)
+    except CommandFailed as e:
+        return _error(str(e), e.status)
+    except InvalidArgument as e:
+        return _error(str(e), EXIT_USAGE)
+    except BrokenPipeError:
+        _silence_stdout()  # `crdtim ls | head`: the reader left, nothing to report
+        return EXIT_FAILURE
+    except (CrdtimError, OSError) as e:
+        return _error(str(e) or type(e).__name__, EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return 130  # the shell's convention for "stopped by SIGINT"
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _error(message: str, status: int) -> int:
+    print(f"crdtim: error: {message}", file=sys.stderr)
+    return status
+
+
+def _note(message: str) -> None:
+    print(f"crdtim: {message}", file=sys.stderr)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=False))
+
+
+def _change_line(seq: int, change: Change) -> str:
+    origin = "local" if change.origin == "local" else f"from {change.peer or 'unknown peer'}"
+    return f"{seq}\t{_printable(change.conversation)}\t{','.join(sorted(change.fields))}\t{origin}"
+
+
+def _change_json(seq: int, change: Change) -> str:
+    return json.dumps({"seq": seq, "conversation": change.conversation,
+                       "fields": sorted(change.fields), "origin": change.origin,
+                       "peer": change.peer})
+
+
+def _show_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key == "last_at":
+        shown = _local_time(value)
+        return "-" if not value else shown if shown.endswith(" ms") else f"{shown} ({value} ms)"
+    return _printable(str(value))
+
+
+def _print_pairs(pairs: Mapping[str, str]) -> None:
+    width = max(len(k) for k in pairs) + 1
+    for key, value in pairs.items():
+        print(f"{key + ':':<{width}} {value}".rstrip())
+
+
+def _print_table(rows: list[tuple[str, ...]], right_aligned: Collection[int] = ()) -> None:
+    widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            pad = " " * (widths[i] - _width(cell))
+            cells.append(pad + cell if i in right_aligned else cell + pad)
+        print("  ".join(cells).rstrip())
+
+
+def _local_time(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # beyond what the platform's clock can show
+        return f"{ms} ms"
+
+
+def _printable(text: str) -> str:
+    """Text from other devices, made safe for a terminal: control characters (newlines,
+    escape sequences) are shown escaped instead of acting on the screen or the layout."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _char_width(c: str) -> int:
+    if unicodedata.combining(c):
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in "WF" else 1
+
+
+def _width(text: str) -> int:
+    """Columns the text takes on a terminal (CJK and emoji take two)."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_width(c) for c in text)
+
+
+def _cut(text: str, width: int) -> str:
+    if _width(text) <= width:
+        return text
+    out, used = [], 0
+    for c in text:
+        w = _char_width(c)
+        if used + w > width - 3:
+            break
+        out.append(c)
+        used += w
+    return "".join(out) + "..."
+
+
+def _tolerate_unencodable(stream: TextIO) -> None:
+    # A title in a script the terminal's encoding lacks must not abort the listing.
+    try:
+        stream.reconfigure(errors="backslashreplace")  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
+def _silence_stdout() -> None:
+    # Python's recipe for SIGPIPE: point stdout at devnull so the flush at exit is quiet too.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -4,7 +4,7 @@ Every replica accepts writes at once, offline too; replicas exchange delta-state
 converge whatever the order, loss or duplication of messages. See README.md and specs/.
 """
 
-from .crdt import Conversation, ConversationMap, DEFAULT_SCHEMA, Field, Schema
+from .crdt import Conversation, ConversationMap, DEFAULT_SCHEMA, Field, Flag, Lww, MaxReg, Schema
 from .errors import (
     ClockDriftError,
     CorruptStoreError,
@@ -14,6 +14,14 @@ from .errors import (
     NotAReplicaError,
     ReplicaClosedError,
     StoreError,
+)
+from .net import Node, NodeConfig
+from .protocol import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    SessionConfig,
+    SyncSession,
 )
 from .replica import Change, InvalidArgument, Page, Replica, Subscription
 
@@ -29,6 +37,16 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "DecodeError",
     "Field",
+    "Flag",
+    "LocalProtocolError",
+    "Lww",
+    "MaxReg",
+    "Node",
+    "NodeConfig",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "SessionConfig",
+    "SyncSession",
     "FormatVersionError",
     "InvalidArgument",
     "NotAReplicaError",

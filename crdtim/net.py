@@ -121,15 +121,21 @@ class Node:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Node:
+        # Listen before the nursery opens, so that "address in use" reaches the caller as a
+        # plain OSError rather than inside an exception group.
+        if self.listen is not None:
+            host, port = self.listen
+            try:
+                self.listeners = await trio.open_tcp_listeners(port, host=host)
+            except OSError as e:
+                raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
         self._cm = trio.open_nursery()
         self._nursery = await self._cm.__aenter__()
         try:
             self._known_head = self.replica.head
             self._subscription = self.replica.subscribe(self._on_replica_change)
-            if self.listen is not None:
-                self.listeners = await trio.open_tcp_listeners(self.listen[1], host=self.listen[0])
-                for listener in self.listeners:
-                    self._nursery.start_soon(self._accept_loop, listener)
+            for listener in self.listeners:
+                self._nursery.start_soon(self._accept_loop, listener)
             for addr in self.peers:
                 self._nursery.start_soon(self._dial_loop, addr)
             self._nursery.start_soon(self._watch_log)

@@ -175,7 +175,9 @@ def _dec_lww(x: Any, rids: list[str], limits: Limits, what: str) -> Lww:
     wall, counter, ri, value = _list(x, what, 4)
     stamp = Stamp(
         _int(wall, f"{what} wall time"),
-        _int(counter, f"{what} counter", 0, MAX_COUNTER),
+        # Not MAX_COUNTER: last_message's stamp carries the message sequence here, and a
+        # sequence may be as large as last_seq (0..MAX_INT).
+        _int(counter, f"{what} counter", 0, MAX_INT),
         _replica(rids, ri, what),
     )
     return Lww(stamp, _str(value, f"{what} value", limits.max_text))

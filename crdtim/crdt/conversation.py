@@ -209,6 +209,17 @@ class ConversationMap:
                     best = Hlc(s.stamp.wall, s.stamp.counter)
         return best
 
+    def max_wall(self) -> int:
+        """The largest wall time in any register stamp of the map (0 if none): a bound on
+        it keeps a peer's far-future time from winning a register forever."""
+        best = 0
+        for fields in self.convs.values():
+            for s in fields.values():
+                stamp = getattr(s, "stamp", None)
+                if stamp is not None and stamp.wall > best:
+                    best = stamp.wall
+        return best
+
     # -- delta mutators: each returns the delta (a map holding just the change) --------------
 
     def set_register(self, cid: str, name: str, value: str, stamp: Stamp) -> ConversationMap:

@@ -1,0 +1,195 @@
+"""Hypothesis strategies for the pure core: lattice states that are reachable or at least valid.
+
+Everything is drawn from small alphabets (four replica ids, three conversation ids, stamps
+from a handful of walls and counters, a few texts) so that collisions -- equal stamps with
+different values, the same dot seen by two sides, the same conversation written twice -- are
+common rather than astronomically rare. Sizes stay small so a law runs in milliseconds.
+
+"Reachable" states come from replaying delta mutators on a few simulated replicas and joining
+a random subset of the deltas they made; "valid" states are any state that respects the
+lattice invariant (a flag's dots lie inside its causal context), which is what a decoder may
+hand us from the wire.
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+from typing import Any, Callable
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from crdtim.crdt import (
+    DEFAULT_SCHEMA,
+    CausalContext,
+    ConversationMap,
+    Field,
+    Flag,
+    Lww,
+    MaxReg,
+    Schema,
+    Stamp,
+)
+
+#: Settings for the property suites: no deadline (the CI box is a shared 2-core machine and
+#: other suites run beside us), and no complaint about the modest filtering some draws do.
+FAST = settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+REPLICA_IDS = ("A", "B", "C", "D")
+CONVERSATION_IDS = ("c1", "c2", "c3")
+TEXTS = ("", "a", "b", "hello")
+
+#: The default schema plus one user field, to check that everything is schema-driven.
+ARCHIVED = Field("archived", 6, Flag)
+EXTENDED_SCHEMA = DEFAULT_SCHEMA.extend(ARCHIVED)
+
+replica_ids = st.sampled_from(REPLICA_IDS)
+conversation_ids = st.sampled_from(CONVERSATION_IDS)
+texts = st.sampled_from(TEXTS)
+
+# -- registers ------------------------------------------------------------------------------
+
+stamps = st.builds(
+    Stamp, wall=st.integers(0, 3), counter=st.integers(0, 1), replica=replica_ids
+)
+
+
+def lwws(allow_bottom: bool = True) -> st.SearchStrategy[Lww]:
+    written = st.builds(Lww, stamps, texts)
+    return st.one_of(st.just(Lww.bottom()), written) if allow_bottom else written
+
+
+def maxregs() -> st.SearchStrategy[MaxReg]:
+    return st.integers(0, 8).map(MaxReg)
+
+
+# -- causal contexts and flags ----------------------------------------------------------------
+
+dots = st.tuples(replica_ids, st.integers(1, 6))
+
+
+def contexts() -> st.SearchStrategy[CausalContext]:
+    """Any canonical context: a version vector plus a cloud of dots beyond it."""
+    return st.builds(
+        CausalContext.compact,
+        st.dictionaries(replica_ids, st.integers(0, 3), max_size=3),
+        st.frozensets(dots, max_size=3),
+    )
+
+
+@st.composite
+def valid_flags(draw: Callable) -> Flag:
+    """An arbitrary flag whose dots lie inside its context (the decoder's invariant)."""
+    context = draw(contexts())
+    seen = sorted(context.dots())
+    alive = draw(st.frozensets(st.sampled_from(seen), max_size=3)) if seen else frozenset()
+    return Flag(alive, context)
+
+
+@st.composite
+def reachable_flags(draw: Callable, max_steps: int = 8) -> Flag:
+    """A flag some run of enable/disable mutators on a few replicas can reach: each replica
+    mutates its own state and joins deltas it receives; the result is the join of a random
+    subset of all deltas made (or one replica's state)."""
+    local = {r: Flag.bottom() for r in REPLICA_IDS}
+    deltas: list[Flag] = []
+    for _ in range(draw(st.integers(0, max_steps))):
+        r = draw(replica_ids)
+        action = draw(st.sampled_from(("enable", "disable", "receive")))
+        if action == "receive":
+            if deltas:
+                local[r] = local[r].join(draw(st.sampled_from(deltas)))
+            continue
+        delta = local[r].enable(r) if action == "enable" else local[r].disable()
+        local[r] = local[r].join(delta)
+        deltas.append(delta)
+    if deltas and draw(st.booleans()):
+        picked = draw(st.lists(st.sampled_from(deltas), max_size=4))
+        return reduce(Flag.join, picked, Flag.bottom())
+    return local[draw(replica_ids)]
+
+
+def flags() -> st.SearchStrategy[Flag]:
+    return st.one_of(st.just(Flag.bottom()), reachable_flags(), valid_flags())
+
+
+# -- conversation maps -------------------------------------------------------------------------
+
+_FIELD_STATES: dict[type, Callable[[], st.SearchStrategy]] = {
+    Lww: lwws,
+    MaxReg: maxregs,
+    Flag: flags,
+}
+
+
+def field_states(schema: Schema = DEFAULT_SCHEMA) -> st.SearchStrategy[dict[str, Any]]:
+    """One conversation's fields: any subset of the schema, each a drawn lattice state."""
+    return st.fixed_dictionaries(
+        {}, optional={f.name: _FIELD_STATES[f.lattice]() for f in schema.fields}
+    )
+
+
+def arbitrary_maps(schema: Schema = DEFAULT_SCHEMA) -> st.SearchStrategy[ConversationMap]:
+    return st.builds(
+        lambda convs: ConversationMap(convs, schema),
+        st.dictionaries(conversation_ids, field_states(schema), max_size=3),
+    )
+
+
+@st.composite
+def map_deltas(draw: Callable, state: ConversationMap) -> ConversationMap:
+    """The delta of one map mutator, drawn with its arguments, applied to `state`."""
+    schema = state.schema
+    cid = draw(conversation_ids)
+    flag_names = [f.name for f in schema.fields if f.lattice is Flag]
+    op = draw(st.sampled_from(("title", "enable", "disable", "arrive", "read")))
+    if op == "title":
+        return state.set_title(cid, draw(texts), draw(stamps))
+    if op == "enable":
+        return state.enable(cid, draw(st.sampled_from(flag_names)), draw(replica_ids))
+    if op == "disable":
+        return state.disable(cid, draw(st.sampled_from(flag_names)))
+    if op == "arrive":
+        return state.message_arrived(
+            cid, draw(st.integers(1, 8)), draw(texts), draw(st.integers(0, 4)), draw(replica_ids)
+        )
+    return state.mark_read(cid, draw(st.integers(0, 8)))
+
+
+@st.composite
+def reachable_maps(draw: Callable, schema: Schema = DEFAULT_SCHEMA, max_steps: int = 8):
+    """A map reached by running mutators on a few replicas that exchange some deltas."""
+    local = {r: ConversationMap.bottom(schema) for r in REPLICA_IDS[:3]}
+    deltas: list[ConversationMap] = []
+    for _ in range(draw(st.integers(0, max_steps))):
+        r = draw(st.sampled_from(sorted(local)))
+        if deltas and draw(st.booleans()):
+            local[r] = local[r].join(draw(st.sampled_from(deltas)))
+            continue
+        delta = draw(map_deltas(local[r]))
+        local[r] = local[r].join(delta)
+        deltas.append(delta)
+    if deltas and draw(st.booleans()):
+        picked = draw(st.lists(st.sampled_from(deltas), max_size=4))
+        return reduce(ConversationMap.join, picked, ConversationMap.bottom(schema))
+    return local[draw(st.sampled_from(sorted(local)))]
+
+
+def conversation_maps(schema: Schema = DEFAULT_SCHEMA) -> st.SearchStrategy[ConversationMap]:
+    """States and deltas alike (a delta is a small state of the same type)."""
+    return st.one_of(arbitrary_maps(schema), reachable_maps(schema))
+
+
+@st.composite
+def sub_maps(draw: Callable, m: ConversationMap) -> ConversationMap:
+    """Some of `m`'s conversations with some of their fields: a delta `m` already holds."""
+    out = {}
+    for cid in draw(st.lists(st.sampled_from(sorted(m.convs)), unique=True)) if m.convs else []:
+        fields = m.convs[cid]
+        names = draw(st.lists(st.sampled_from(sorted(fields)), unique=True))
+        out[cid] = {name: fields[name] for name in names}
+    return ConversationMap(out, m.schema)

@@ -1,0 +1,369 @@
+"""The decoder on hostile input: a valid map or DecodeError, never any other exception.
+
+Inputs are random bytes, valid encodings with bytes flipped, inserted or deleted, and valid
+encodings mutated as msgpack objects (wrong types, out-of-range integers, unknown tags,
+replica indexes past the table, dots outside their context, huge declared lengths). Whatever
+decodes must be a valid state: flags' dots inside their contexts, and re-encoding it decodes
+to the same state. The named tests at the end pin down the error messages a peer or an
+operator will read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import strategies as s
+from crdtim import codec
+from crdtim.codec import DEFAULT_LIMITS, FORMAT_VERSION, Limits, decode_fields, decode_map
+from crdtim.crdt import DEFAULT_SCHEMA, ConversationMap, Flag, Lww, MaxReg, Stamp
+from crdtim.errors import DecodeError
+
+SCHEMAS = [DEFAULT_SCHEMA, s.EXTENDED_SCHEMA]
+
+
+def check_valid_fields(fields: dict[str, Any], schema) -> None:
+    for name, state in fields.items():
+        lattice = schema.by_name[name].lattice
+        assert type(state) is lattice
+        assert not state.is_bottom()
+        if lattice is Flag:
+            assert all(state.context.contains(d) for d in state.dots)
+        elif lattice is Lww:
+            assert type(state.value) is str and state.stamp.replica
+        else:
+            assert type(state.value) is int and state.value > 0
+
+
+def decodes_or_refuses(data: bytes, schema=DEFAULT_SCHEMA, limits: Limits = DEFAULT_LIMITS) -> None:
+    """The property: decode_map and decode_fields either refuse with DecodeError or return a
+    valid value that survives a second round trip unchanged."""
+    try:
+        m = decode_map(data, schema, limits)
+    except DecodeError as e:
+        assert str(e)  # every refusal says what was wrong
+    else:
+        assert isinstance(m, ConversationMap)
+        for cid, fields in m.convs.items():
+            assert type(cid) is str and 1 <= len(cid) <= limits.max_cid
+            check_valid_fields(fields, schema)
+        assert decode_map(codec.encode_map(m), schema) == m
+    try:
+        fields = decode_fields(data, schema, limits)
+    except DecodeError as e:
+        assert str(e)
+    else:
+        check_valid_fields(fields, schema)
+        assert decode_fields(codec.encode_fields(fields, schema), schema) == fields
+
+
+# -- random and byte-mutated input -----------------------------------------------------------
+
+
+@s.FAST
+@given(data=st.binary(max_size=300), schema=st.sampled_from(SCHEMAS))
+def test_random_bytes_decode_or_raise_decode_error(data: bytes, schema) -> None:
+    decodes_or_refuses(data, schema)
+
+
+@st.composite
+def valid_encodings(draw: Callable, non_empty: bool = False) -> bytes:
+    m = draw(st.one_of(s.conversation_maps(), s.conversation_maps(s.EXTENDED_SCHEMA)))
+    if non_empty and not m.convs:
+        m = ConversationMap({"c1": {"title": Lww(Stamp(1, 0, "A"), "t")}}, m.schema).join(m)
+    if draw(st.booleans()) or not m.convs:
+        return codec.encode_map(m)
+    return codec.encode_fields(m.convs[draw(st.sampled_from(sorted(m.convs)))], m.schema)
+
+
+@st.composite
+def byte_mutants(draw: Callable) -> bytes:
+    data = bytearray(draw(valid_encodings()))
+    for _ in range(draw(st.integers(1, 4))):
+        how = draw(st.sampled_from(("flip", "insert", "delete", "truncate", "duplicate")))
+        i = draw(st.integers(0, max(0, len(data) - 1)))
+        if how == "flip" and data:
+            data[i] ^= draw(st.integers(1, 255))
+        elif how == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=5))
+        elif how == "delete" and data:
+            del data[i : i + draw(st.integers(1, 4))]
+        elif how == "truncate":
+            del data[i:]
+        elif how == "duplicate":
+            data[i:i] = data[i : i + draw(st.integers(1, 8))]
+    return bytes(data)
+
+
+@s.FAST
+@given(data=byte_mutants(), schema=st.sampled_from(SCHEMAS))
+def test_byte_mutated_encodings_decode_or_raise_decode_error(data: bytes, schema) -> None:
+    decodes_or_refuses(data, schema)
+
+
+# -- structurally mutated msgpack objects ----------------------------------------------------
+
+_INT_EDGES = [-(2**63), -1, 0, 1, 5, 127, 128, 255, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
+
+nasty_keys = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from(_INT_EDGES),
+    st.integers(-3, 130),  # tags just outside and inside the schema's range
+    st.floats(allow_nan=False),
+    st.text(max_size=3),
+    st.binary(max_size=3),
+)
+nasty_values = st.one_of(
+    nasty_keys,
+    st.floats(),
+    st.just([]),
+    st.just({}),
+    st.lists(st.sampled_from(_INT_EDGES), max_size=5),
+    st.lists(st.integers(-1, 8), min_size=2, max_size=8),  # dot-like flat pairs
+    st.dictionaries(st.integers(-1, 130), st.integers(-1, 3), max_size=2),
+    st.lists(st.just([0, 0, 0]), min_size=3, max_size=3),  # flag-shaped, wrong innards
+)
+
+
+def positions(obj: Any, path: tuple = ()) -> list[tuple]:
+    """Every place in a msgpack object tree: list items, dict values and dict keys."""
+    out = [path]
+    if type(obj) is list:
+        for i, item in enumerate(obj):
+            out += positions(item, path + (("item", i),))
+    elif type(obj) is dict:
+        for key, value in obj.items():
+            out.append(path + (("key", key),))
+            out += positions(value, path + (("value", key),))
+    return out
+
+
+def replaced(obj: Any, path: tuple, change: Callable[[Any], Any]) -> Any:
+    """A copy of `obj` with the node at `path` replaced by change(node)."""
+    if not path:
+        return change(obj)
+    (kind, where), rest = path[0], path[1:]
+    if type(obj) is list:
+        out = list(obj)
+        out[where] = replaced(obj[where], rest, change)
+        return out
+    if kind == "key":
+        new_key = change(where)
+        return {(new_key if k == where else k): v for k, v in obj.items()}
+    return {k: (replaced(v, rest, change) if k == where else v) for k, v in obj.items()}
+
+
+@st.composite
+def object_mutants(draw: Callable) -> bytes:
+    obj = codec.unpack(draw(valid_encodings(non_empty=True)))
+    for _ in range(draw(st.integers(1, 3))):
+        # Mostly inside a conversation's fields, where the per-lattice checks live; the
+        # header and the root get their share from the shallower picks.
+        depth = draw(st.sampled_from((3, 3, 3, 1, 0)))
+        everywhere = positions(obj)
+        path = draw(st.sampled_from([p for p in everywhere if len(p) >= depth] or everywhere))
+        how = draw(st.sampled_from(("replace", "drop", "grow", "copy")))
+        if path and path[-1][0] == "key":
+            new_key = draw(nasty_keys)
+            obj = replaced(obj, path, lambda _: new_key)
+        elif how == "replace":
+            new = draw(nasty_values)
+            obj = replaced(obj, path, lambda _: new)
+        elif how == "drop":
+            obj = replaced(obj, path, _drop_one)
+        elif how == "grow":
+            extra_key, extra = draw(nasty_keys), draw(nasty_values)
+            obj = replaced(obj, path, lambda node: _grow(node, extra_key, extra))
+        else:  # put a valid subtree where a different one belongs
+            source = draw(st.sampled_from(positions(obj)))
+            if source and source[-1][0] != "key":
+                subtree = _at(obj, source)
+                obj = replaced(obj, path, lambda _: subtree)
+    return codec.pack(obj)
+
+
+def _at(obj: Any, path: tuple) -> Any:
+    for _, where in path:
+        obj = obj[where]
+    return obj
+
+
+def _drop_one(node: Any) -> Any:
+    if type(node) is list and node:
+        return node[:-1]
+    if type(node) is dict and node:
+        return dict(list(node.items())[1:])
+    return node
+
+
+def _grow(node: Any, key: Any, value: Any) -> Any:
+    if type(node) is list:
+        return node + [value]
+    if type(node) is dict:
+        return {**node, key: value}
+    return node
+
+
+@s.FAST
+@given(data=object_mutants(), schema=st.sampled_from(SCHEMAS))
+def test_structurally_mutated_objects_decode_or_raise_decode_error(data: bytes, schema) -> None:
+    decodes_or_refuses(data, schema)
+
+
+@st.composite
+def hostile_flags(draw: Callable) -> bytes:
+    """A one-flag map whose dots and version vector are drawn freely: replica indexes past the
+    table, zero or huge counters, dots outside the context, odd-length pair lists."""
+    rids = draw(st.lists(st.sampled_from(s.REPLICA_IDS), min_size=0, max_size=3))
+    pair_lists = st.lists(st.integers(-1, 4) | st.sampled_from(_INT_EDGES), max_size=7)
+    flag = [draw(pair_lists), draw(pair_lists), draw(pair_lists)]
+    return codec.pack([FORMAT_VERSION, rids, {"c": {1: flag}}])
+
+
+@s.FAST
+@given(data=hostile_flags())
+def test_hostile_flags_decode_or_raise_decode_error(data: bytes) -> None:
+    decodes_or_refuses(data)
+
+
+# Declared lengths far beyond the data: array32, map32, str32, bin32 headers.
+HUGE_HEADERS = [b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff",
+                b"\xc6\xff\xff\xff\xff", b"\xdc\xff\xff", b"\xde\xff\xff"]
+
+
+@s.FAST
+@given(
+    header=st.sampled_from(HUGE_HEADERS),
+    prefix=st.sampled_from([b"", b"\x93\x01\x91\xa1A", b"\x93\x01\x90\x81\xa1c"]),
+    tail=st.binary(max_size=20),
+)
+def test_huge_declared_lengths_raise_decode_error(header: bytes, prefix: bytes, tail: bytes):
+    # e.g. [1, ["A"], <array of 2**32-1 items>] with 20 bytes behind it
+    with pytest.raises(DecodeError):
+        decode_map(prefix + header + tail)
+
+
+# -- named tests: refusals say what was wrong ------------------------------------------------
+
+
+def one_field(tag: Any, value: Any, rids: list = ["A"], cid: Any = "c") -> bytes:
+    return codec.pack([FORMAT_VERSION, rids, {cid: {tag: value}}])
+
+
+def test_unknown_field_tag_names_the_tag():
+    with pytest.raises(DecodeError, match=r"conversation 'c': unknown field tag 99"):
+        decode_map(one_field(99, 1))
+    with pytest.raises(DecodeError, match=r"unknown field tag 'title'"):
+        decode_map(one_field("title", [1, 0, 0, "x"]))
+
+
+def test_unsupported_version_names_both_versions():
+    data = codec.pack([2, [], {}])
+    with pytest.raises(DecodeError, match=r"unsupported format version 2 \(this is 1\)"):
+        decode_map(data)
+    with pytest.raises(DecodeError, match="unsupported format version True"):
+        decode_map(codec.pack([True, [], {}]))
+
+
+def test_replica_index_out_of_range_is_named():
+    with pytest.raises(DecodeError, match=r"title replica index: 1 is out of range 0\.\.0"):
+        decode_map(one_field(0, [5, 0, 1, "x"]))
+
+
+def test_dot_outside_the_context_is_refused():
+    # dots [(A, 3)], version vector {A: 2}: the flag would hold an enable it has not seen
+    with pytest.raises(DecodeError, match=r"dot \('A', 3\) is not in the flag's causal context"):
+        decode_map(one_field(1, [[0, 3], [0, 2], []]))
+
+
+def test_version_vector_with_a_replica_twice_is_refused():
+    with pytest.raises(DecodeError, match="a replica appears twice"):
+        decode_map(one_field(1, [[], [0, 1, 0, 2], []]))
+
+
+def test_wrong_types_name_what_was_expected():
+    with pytest.raises(DecodeError, match="last_seq: expected an integer, got float"):
+        decode_map(one_field(3, 1.5))
+    with pytest.raises(DecodeError, match="last_seq: -1 is out of range"):
+        decode_map(one_field(3, -1))
+    with pytest.raises(DecodeError, match="title: expected 4 items, got 3"):
+        decode_map(one_field(0, [1, 2, 0]))
+    with pytest.raises(DecodeError, match="title value: expected a string, got bytes"):
+        decode_map(one_field(0, [1, 2, 0, b"x"]))
+    with pytest.raises(DecodeError, match="conversation id: expected a string, got int"):
+        decode_map(one_field(0, [1, 2, 0, "x"], cid=7))
+    with pytest.raises(DecodeError, match="expected a map of conversations, got list"):
+        decode_map(codec.pack([1, [], []]))
+    with pytest.raises(DecodeError, match="expected bytes, got str"):
+        decode_map("not bytes")  # type: ignore[arg-type]
+
+
+def test_malformed_msgpack_is_a_decode_error():
+    good = codec.encode_map(ConversationMap().mark_read("c", 3))
+    with pytest.raises(DecodeError, match="not valid msgpack"):
+        decode_map(good[:-1])
+    with pytest.raises(DecodeError, match="trailing bytes"):
+        decode_map(good + b"\x00")
+    with pytest.raises(DecodeError, match="extension type 5 is not allowed"):
+        decode_map(b"\xd4\x05\x00")
+
+
+def test_limits_are_enforced_and_named():
+    m = ConversationMap().set_title("c", "hello", Stamp(1, 0, "A")).join(
+        ConversationMap().mark_read("d", 1)
+    )
+    data = codec.encode_map(m)
+    with pytest.raises(DecodeError, match="over the limit of 10"):
+        decode_map(data, limits=Limits(max_bytes=10))
+    with pytest.raises(DecodeError, match="2 conversations is over the limit of 1"):
+        decode_map(data, limits=Limits(max_conversations=1))
+    with pytest.raises(DecodeError, match=r"title value: length 5 is out of range 0\.\.4"):
+        decode_map(data, limits=Limits(max_text=4))
+    with pytest.raises(DecodeError, match=r"conversation id: length 1 is out of range 1\.\.0"):
+        decode_map(data, limits=Limits(max_cid=0))
+    with pytest.raises(DecodeError, match="replica ids is over the limit of 0"):
+        decode_map(data, limits=Limits(max_replicas=0))
+    two_dots = one_field(1, [[0, 1, 1, 2], [], [0, 1, 1, 2]], rids=["A", "B"])
+    with pytest.raises(DecodeError, match="at most 1 "):
+        decode_map(two_dots, limits=Limits(max_dots=1))
+    with pytest.raises(DecodeError, match=r"replica id: length 0 is out of range 1\.\.64"):
+        decode_map(one_field(3, 1, rids=[""]))
+
+
+def test_decode_fields_names_the_conversation():
+    data = codec.pack([FORMAT_VERSION, [], {42: 1}])
+    with pytest.raises(DecodeError, match="conversation 'inbox': unknown field tag 42"):
+        decode_fields(data, cid="inbox")
+
+
+def test_explicit_bottom_fields_decode_to_absent_fields():
+    # A peer may send a field at bottom; it must not become a stored, non-canonical field.
+    data = codec.pack([FORMAT_VERSION, [], {"c": {3: 0, 1: [[], [], []]}}])
+    assert decode_map(data) == ConversationMap()
+    assert decode_fields(codec.pack([FORMAT_VERSION, [], {3: 0}])) == {}
+
+
+def test_last_message_with_sequence_above_2_pow_32_round_trips():
+    # Regression: the Lww counter was capped at 2**32-1 on decode, but last_message's stamp
+    # carries the message sequence there, so message_arrived(seq=2**32) made a delta that
+    # every peer refused.
+    delta = ConversationMap().message_arrived("c", 2**32, "hi", 1_700_000_000_000, "A")
+    assert decode_map(codec.encode_map(delta)) == delta
+    fields = delta.fields("c")
+    assert fields["last_message"].stamp.counter == 2**32
+    assert decode_fields(codec.encode_fields(fields)) == fields
+
+
+def test_largest_values_round_trip():
+    top = 2**63 - 1
+    m = ConversationMap({"c" * DEFAULT_LIMITS.max_cid: {
+        "title": Lww(Stamp(top, top, "r" * 64), "x" * DEFAULT_LIMITS.max_text),
+        "last_seq": MaxReg(top),
+    }})
+    assert decode_map(codec.encode_map(m)) == m
+    with pytest.raises(DecodeError, match="out of range"):
+        decode_map(one_field(3, top + 1))

@@ -1,0 +1,347 @@
+"""The laws of the pure core, one property suite parametrized over every lattice.
+
+A join-semilattice's join is commutative, associative and idempotent, with bottom as its
+identity; a delta mutator's delta, joined into the state, gives the mutated state; the codec
+is the identity after a round trip; the novel part of a delta changes a state exactly as the
+whole delta does. Each law is written once and run against every type (riak_dt and
+rust-crdt style), never copied per type. Equality is structural (`==` on the states), which is
+exactly what convergence needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import strategies as s
+from crdtim import codec
+from crdtim.crdt import CausalContext, ConversationMap, Flag, Lww, MaxReg, Stamp
+
+
+@dataclass(frozen=True)
+class LatticeCase:
+    name: str
+    states: st.SearchStrategy
+    bottom: Any
+
+    def __str__(self) -> str:
+        return self.name
+
+
+LATTICES = [
+    LatticeCase("Lww", s.lwws(), Lww.bottom()),
+    LatticeCase("MaxReg", s.maxregs(), MaxReg.bottom()),
+    LatticeCase("Flag", s.flags(), Flag.bottom()),
+    LatticeCase("CausalContext", s.contexts(), CausalContext()),
+    LatticeCase("ConversationMap", s.conversation_maps(), ConversationMap.bottom()),
+    LatticeCase(
+        "ConversationMap[archived]",
+        s.conversation_maps(s.EXTENDED_SCHEMA),
+        ConversationMap.bottom(s.EXTENDED_SCHEMA),
+    ),
+]
+
+lattices = pytest.mark.parametrize("case", LATTICES, ids=str)
+
+
+# -- join-semilattice laws -----------------------------------------------------------------
+
+
+@lattices
+@s.FAST
+@given(data=st.data())
+def test_join_is_commutative(case: LatticeCase, data: st.DataObject) -> None:
+    # a ⊔ b = b ⊔ a
+    a, b = data.draw(case.states, "a"), data.draw(case.states, "b")
+    assert a.join(b) == b.join(a)
+
+
+@lattices
+@s.FAST
+@given(data=st.data())
+def test_join_is_associative(case: LatticeCase, data: st.DataObject) -> None:
+    # (a ⊔ b) ⊔ c = a ⊔ (b ⊔ c)
+    a, b, c = (data.draw(case.states, name) for name in "abc")
+    assert a.join(b).join(c) == a.join(b.join(c))
+
+
+@lattices
+@s.FAST
+@given(data=st.data())
+def test_join_is_idempotent(case: LatticeCase, data: st.DataObject) -> None:
+    # a ⊔ a = a
+    a = data.draw(case.states, "a")
+    assert a.join(a) == a
+
+
+@lattices
+@s.FAST
+@given(data=st.data())
+def test_bottom_is_identity(case: LatticeCase, data: st.DataObject) -> None:
+    # ⊥ ⊔ a = a = a ⊔ ⊥
+    a = data.draw(case.states, "a")
+    assert case.bottom.join(a) == a
+    assert a.join(case.bottom) == a
+
+
+@lattices
+@s.FAST
+@given(data=st.data())
+def test_join_is_an_upper_bound(case: LatticeCase, data: st.DataObject) -> None:
+    # a ⊑ a ⊔ b, i.e. a ⊔ (a ⊔ b) = a ⊔ b; and the same for b
+    a, b = data.draw(case.states, "a"), data.draw(case.states, "b")
+    ab = a.join(b)
+    assert a.join(ab) == ab
+    assert b.join(ab) == ab
+
+
+# -- delta mutators ------------------------------------------------------------------------
+#
+# Each case draws a state and the mutator's arguments and returns a Mutation: the delta the
+# mutator made, the mutated state computed by a plain model (Python max on tuples, set
+# algebra on dots -- not the join under test), and the footprint the delta may touch.
+
+
+@dataclass(frozen=True)
+class Mutation:
+    state: Any
+    delta: Any
+    expected: Any  # the mutated state, from the plain model
+    footprint: dict[str, set[str]] | None = None  # maps: cid -> fields the delta may hold
+
+
+@dataclass(frozen=True)
+class MutatorCase:
+    name: str
+    mutations: st.SearchStrategy[Mutation]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def flag_sets(f: Flag) -> tuple[frozenset, frozenset]:
+    """A flag as plain sets: (alive dots, every dot in its context)."""
+    return frozenset(f.dots), frozenset(f.context.dots())
+
+
+def flag_from_sets(alive: set, seen: set) -> Flag:
+    return Flag(frozenset(alive), CausalContext.of_dots(seen))
+
+
+def model_enable(f: Flag, replica: str) -> Flag:
+    # A fresh dot: one past every dot of `replica` the flag has seen; it replaces all enables.
+    alive, seen = flag_sets(f)
+    dot = (replica, 1 + max((n for r, n in seen if r == replica), default=0))
+    return flag_from_sets({dot}, seen | {dot})
+
+
+def model_disable(f: Flag) -> Flag:
+    # No dots survive; the knowledge stays.
+    return flag_from_sets(set(), flag_sets(f)[1])
+
+
+def newest(a: Lww, b: Lww) -> Lww:
+    return max(a, b, key=lambda x: (x.stamp, x.value))
+
+
+@st.composite
+def fresh_stamps(draw: Callable, after: Stamp) -> Stamp:
+    """A stamp larger than `after`, as a replica's ticking clock makes."""
+    return Stamp(after.wall + draw(st.integers(1, 3)), draw(st.integers(0, 2)), draw(s.replica_ids))
+
+
+@st.composite
+def lww_set(draw: Callable) -> Mutation:
+    state = draw(s.lwws())
+    value, stamp = draw(s.texts), draw(fresh_stamps(state.stamp))
+    return Mutation(state, state.set(value, stamp), Lww(stamp, value))
+
+
+@st.composite
+def maxreg_raise(draw: Callable) -> Mutation:
+    state, n = draw(s.maxregs()), draw(st.integers(0, 10))
+    return Mutation(state, state.raise_to(n), MaxReg(max(state.value, n)))
+
+
+@st.composite
+def flag_enable(draw: Callable) -> Mutation:
+    state, replica = draw(s.flags()), draw(s.replica_ids)
+    return Mutation(state, state.enable(replica), model_enable(state, replica))
+
+
+@st.composite
+def flag_disable(draw: Callable) -> Mutation:
+    state = draw(s.flags())
+    return Mutation(state, state.disable(), model_disable(state))
+
+
+def with_fields(m: ConversationMap, cid: str, changed: dict[str, Any]) -> ConversationMap:
+    """The plain-model mutated map: `m` with some fields of `cid` replaced."""
+    return ConversationMap({**m.convs, cid: {**m.fields(cid), **changed}}, m.schema)
+
+
+def current(m: ConversationMap, cid: str, name: str) -> Any:
+    state = m.fields(cid).get(name)
+    return m.schema.by_name[name].lattice.bottom() if state is None else state
+
+
+@st.composite
+def map_set_title(draw: Callable) -> Mutation:
+    m, cid, text = draw(s.conversation_maps()), draw(s.conversation_ids), draw(s.texts)
+    stamp = draw(fresh_stamps(current(m, cid, "title").stamp))
+    expected = with_fields(m, cid, {"title": Lww(stamp, text)})
+    return Mutation(m, m.set_title(cid, text, stamp), expected, {cid: {"title"}})
+
+
+@st.composite
+def map_enable(draw: Callable) -> Mutation:
+    m, cid, replica = draw(s.conversation_maps()), draw(s.conversation_ids), draw(s.replica_ids)
+    name = draw(st.sampled_from(["pinned", "muted"]))
+    expected = with_fields(m, cid, {name: model_enable(current(m, cid, name), replica)})
+    return Mutation(m, m.enable(cid, name, replica), expected, {cid: {name}})
+
+
+@st.composite
+def map_disable(draw: Callable) -> Mutation:
+    m, cid = draw(s.conversation_maps()), draw(s.conversation_ids)
+    name = draw(st.sampled_from(["pinned", "muted"]))
+    expected = with_fields(m, cid, {name: model_disable(current(m, cid, name))})
+    return Mutation(m, m.disable(cid, name), expected, {cid: {name}})
+
+
+@st.composite
+def map_raise_to(draw: Callable) -> Mutation:
+    m, cid, n = draw(s.conversation_maps()), draw(s.conversation_ids), draw(st.integers(0, 10))
+    name = draw(st.sampled_from(["last_seq", "read_seq"]))
+    expected = with_fields(m, cid, {name: MaxReg(max(current(m, cid, name).value, n))})
+    return Mutation(m, m.raise_to(cid, name, n), expected, {cid: {name}})
+
+
+@st.composite
+def map_message_arrived(draw: Callable) -> Mutation:
+    m, cid = draw(s.conversation_maps()), draw(s.conversation_ids)
+    seq, preview = draw(st.integers(1, 10)), draw(s.texts)
+    at, replica = draw(st.integers(0, 5)), draw(s.replica_ids)
+    arrived = Lww(Stamp(at, seq, replica), preview)
+    expected = with_fields(m, cid, {
+        "last_seq": MaxReg(max(current(m, cid, "last_seq").value, seq)),
+        "last_message": newest(current(m, cid, "last_message"), arrived),
+    })
+    delta = m.message_arrived(cid, seq, preview, at, replica)
+    return Mutation(m, delta, expected, {cid: {"last_seq", "last_message"}})
+
+
+@st.composite
+def map_mark_read(draw: Callable) -> Mutation:
+    m, cid, n = draw(s.conversation_maps()), draw(s.conversation_ids), draw(st.integers(0, 10))
+    expected = with_fields(m, cid, {"read_seq": MaxReg(max(current(m, cid, "read_seq").value, n))})
+    return Mutation(m, m.mark_read(cid, n), expected, {cid: {"read_seq"}})
+
+
+MUTATORS = [
+    MutatorCase("Lww.set", lww_set()),
+    MutatorCase("MaxReg.raise_to", maxreg_raise()),
+    MutatorCase("Flag.enable", flag_enable()),
+    MutatorCase("Flag.disable", flag_disable()),
+    MutatorCase("ConversationMap.set_title", map_set_title()),
+    MutatorCase("ConversationMap.enable", map_enable()),
+    MutatorCase("ConversationMap.disable", map_disable()),
+    MutatorCase("ConversationMap.raise_to", map_raise_to()),
+    MutatorCase("ConversationMap.message_arrived", map_message_arrived()),
+    MutatorCase("ConversationMap.mark_read", map_mark_read()),
+]
+
+
+@pytest.mark.parametrize("case", MUTATORS, ids=str)
+@s.FAST
+@given(data=st.data())
+def test_delta_mutator_gives_the_mutated_state(case: MutatorCase, data: st.DataObject) -> None:
+    # x ⊔ mδ(x) = m(x), with m(x) from a plain model
+    m = data.draw(case.mutations)
+    assert m.state.join(m.delta) == m.expected
+    # mδ(x) ⊑ m(x): the delta is a state of the same type, below the mutated state
+    assert m.delta.join(m.expected) == m.expected
+
+
+@pytest.mark.parametrize("case", MUTATORS, ids=str)
+@s.FAST
+@given(data=st.data())
+def test_delta_is_small(case: MutatorCase, data: st.DataObject) -> None:
+    m = data.draw(case.mutations)
+    if isinstance(m.delta, Flag):
+        # An enable's delta holds one dot and knows only that dot and the dots it replaces;
+        # a disable's delta knows only the dots it removes.
+        alive, seen = flag_sets(m.state)
+        new_alive, new_seen = flag_sets(m.delta)
+        assert len(new_alive) <= 1
+        assert new_seen <= alive | new_alive
+    elif isinstance(m.delta, ConversationMap):
+        # Only the touched conversation and field(s), and only fields that change the state.
+        for cid, fields in m.delta.convs.items():
+            assert set(fields) <= m.footprint.get(cid, set())
+            for name, d in fields.items():
+                mine = current(m.state, cid, name)
+                assert mine.join(d) != mine, f"{cid}.{name} in the delta changes nothing"
+    # Lww and MaxReg deltas are one register: small by construction.
+
+
+# -- codec ---------------------------------------------------------------------------------
+
+
+@s.FAST
+@given(m=st.one_of(s.conversation_maps(), s.conversation_maps(s.EXTENDED_SCHEMA)))
+def test_map_encoding_round_trips(m: ConversationMap) -> None:
+    # decode(encode(x)) = x
+    assert codec.decode_map(codec.encode_map(m), m.schema) == m
+
+
+@s.FAST
+@given(m=st.one_of(s.conversation_maps(), s.conversation_maps(s.EXTENDED_SCHEMA)))
+def test_fields_encoding_round_trips(m: ConversationMap) -> None:
+    # decode_fields(encode_fields(f)) = f, for every conversation's fields
+    for fields in m.convs.values():
+        assert codec.decode_fields(codec.encode_fields(fields, m.schema), m.schema) == fields
+
+
+# -- novel part ----------------------------------------------------------------------------
+
+
+@st.composite
+def state_and_delta(draw: Callable) -> tuple[ConversationMap, ConversationMap]:
+    """A state and a delta that overlaps it in part: some of the delta is old news."""
+    state = draw(s.conversation_maps())
+    fresh = draw(st.one_of(s.conversation_maps(), s.map_deltas(state)))
+    old = draw(s.sub_maps(state))
+    return state, draw(st.sampled_from([fresh, old, fresh.join(old)]))
+
+
+@s.FAST
+@given(pair=state_and_delta())
+def test_novel_part_changes_the_state_like_the_delta(pair) -> None:
+    # x ⊔ novel(x, d) = x ⊔ d
+    state, d = pair
+    assert state.join(state.novel(d)) == state.join(d)
+
+
+@s.FAST
+@given(pair=state_and_delta())
+def test_novel_part_is_no_larger_than_the_delta(pair) -> None:
+    # novel(x, d) ⊆ d field by field, and |encode(novel(x, d))| ≤ |encode(d)|
+    state, d = pair
+    part = state.novel(d)
+    assert set(part.convs) <= set(d.convs)
+    for cid, fields in part.convs.items():
+        assert set(fields) <= set(d.convs[cid])
+        assert all(d.convs[cid][name] == f for name, f in fields.items())
+    assert len(codec.encode_map(part)) <= len(codec.encode_map(d))
+
+
+@s.FAST
+@given(state=s.conversation_maps(), data=st.data())
+def test_novel_part_of_old_news_is_bottom(state: ConversationMap, data: st.DataObject) -> None:
+    # d ⊑ x  ⇒  novel(x, d) = ⊥
+    assert state.novel(data.draw(s.sub_maps(state))).is_bottom()

@@ -86,7 +86,7 @@ def _writable_replica(args: argparse.Namespace) -> Iterator[Replica]:
     mistyped --data would otherwise start a new replica silently)."""
     path = data_dir(args)
     with Replica.open(path) as replica:
-        if replica.store.fresh:
+        if replica.created:
             _note(f"created a new replica {replica.id} at {path}")
         yield replica
 
@@ -114,7 +114,7 @@ def _mutate(args: argparse.Namespace, op: Callable[[Replica], object]) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     path = data_dir(args)
     with Replica.open(path) as replica:
-        if replica.store.fresh:
+        if replica.created:
             _note(f"initialized a new replica at {path}")
         else:
             _note(f"a replica already exists at {path}; its id is unchanged")

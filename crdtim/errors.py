@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .crdt.hlc import ClockDriftError
+from .crdt import hlc
 
 __all__ = [
     "CrdtimError",
@@ -38,6 +38,11 @@ class FormatVersionError(StoreError):
 
 class CorruptStoreError(StoreError):
     """The replica's files are damaged."""
+
+
+class ClockDriftError(CrdtimError, hlc.ClockDriftError):
+    """A remote timestamp lies too far in the future of the local wall clock (the pure
+    clock's error, made a CrdtimError so that `except CrdtimError` sees it)."""
 
 
 class ReplicaClosedError(CrdtimError):

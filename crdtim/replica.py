@@ -36,10 +36,10 @@ from .crdt import (
 )
 from .crdt import hlc
 from .crdt.conversation import Fields, message_arrived_delta
-from .errors import CorruptStoreError, DecodeError, CrdtimError, ReplicaClosedError
-from .store import Store, Txn, order_key
+from .errors import ClockDriftError, CorruptStoreError, CrdtimError, DecodeError, ReplicaClosedError
+from .store import MAX_CID_BYTES, MAX_ORIGIN_BYTES, Store, Txn, order_key
 
-__all__ = ["Replica", "Page", "Change", "Subscription", "InvalidArgument", "LOCAL"]
+__all__ = ["Replica", "Page", "Change", "Subscription", "InvalidArgument", "UNKNOWN_ORIGIN"]
 
 #: Log entries kept for peers that have not acknowledged them, at most; a peer further behind
 #: gets a state transfer instead of deltas (DESIGN.md, Replication, 4).
@@ -47,8 +47,13 @@ DEFAULT_LOG_RETENTION = 100_000
 MAX_CID = codec.DEFAULT_LIMITS.max_cid
 MAX_TEXT = codec.DEFAULT_LIMITS.max_text
 MAX_SEQ = codec.MAX_INT
-#: Origin recorded for local writes and deltas of unknown origin: forwarded to every peer.
-LOCAL = ""
+#: The stored clock's counter has 32 bits (specs/storage.md). A remote reading with a counter
+#: past half of that is refused like one from the far future: it could only come from a
+#: broken or hostile peer, and accepting it would leave no room for our own ticks.
+MAX_REMOTE_COUNTER = 2**31 - 1
+#: Origin recorded for a delta applied without saying where it came from (forwarded to every
+#: peer). Local writes are recorded with the replica's own id.
+UNKNOWN_ORIGIN = ""
 
 
 class InvalidArgument(CrdtimError, ValueError):
@@ -161,7 +166,13 @@ class _Write:
     def observe(self, remote: Hlc) -> None:
         """Advance the clock past a remote reading; ClockDriftError aborts the transaction."""
         r = self.replica
-        self.clock = hlc.receive(self._clock(), remote, r._now(), r.max_clock_drift_ms)
+        if remote.counter > MAX_REMOTE_COUNTER:
+            raise ClockDriftError(f"remote clock counter {remote.counter} is over the limit "
+                                  f"of {MAX_REMOTE_COUNTER}")
+        try:
+            self.clock = hlc.receive(self._clock(), remote, r._now(), r.max_clock_drift_ms)
+        except hlc.ClockDriftError as e:
+            raise ClockDriftError(str(e)) from None
         self.clock_moved = True
 
     def join(self, cid: str, part: Fields) -> None:
@@ -207,6 +218,8 @@ class Replica:
         self.limits = limits
         self._now = now_ms
         self._batch: list[tuple[str, Callable[[_Write, Fields], Fields]]] | None = None
+        #: True when open() made this replica (and its id) just now.
+        self.created = False
         self._subscriptions: set[Subscription] = set()
 
     @classmethod
@@ -229,12 +242,14 @@ class Replica:
         """
         store = Store(os.fspath(path), durability, create=create)
         try:
-            rid = store.init_meta(new_replica_id)
+            rid, created = store.init_meta(new_replica_id)
         except BaseException:
             store.close()
             raise
-        return cls(store, rid, schema=schema, max_clock_drift_ms=max_clock_drift_ms,
-                   log_retention=log_retention, now_ms=now_ms, limits=limits)
+        replica = cls(store, rid, schema=schema, max_clock_drift_ms=max_clock_drift_ms,
+                      log_retention=log_retention, now_ms=now_ms, limits=limits)
+        replica.created = created
+        return replica
 
     def __enter__(self) -> Replica:
         return self
@@ -316,7 +331,11 @@ class Replica:
         _check_cid(cid)
         _check_seq(seq, "seq")
         _check_text(preview, "preview")
-        at = self._now() if at is None else _check_seq(at, "at")
+        if at is None:
+            at = self._now()
+        elif _check_seq(at, "at") > self._now() + self.max_clock_drift_ms:
+            raise InvalidArgument(f"message time {at} ms is more than "
+                                  f"{self.max_clock_drift_ms} ms in the future")
         self._local(cid, lambda w, cur: message_arrived_delta(cur, seq, preview, at, self.id))
 
     def mark_read(self, cid: str, seq: int) -> None:
@@ -361,7 +380,7 @@ class Replica:
             w = _Write(self, t)
             for cid, op in ops:
                 w.join(cid, op(w, w.fields(cid)))
-            return w.finish(LOCAL)
+            return w.finish(self.id)
 
         self._notify(self.store.write(txn), "local", None)
 
@@ -381,17 +400,27 @@ class Replica:
                   *, received: tuple[str, int] | None = None) -> set[str]:
         """apply_delta for a decoded map; `received=(peer, seq)` records, in the same
         transaction, that the peer's log up to `seq` is now applied here."""
+        if origin is not None and (type(origin) is not str
+                                   or not _storable(origin, MAX_ORIGIN_BYTES)):
+            raise InvalidArgument(f"origin must be a replica id, not {origin!r:.80}")
+        for cid in delta.convs:  # the codec counts characters; LMDB keys are bounded in bytes
+            if not _storable(cid, MAX_CID_BYTES):
+                raise DecodeError(f"conversation id {cid!r:.80} is over {MAX_CID_BYTES} bytes")
 
         def txn(t: Txn) -> list[tuple[str, frozenset[str]]]:
             w = _Write(self, t)
             remote = delta.max_clock()
             if remote is not None:
                 w.observe(remote)
+            latest = delta.max_wall()  # message times are not clocked, but bounded alike
+            if latest > self._now() + self.max_clock_drift_ms:
+                raise ClockDriftError(f"a register stamp of {latest} ms is more than "
+                                      f"{self.max_clock_drift_ms} ms in the future")
             for cid, fields in delta.convs.items():
                 w.join(cid, novel_fields(w.fields(cid), fields))
             if received is not None:
                 t.put_received(*received)
-            return w.finish(origin or LOCAL)
+            return w.finish(origin or UNKNOWN_ORIGIN)
 
         changes = self.store.write(txn)
         self._notify(changes, "remote", origin)
@@ -481,6 +510,8 @@ class Replica:
         """(to, delta): the join of log entries in (after, to], leaving out those that came
         from `skip_origin` (no back-propagation); at most `max_entries` entries. `delta` is
         None when every entry in the range was left out or there are none (then to == after)."""
+        _check_seq(after, "after")
+
         def read(t: Txn) -> tuple[int, ConversationMap | None]:
             acc: dict[str, Fields] = {}
             to = after
@@ -514,6 +545,8 @@ class Replica:
 
     def record_ack(self, peer: str, seq: int) -> None:
         """Persist that `peer` holds everything in our log up to `seq` (never moves back)."""
+        _check_peer(peer)
+        _check_seq(seq, "seq")
         def write(t: Txn) -> None:
             if seq > (t.ack(peer) or 0) or t.ack(peer) is None:
                 t.put_ack(peer, max(seq, t.ack(peer) or 0))
@@ -552,7 +585,7 @@ class Replica:
                 "log_floor": t.log_floor(),
                 "clock": list(t.clock()),
                 "peers": {
-                    peer: {"ack": ack, "missing": max(0, head - ack), "received": t.received(peer)}
+                    peer: {"ack": ack, "missing": _missing(t, peer, ack), "received": t.received(peer)}
                     for peer, ack in sorted(t.acks().items())
                 },
             }
@@ -570,11 +603,13 @@ class Replica:
 
     def changes_since(self, seq: int) -> Iterator[tuple[int, Change]]:
         """Changes recorded in the log after `seq` by any process (for `crdtim watch`)."""
+        _check_seq(seq, "seq")
         entries = self.store.read(lambda t: list(t.log_entries(seq)))
         for s, origin, payload in entries:
+            local = origin == self.id
             for cid, fields in self._decode_log(payload).convs.items():
-                yield s, Change(cid, frozenset(fields), "remote" if origin else "local",
-                                origin or None)
+                yield s, Change(cid, frozenset(fields), "local" if local else "remote",
+                                None if local else (origin or None))
 
     def _notify(self, changes: list[tuple[str, frozenset[str]]], origin: str, peer: str | None) -> None:
         if not self._subscriptions:
@@ -609,20 +644,43 @@ class Replica:
             raise CorruptStoreError(f"{self.store.path}: delta log entry is damaged: {e}") from None
 
 
+def _missing(t: Txn, peer: str, ack: int) -> int:
+    """Log entries after `ack` that `peer` still lacks (those it sent us are not sent back)."""
+    return sum(1 for _, origin, _ in t.log_entries(ack) if origin != peer)
+
+
 def _join_into(acc: dict[str, Fields], delta: ConversationMap) -> None:
     for cid, fields in delta.convs.items():
         acc[cid] = join_fields(acc.get(cid, {}), fields)
 
 
+def _storable(s: str, max_bytes: int | None = None) -> bool:
+    """True if `s` has a UTF-8 encoding (no lone surrogate) of at most `max_bytes` bytes."""
+    if s.isascii():
+        return max_bytes is None or len(s) <= max_bytes
+    try:
+        n = len(s.encode())
+    except UnicodeEncodeError:
+        return False
+    return max_bytes is None or n <= max_bytes
+
+
 def _check_cid(cid: Any) -> None:
-    if type(cid) is not str or not 1 <= len(cid) <= MAX_CID:
+    if type(cid) is not str or not 1 <= len(cid) <= MAX_CID or not _storable(cid, MAX_CID_BYTES):
         raise InvalidArgument(
-            f"conversation id must be a string of 1 to {MAX_CID} characters, not {cid!r:.80}")
+            f"conversation id must be a string of 1 to {MAX_CID} characters and at most "
+            f"{MAX_CID_BYTES} bytes in UTF-8, not {cid!r:.80}")
 
 
 def _check_text(text: Any, what: str) -> None:
-    if type(text) is not str or len(text) > MAX_TEXT:
-        raise InvalidArgument(f"{what} must be a string of at most {MAX_TEXT} characters")
+    if type(text) is not str or len(text) > MAX_TEXT or not _storable(text):
+        raise InvalidArgument(
+            f"{what} must be a string of at most {MAX_TEXT} characters, valid in UTF-8")
+
+
+def _check_peer(peer: Any) -> None:
+    if type(peer) is not str or not peer or not _storable(peer, MAX_ORIGIN_BYTES):
+        raise InvalidArgument(f"peer must be a replica id, not {peer!r:.80}")
 
 
 def _check_seq(n: Any, what: str) -> int:

@@ -35,6 +35,14 @@ _CLOCK = struct.Struct(">QI")
 _MAX_U64 = 2**64 - 1
 
 INITIAL_MAP_SIZE = 64 * 1024 * 1024
+#: The named databases, as Store opens them (specs/storage.md).
+DATABASES = (b"meta", b"convs", b"order", b"log", b"acks")
+#: LMDB refuses keys longer than 511 bytes (its default build); an ordering key is a 9-byte
+#: prefix and the conversation id, so that is the longest id, in UTF-8 bytes, we can store.
+MAX_CID_BYTES = 511 - 9
+#: A log entry frames its origin with one length byte.
+MAX_ORIGIN_BYTES = 255
+_OPEN_IN_THIS_PROCESS: set[str] = set()
 DURABILITY_MODES = ("sync", "nosync")
 
 
@@ -183,6 +191,11 @@ class Store:
             raise ValueError(f"durability must be one of {DURABILITY_MODES}, not {durability!r}")
         self.path = path
         self.durability = durability
+        self._key = os.path.realpath(path)
+        # LMDB must not open one environment twice in a process (its locks are per process):
+        # say so plainly instead of failing somewhere inside lmdb.
+        if self._key in _OPEN_IN_THIS_PROCESS:
+            raise StoreError(f"{path}: already open in this process; share that Replica")
         fresh = _check_directory(path, create)
         sync = durability == "sync"
         try:
@@ -196,7 +209,7 @@ class Store:
                 max_readers=256,
             )
         except lmdb.Error as e:
-            raise CorruptStoreError(f"{path}: cannot open the database: {e}") from None
+            raise StoreError(f"{path}: cannot open the database: {e}") from None
         # Another process may already have grown the map: adopt the file's size.
         self._grow(0)
         try:
@@ -209,9 +222,11 @@ class Store:
             self._env.close()
             raise CorruptStoreError(f"{path}: damaged database: {e}") from None
         self.fresh = fresh
+        _OPEN_IN_THIS_PROCESS.add(self._key)
 
     def close(self) -> None:
         self._env.close()
+        _OPEN_IN_THIS_PROCESS.discard(self._key)
 
     def _grow(self, to: int) -> None:
         self._env.set_mapsize(to)
@@ -223,6 +238,8 @@ class Store:
                     return fn(Txn(t, self))
             except lmdb.MapResizedError:
                 self._grow(0)
+            except lmdb.Error as e:
+                raise StoreError(f"{self.path}: {e}") from None
         raise StoreError(f"{self.path}: the map kept being resized by another process")
 
     def write(self, fn: Callable[[Txn], T]) -> T:
@@ -239,16 +256,19 @@ class Store:
                 self._grow(self._env.info()["map_size"] * 2)
             except lmdb.MapResizedError:
                 self._grow(0)
+            except lmdb.Error as e:  # disk full, read-only file system...: nothing committed
+                raise StoreError(f"{self.path}: write failed: {e}") from None
 
     def disk_size(self) -> int:
         return os.path.getsize(os.path.join(self.path, "data.mdb"))
 
     # -- identity of the directory -------------------------------------------------------------
 
-    def init_meta(self, make_replica_id: Callable[[], str]) -> str:
-        """Stamp a new replica with magic, format and a fresh id; or check an existing one."""
+    def init_meta(self, make_replica_id: Callable[[], str]) -> tuple[str, bool]:
+        """Stamp a new replica with magic, format and a fresh id, or check an existing one;
+        returns (replica id, whether it was made now)."""
 
-        def init(t: Txn) -> str:
+        def init(t: Txn) -> tuple[str, bool]:
             magic = t.meta(b"magic")
             if magic is None:
                 if t.conversation_count() or t.meta(b"format") is not None:
@@ -257,8 +277,8 @@ class Store:
                 t.put_meta(b"format", _U64.pack(FORMAT))
                 rid = make_replica_id()
                 t.put_meta(b"replica_id", rid.encode())
-                return rid
-            return self._checked_id(t)
+                return rid, True
+            return self._checked_id(t), False
 
         return self.write(init)
 
@@ -266,25 +286,31 @@ class Store:
         return self.read(self._checked_id)
 
     def _checked_id(self, t: Txn) -> str:
-        if t.meta(b"magic") != MAGIC:
-            raise NotAReplicaError(f"{self.path}: not a crdtim replica (no crdtim marker)")
-        raw = t.meta(b"format")
-        fmt = _u64(raw) if raw is not None and len(raw) == 8 else None
-        if fmt != FORMAT:
-            raise FormatVersionError(
-                f"{self.path}: storage format {fmt} is not supported by this crdtim "
-                f"(which reads format {FORMAT}); upgrade crdtim"
-            )
-        rid = t.meta(b"replica_id")
-        if not rid:
-            raise CorruptStoreError(f"{self.path}: replica id is missing")
-        return rid.decode()
+        return _checked_identity(self.path, t.meta)
+
+
+def _checked_identity(path: str, meta: Callable[[bytes], bytes | None]) -> str:
+    """The replica id, after checking the marker and the format version in `meta`."""
+    if meta(b"magic") != MAGIC:
+        raise NotAReplicaError(f"{path}: not a crdtim replica (no crdtim marker)")
+    raw = meta(b"format")
+    fmt = _u64(raw) if raw is not None and len(raw) == 8 else None
+    if fmt != FORMAT:
+        raise FormatVersionError(
+            f"{path}: storage format {fmt} is not supported by this crdtim "
+            f"(which reads format {FORMAT}); upgrade crdtim"
+        )
+    rid = meta(b"replica_id")
+    if not rid:
+        raise CorruptStoreError(f"{path}: replica id is missing")
+    return rid.decode()
 
 
 def _check_directory(path: str, create: bool) -> bool:
     """Refuse, before LMDB writes anything, a path that is not (or cannot become) a replica.
 
-    Returns True when the directory is new or empty.
+    Returns True when the directory is new or empty, or holds only what a `crdtim init`
+    that died half-way leaves (no write was ever acknowledged from it).
     """
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotAReplicaError(f"{path}: is a file, not a replica directory")
@@ -294,28 +320,44 @@ def _check_directory(path: str, create: bool) -> bool:
         os.makedirs(path)
         return True
     names = set(os.listdir(path))
-    if not names:
-        if not create:
-            raise NotAReplicaError(f"{path}: empty directory, not a replica (run `crdtim init`)")
-        return True
+    data = os.path.join(path, "data.mdb")
+    if names <= {"lock.mdb", "data.mdb"} and (not os.path.exists(data) or not os.path.getsize(data)):
+        # Empty, or LMDB died between making its lock file, its data file and its first pages.
+        return _fresh(path, create)
     if "data.mdb" not in names:
         raise NotAReplicaError(
             f"{path}: directory is not empty and holds no crdtim database; refusing to use it"
         )
-    # Validate the file read-only first, so a damaged or foreign file is never written to.
+    # Validate the file read-only first (no lock file either), so that a damaged, foreign or
+    # newer-format directory is left exactly as it was.
     try:
         env = lmdb.open(path, readonly=True, lock=False, max_dbs=8)
     except lmdb.Error as e:
         raise CorruptStoreError(f"{path}: data.mdb is not a readable LMDB database: {e}") from None
+    foreign = f"{path}: an LMDB database, but not a crdtim replica"
     try:
         with env.begin() as t:
-            if t.get(b"meta") is None:
-                raise NotAReplicaError(f"{path}: an LMDB database, but not a crdtim replica")
-            meta = env.open_db(b"meta", txn=t, create=False)
-            if t.get(b"magic", db=meta) != MAGIC:
-                raise NotAReplicaError(f"{path}: an LMDB database, but not a crdtim replica")
+            found = list(t.cursor().iternext(values=False))
+            if not set(found) <= set(DATABASES):
+                raise NotAReplicaError(foreign)
+            dbs = {name: env.open_db(name, txn=t, create=False) for name in found}
+            meta = dbs.get(b"meta")
+            if meta is not None and t.get(b"magic", db=meta) is not None:
+                _checked_identity(path, lambda key: t.get(key, db=meta))
+                return False
+            if any(t.stat(db)["entries"] for db in dbs.values()):
+                raise NotAReplicaError(foreign)
+    except lmdb.IncompatibleError:  # e.g. a plain key named like one of our databases
+        raise NotAReplicaError(foreign) from None
     except lmdb.Error as e:
         raise CorruptStoreError(f"{path}: damaged database: {e}") from None
     finally:
         env.close()
-    return False
+    # Only crdtim's databases, all empty: `crdtim init` died before stamping the replica.
+    return _fresh(path, create)
+
+
+def _fresh(path: str, create: bool) -> bool:
+    if not create:
+        raise NotAReplicaError(f"{path}: empty directory, not a replica (run `crdtim init`)")
+    return True

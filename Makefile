@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(PY) -m crdtim demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_local

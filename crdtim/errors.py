@@ -13,6 +13,7 @@ __all__ = [
     "FormatVersionError",
     "CorruptStoreError",
     "ReplicaClosedError",
+    "LogTrimmedError",
 ]
 
 
@@ -43,6 +44,10 @@ class CorruptStoreError(StoreError):
 class ClockDriftError(CrdtimError, hlc.ClockDriftError):
     """A remote timestamp lies too far in the future of the local wall clock (the pure
     clock's error, made a CrdtimError so that `except CrdtimError` sees it)."""
+
+
+class LogTrimmedError(CrdtimError):
+    """The delta log no longer holds the entries asked for: send the state instead."""
 
 
 class ReplicaClosedError(CrdtimError):

@@ -38,6 +38,10 @@ __all__ = ["Node", "NodeConfig", "parse_address"]
 
 log = logging.getLogger("crdtim.net")
 
+#: Seconds a closing connection gets to deliver its ERROR frame before it is cut anyway (the
+#: peer may not be reading at all).
+ERROR_GRACE = 1.0
+
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); ValueError naming the problem."""
@@ -88,6 +92,9 @@ class _Link:
         self.dialer = dialer  # replica id of the side that dialed (known after the handshake)
         self.stream = stream
         self.wake = trio.Event()
+        # The sender task and the receiver task (for an ERROR) both write: one at a time, or
+        # trio raises BusyResourceError, and in order.
+        self.send_lock = trio.Lock()
         self.cancel_scope = trio.CancelScope()
         self.peer_addr: tuple[str, int] | None = None
 
@@ -257,8 +264,11 @@ class Node:
                         nursery.start_soon(self._send_loop, link)
                         handshook = await self._receive_loop(link, dialed)
                         nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            log.info("connection to %s lost: %s", session.peer_id or addr or "peer", e)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            # except*: raised in the link's nursery, these arrive wrapped in an ExceptionGroup
+            # (trio's strict exception groups); a lost connection must not end the node.
+            log.info("connection to %s lost: %s", session.peer_id or addr or "peer",
+                     group.exceptions[0])
         finally:
             self._all_links.discard(link)
             if session.peer_id is not None and self._links.get(session.peer_id) is link:
@@ -290,13 +300,15 @@ class Node:
             except RemoteProtocolError as e:
                 self.stats.errors += 1
                 log.warning("peer %s: %s; closing", session.peer_id or "?", e.reason)
-                await self._flush(link)
+                with trio.move_on_after(ERROR_GRACE):  # the sender may be stuck in send_all
+                    await self._flush(link)
                 return handshook
             for event in events:
                 if isinstance(event, HandshakeComplete):
                     handshook = True
                     if not self._register(link, dialed):
-                        await self._flush(link)
+                        with trio.move_on_after(ERROR_GRACE):
+                            await self._flush(link)
                         return handshook
                 elif isinstance(event, DeltaApplied):
                     self.stats.deltas_received += 1
@@ -328,7 +340,7 @@ class Node:
                 return False
             old.session.close("duplicate connection")
             old.poke()
-            old.cancel_scope.deadline = trio.current_time() + 1.0  # let the ERROR go out
+            old.cancel_scope.deadline = trio.current_time() + ERROR_GRACE  # let the ERROR out
             self.stats.connections_open -= 1
         self._links[peer] = link
         self.stats.connections_open += 1
@@ -350,20 +362,26 @@ class Node:
                 session.tick(trio.current_time())
             except RemoteProtocolError as e:
                 log.warning("peer %s: %s; closing", session.peer_id, e.reason)
-                await self._flush(link)
+                with trio.move_on_after(ERROR_GRACE):
+                    await self._flush(link)
                 link.cancel_scope.cancel()
                 return
             await self._flush(link)
             if session.state.value == "closed":
+                # The receiver may have closed the session while we were sending: its ERROR
+                # frame is queued (or being sent by it); let it out before cutting the link.
+                with trio.move_on_after(ERROR_GRACE):
+                    await self._flush(link)
                 link.cancel_scope.cancel()
                 return
 
     async def _flush(self, link: _Link) -> None:
-        data = link.session.data_to_send()
-        if data:
-            self.stats.bytes_sent += len(data)
-            await link.stream.send_all(data)
-            link.session.sent_at(trio.current_time())
+        async with link.send_lock:  # take the bytes under the lock too: they go out in order
+            data = link.session.data_to_send()
+            if data:
+                self.stats.bytes_sent += len(data)
+                await link.stream.send_all(data)
+                link.session.sent_at(trio.current_time())
 
 
 async def _notify_quietly(node: Node) -> None:

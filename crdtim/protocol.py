@@ -21,6 +21,7 @@ State table (one per session; each direction's sub-state is noted beside it):
     AWAIT_HELLO --HELLO ok--> OPEN --ERROR / bad input / close()--> CLOSED
     AWAIT_HELLO --anything else--> CLOSED (error)
     OPEN: outbound  WAIT_RESUME --first ACK--> DELTAS | STATE_TRANSFER --STATE_END sent--> DELTAS
+                    DELTAS --entries not yet sent were trimmed, nothing in flight--> STATE_TRANSFER
           inbound   DELTAS --STATE_CHUNK--> STATE --STATE_END--> DELTAS
 """
 
@@ -33,7 +34,7 @@ from typing import Any, Protocol, Union
 
 from . import codec
 from .crdt import ConversationMap, Schema
-from .errors import ClockDriftError, CrdtimError, DecodeError
+from .errors import ClockDriftError, CrdtimError, DecodeError, LogTrimmedError
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+MAX_REPLICA_ID_BYTES = 255
 _LEN = struct.Struct(">I")
 
 
@@ -103,7 +105,8 @@ class ReplicaPort(Protocol):
     @property
     def log_floor(self) -> int: ...
     def delta_interval(self, after: int, *, skip_origin: str | None = None,
-                       max_entries: int = ...) -> tuple[int, ConversationMap | None]: ...
+                       max_entries: int = ...) -> tuple[int, ConversationMap | None]:
+        """Raises LogTrimmedError when entries after `after` are gone."""
     def state_chunk(self, after: str | None, max_conversations: int = ...
                     ) -> tuple[ConversationMap, str | None]: ...
     def apply_map(self, delta: ConversationMap, origin: str | None = None, *,
@@ -221,7 +224,10 @@ def _parse_message(body: bytes, max_bytes: int) -> Message:
         version, rid, auth = args
         if type(version) is not int:
             raise RemoteProtocolError("HELLO: protocol version is not an integer")
-        if type(rid) is not str or not 1 <= len(rid) <= codec.MAX_REPLICA_ID:
+        # A replica id has 1..64 code points (specs/crdt.md); in bytes it must also fit the
+        # one-byte length with which a log entry names its origin (specs/storage.md).
+        if (type(rid) is not str or not 1 <= len(rid) <= codec.MAX_REPLICA_ID
+                or len(rid.encode()) > MAX_REPLICA_ID_BYTES):
             raise RemoteProtocolError("HELLO: replica id is not a short string")
         return Hello(version=version, replica_id=rid, auth=auth)
     if tag == 2:
@@ -384,6 +390,7 @@ class SyncSession:
         self._transfer_after: str | None = None
         self._transfer_head = 0
         self._expect_from = 0  # inbound: the next DELTA must start here
+        self._pending_events: list[Event] = []  # happened in pump(); reported by receive_data
         self._last_sent = 0.0
         self._last_received = 0.0
         self._ping: tuple[int, float] | None = None
@@ -435,7 +442,7 @@ class SyncSession:
             return []
         self._last_received = now
         self.bytes_received += len(data)
-        events: list[Event] = []
+        events, self._pending_events = self._pending_events, []
         try:
             self._decoder.feed(data)
             while self.state is not State.CLOSED:
@@ -501,7 +508,7 @@ class SyncSession:
     def _apply(self, delta: ConversationMap, received: tuple[str, int] | None) -> set[str]:
         try:
             return self.replica.apply_map(delta, self.peer_id, received=received)
-        except ClockDriftError as e:
+        except (ClockDriftError, DecodeError) as e:  # DecodeError: e.g. an unstorable id
             raise self._fail(f"refused: {e}") from None
 
     def _on_delta(self, m: Delta) -> list[Event]:
@@ -509,7 +516,12 @@ class SyncSession:
             raise self._fail("DELTA during a state transfer")
         if m.start != self._expect_from:
             raise self._fail(f"DELTA starts at {m.start}, expected {self._expect_from}")
-        changed = self._apply(self._decode(m.payload, "DELTA"), (self.peer_id, m.end))
+        # Record the resume point only if it moves forward: a second connection to the same
+        # peer (net.py keeps one, but two overlap for a moment) may deliver an interval
+        # older than one already applied, and moving back would undo the first one's ACK.
+        forward = m.end > self.replica.received_from(self.peer_id)
+        changed = self._apply(self._decode(m.payload, "DELTA"),
+                              (self.peer_id, m.end) if forward else None)
         self._expect_from = m.end
         self._send(Ack(seq=m.end))
         return [DeltaApplied(start=m.start, end=m.end, changed=frozenset(changed),
@@ -558,12 +570,15 @@ class SyncSession:
             return [PeerAcked(seq=seq)]
         # Entries after `seq` were dropped (or the peer claims more than we have, as after a
         # restore from backup): send the whole state, then stream from the head we started at.
+        self._sent_upto = self._acked = 0
+        return [self._start_transfer()]
+
+    def _start_transfer(self) -> StateTransferStarted:
         self._out = _Out.STATE_TRANSFER
         self._transfer_after = None
-        self._transfer_head = head
+        self._transfer_head = self.replica.head
         self._chunks_sent = self._chunks_acked = 0
-        self._sent_upto = self._acked = 0
-        return [StateTransferStarted(outbound=True)]
+        return StateTransferStarted(outbound=True)
 
     # -- producing deltas ------------------------------------------------------------------------
 
@@ -594,8 +609,18 @@ class SyncSession:
                     self._inflight.append(self._transfer_head)
                     queued += 1
                 continue
-            end, delta = self.replica.delta_interval(
-                self._sent_upto, skip_origin=self.peer_id, max_entries=cfg.max_entries_per_delta)
+            try:
+                end, delta = self.replica.delta_interval(
+                    self._sent_upto, skip_origin=self.peer_id,
+                    max_entries=cfg.max_entries_per_delta)
+            except LogTrimmedError:
+                # Entries not yet sent were dropped meanwhile (the retention bound): a DELTA
+                # would skip them silently and its ACK cover them. Send the state instead,
+                # once what is in flight is acknowledged (chunk counts restart per transfer).
+                if self.unacked_frames:
+                    break
+                self._pending_events.append(self._start_transfer())
+                continue
             if end == self._sent_upto:
                 break
             if delta is None:

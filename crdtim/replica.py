@@ -36,7 +36,14 @@ from .crdt import (
 )
 from .crdt import hlc
 from .crdt.conversation import Fields, message_arrived_delta
-from .errors import ClockDriftError, CorruptStoreError, CrdtimError, DecodeError, ReplicaClosedError
+from .errors import (
+    ClockDriftError,
+    CorruptStoreError,
+    CrdtimError,
+    DecodeError,
+    LogTrimmedError,
+    ReplicaClosedError,
+)
 from .store import MAX_CID_BYTES, MAX_ORIGIN_BYTES, Store, Txn, order_key
 
 __all__ = ["Replica", "Page", "Change", "Subscription", "InvalidArgument", "UNKNOWN_ORIGIN"]
@@ -509,10 +516,17 @@ class Replica:
                        max_entries: int = 1000) -> tuple[int, ConversationMap | None]:
         """(to, delta): the join of log entries in (after, to], leaving out those that came
         from `skip_origin` (no back-propagation); at most `max_entries` entries. `delta` is
-        None when every entry in the range was left out or there are none (then to == after)."""
+        None when every entry in the range was left out or there are none (then to == after).
+
+        Raises LogTrimmedError if entries after `after` were already dropped: checked in the
+        same read transaction, so a trim can never make a gap go unnoticed.
+        """
         _check_seq(after, "after")
 
         def read(t: Txn) -> tuple[int, ConversationMap | None]:
+            if after < t.log_floor():
+                raise LogTrimmedError(f"log entries after {after} were dropped "
+                                      f"(log floor {t.log_floor()})")
             acc: dict[str, Fields] = {}
             to = after
             for i, (seq, origin, payload) in enumerate(t.log_entries(after)):

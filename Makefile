@@ -20,7 +20,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.bench_local
+	$(PY) -m benchmarks.bench_local $(if $(QUICK),--quick)
+	$(PY) -m benchmarks.bench_sync $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

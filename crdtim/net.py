@@ -355,7 +355,9 @@ class Node:
             with trio.move_on_after(cfg.session.ping_interval):
                 await link.wake.wait()
             link.wake = trio.Event()
-            if cfg.linger:
+            if cfg.linger and session.unacked_frames:
+                # Frames are in flight, so the link is busy anyway: wait a moment for more
+                # writes to join this DELTA. An idle link sends at once (latency).
                 await trio.sleep(cfg.linger)
             self.stats.deltas_sent += session.pump()
             try:

@@ -54,6 +54,7 @@ __all__ = [
 PROTOCOL_VERSION = 1
 MAX_REPLICA_ID_BYTES = 255
 _LEN = struct.Struct(">I")
+_DELTA_OVERHEAD = 64  # frame header and DELTA fields around the payload, generously
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -85,6 +86,10 @@ class SessionConfig:
     max_frame_bytes: int = 8 * 1024 * 1024  # refused from the length prefix, before buffering
     max_entries_per_delta: int = 256  # log entries joined into one DELTA
     max_conversations_per_chunk: int = 512  # conversations in one STATE_CHUNK
+    # Encoded log entries (or stored conversations) joined into one DELTA (or STATE_CHUNK):
+    # keeps every frame far below max_frame_bytes. A single log entry too large for a frame
+    # (a huge batch) is sent as a state transfer instead, which is chunked.
+    max_delta_bytes: int = 1024 * 1024
     max_unacked_frames: int = 8  # DELTA/STATE_CHUNK frames in flight: back-pressure
     ping_interval: float = 5.0  # seconds of our silence before we PING
     idle_timeout: float = 20.0  # seconds of peer silence before the link is declared dead
@@ -595,8 +600,8 @@ class SyncSession:
         cfg = self.config
         while self.unacked_frames < cfg.max_unacked_frames:
             if self._out is _Out.STATE_TRANSFER:
-                chunk, after = self.replica.state_chunk(self._transfer_after,
-                                                        cfg.max_conversations_per_chunk)
+                chunk, after = self.replica.state_chunk(
+                    self._transfer_after, cfg.max_conversations_per_chunk, cfg.max_delta_bytes)
                 if not chunk.is_bottom():
                     self._send(StateChunk(payload=codec.encode_map(chunk)))
                     self._chunks_sent += 1
@@ -612,20 +617,22 @@ class SyncSession:
             try:
                 end, delta = self.replica.delta_interval(
                     self._sent_upto, skip_origin=self.peer_id,
-                    max_entries=cfg.max_entries_per_delta)
+                    max_entries=cfg.max_entries_per_delta, max_bytes=cfg.max_delta_bytes)
+                if end == self._sent_upto:
+                    break
+                payload = codec.encode_map(delta or ConversationMap.bottom(self.replica.schema))
+                if len(payload) > cfg.max_frame_bytes - _DELTA_OVERHEAD:
+                    raise LogTrimmedError("one log entry is larger than a frame")
             except LogTrimmedError:
-                # Entries not yet sent were dropped meanwhile (the retention bound): a DELTA
-                # would skip them silently and its ACK cover them. Send the state instead,
-                # once what is in flight is acknowledged (chunk counts restart per transfer).
+                # Entries not yet sent were dropped meanwhile (the retention bound), or one is
+                # too large for a frame: a DELTA would skip them silently and its ACK cover
+                # them, or be refused forever. Send the state instead, once what is in flight
+                # is acknowledged (chunk counts restart per transfer).
                 if self.unacked_frames:
                     break
                 self._pending_events.append(self._start_transfer())
                 continue
-            if end == self._sent_upto:
-                break
-            if delta is None:
-                delta = ConversationMap.bottom(self.replica.schema)
-            self._send(Delta(start=self._sent_upto, end=end, payload=codec.encode_map(delta)))
+            self._send(Delta(start=self._sent_upto, end=end, payload=payload))
             self._inflight.append(end)
             self._sent_upto = end
             queued += 1

@@ -227,6 +227,7 @@ class Replica:
         self._batch: list[tuple[str, Callable[[_Write, Fields], Fields]]] | None = None
         #: True when open() made this replica (and its id) just now.
         self.created = False
+        self._pending_acks: dict[str, int] = {}  # peer -> ack not yet written (record_ack)
         self._subscriptions: set[Subscription] = set()
 
     @classmethod
@@ -266,8 +267,11 @@ class Replica:
 
     def close(self) -> None:
         if self._store is not None:
-            self._store.close()
-            self._store = None
+            try:
+                self.flush_acks()
+            finally:
+                self._store.close()
+                self._store = None
         for sub in list(self._subscriptions):
             sub.close()
 
@@ -513,9 +517,11 @@ class Replica:
     # -- replication support (used by protocol.py through a narrow interface) -----------------
 
     def delta_interval(self, after: int, *, skip_origin: str | None = None,
-                       max_entries: int = 1000) -> tuple[int, ConversationMap | None]:
+                       max_entries: int = 1000, max_bytes: int | None = None
+                       ) -> tuple[int, ConversationMap | None]:
         """(to, delta): the join of log entries in (after, to], leaving out those that came
-        from `skip_origin` (no back-propagation); at most `max_entries` entries. `delta` is
+        from `skip_origin` (no back-propagation); at most `max_entries` entries, and no more
+        than `max_bytes` of encoded entries unless the first alone is larger. `delta` is
         None when every entry in the range was left out or there are none (then to == after).
 
         Raises LogTrimmedError if entries after `after` were already dropped: checked in the
@@ -529,24 +535,32 @@ class Replica:
                                       f"(log floor {t.log_floor()})")
             acc: dict[str, Fields] = {}
             to = after
+            size = 0
             for i, (seq, origin, payload) in enumerate(t.log_entries(after)):
                 if i == max_entries:
                     break
-                to = seq
                 if skip_origin is None or origin != skip_origin:
+                    size += len(payload)
+                    if max_bytes is not None and size > max_bytes and acc:
+                        break
                     _join_into(acc, self._decode_log(payload))
+                to = seq
             return to, ConversationMap(acc, self.schema) if acc else None
         return self.store.read(read)
 
-    def state_chunk(self, after: str | None, max_conversations: int = 1000
-                    ) -> tuple[ConversationMap, str | None]:
-        """Up to `max_conversations` conversations after id `after`, as a delta, and the id
-        to continue after (None when this was the last chunk)."""
+    def state_chunk(self, after: str | None, max_conversations: int = 1000,
+                    max_bytes: int | None = None) -> tuple[ConversationMap, str | None]:
+        """Up to `max_conversations` conversations after id `after` (and, but for the first,
+        no more than `max_bytes` of them encoded), as a delta, and the id to continue after
+        (None when this was the last chunk)."""
         def read(t: Txn) -> tuple[ConversationMap, str | None]:
             convs = {}
             last = None
+            size = 0
             for cid, raw in t.conversations(after):
-                if len(convs) == max_conversations:
+                size += len(raw)
+                if len(convs) == max_conversations or (
+                        max_bytes is not None and size > max_bytes and convs):
                     return ConversationMap(convs, self.schema), last
                 convs[cid] = self._decode(cid, raw)
                 last = cid
@@ -555,16 +569,33 @@ class Replica:
 
     def peer_ack(self, peer: str) -> int | None:
         """Highest sequence of this replica's log that `peer` acknowledged (None: unknown)."""
-        return self.store.read(lambda t: t.ack(peer))
+        stored = self.store.read(lambda t: t.ack(peer))
+        pending = self._pending_acks.get(peer)
+        return stored if pending is None else max(pending, stored or 0)
 
     def record_ack(self, peer: str, seq: int) -> None:
-        """Persist that `peer` holds everything in our log up to `seq` (never moves back)."""
+        """Note that `peer` holds everything in our log up to `seq` (never moves back).
+
+        Kept in memory and written by the next flush_acks() or trim_log() (net.py trims
+        every second), not with an fsync per ACK: an ack lost in a crash costs only a
+        harmless resend, since resuming follows what the peer says it has.
+        """
         _check_peer(peer)
         _check_seq(seq, "seq")
-        def write(t: Txn) -> None:
-            if seq > (t.ack(peer) or 0) or t.ack(peer) is None:
-                t.put_ack(peer, max(seq, t.ack(peer) or 0))
-        self.store.write(write)
+        if seq > self._pending_acks.get(peer, -1):
+            self._pending_acks[peer] = seq
+
+    def flush_acks(self) -> None:
+        """Write the acknowledgements record_ack() noted, in one transaction."""
+        if self._pending_acks:
+            self.store.write(self._write_pending_acks)
+            self._pending_acks.clear()
+
+    def _write_pending_acks(self, t: Txn) -> None:
+        for peer, seq in self._pending_acks.items():
+            stored = t.ack(peer)
+            if stored is None or seq > stored:
+                t.put_ack(peer, seq)
 
     def received_from(self, peer: str) -> int:
         """Highest sequence of `peer`'s log that has been applied here."""
@@ -572,13 +603,14 @@ class Replica:
 
     def peers(self) -> dict[str, int]:
         """Known peers and the sequence of our log each acknowledged."""
-        return self.store.read(lambda t: t.acks())
+        return self.store.read(lambda t: _merged_acks(t.acks(), self._pending_acks))
 
     def trim_log(self) -> int:
         """Drop log entries every known peer acknowledged, and any beyond the retention
         bound (a peer that never returns must not pin the log forever: it gets a state
         transfer instead). Returns how many entries were dropped."""
         def write(t: Txn) -> int:
+            self._write_pending_acks(t)
             head = t.head()
             acks = t.acks()
             floor = min(acks.values()) if acks else t.log_floor()
@@ -586,7 +618,9 @@ class Replica:
             if floor <= t.log_floor():
                 return 0
             return t.drop_log_upto(min(floor, head))
-        return self.store.write(write)
+        dropped = self.store.write(write)
+        self._pending_acks.clear()
+        return dropped
 
     def status(self) -> dict[str, Any]:
         def read(t: Txn) -> dict[str, Any]:
@@ -600,7 +634,7 @@ class Replica:
                 "clock": list(t.clock()),
                 "peers": {
                     peer: {"ack": ack, "missing": _missing(t, peer, ack), "received": t.received(peer)}
-                    for peer, ack in sorted(t.acks().items())
+                    for peer, ack in sorted(_merged_acks(t.acks(), self._pending_acks).items())
                 },
             }
         return self.store.read(read)
@@ -656,6 +690,12 @@ class Replica:
             return codec.decode_map(payload, self.schema, self.limits)
         except DecodeError as e:
             raise CorruptStoreError(f"{self.store.path}: delta log entry is damaged: {e}") from None
+
+
+def _merged_acks(stored: dict[str, int], pending: Mapping[str, int]) -> dict[str, int]:
+    for peer, seq in dict(pending).items():  # a copy: the metrics thread reads this too
+        stored[peer] = max(seq, stored.get(peer, seq))
+    return stored
 
 
 def _missing(t: Txn, peer: str, ack: int) -> int:

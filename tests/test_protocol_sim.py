@@ -957,3 +957,53 @@ ProtocolSimulation.TestCase.settings = settings(
     max_examples=30, stateful_step_count=40, deadline=None
 )
 TestProtocolSimulation = ProtocolSimulation.TestCase
+
+
+def test_a_log_entry_larger_than_a_frame_is_sent_as_a_state_transfer(open_replica):
+    # Regression: one big batch became one log entry whose DELTA was over max_frame_bytes;
+    # the peer refused it, reconnected and was sent the same frame again, forever.
+    a, b = open_replica("a"), open_replica("b")
+    with a.batch():
+        for i in range(300):
+            a.set_title(f"c{i:03}", "x" * 200)
+    small = SessionConfig(max_frame_bytes=16 * 1024, max_delta_bytes=4 * 1024,
+                          max_conversations_per_chunk=50)
+    wire = connect(a, b, small)
+    events_a, events_b = wire.run_until_quiet()
+    assert any(isinstance(e, StateTransferFinished) for e in events_b)
+    assert not any(isinstance(f, Delta) and len(f.payload) > small.max_frame_bytes
+                   for f in wire.frames[0])
+    assert b.state() == a.state()
+    assert wire.sessions[0].caught_up
+
+
+def test_deltas_and_state_chunks_are_bounded_in_bytes(open_replica):
+    a, b = open_replica("a"), open_replica("b")
+    for i in range(40):
+        a.set_title(f"c{i:02}", "y" * 100)
+    config = SessionConfig(max_delta_bytes=1024, max_entries_per_delta=1000,
+                           max_conversations_per_chunk=1000)
+    wire = connect(a, b, config)
+    wire.run_until_quiet()
+    deltas = _delta_frames(wire.frames[0])
+    assert len(deltas) > 1
+    # Each DELTA joins entries up to the budget (one entry may overshoot it alone).
+    assert all(len(d.payload) <= 2 * config.max_delta_bytes for d in deltas)
+    assert b.state() == a.state()
+    chunk, after = a.state_chunk(None, 1000, max_bytes=1024)
+    assert 1 < len(chunk) < 40 and after is not None
+
+
+def test_acks_are_kept_in_memory_until_a_trim_or_close_writes_them(open_replica, tmp_path):
+    a, b = open_replica("a"), open_replica("b")
+    a.set_title("c", "t")
+    handshaken(a, b).run_until_quiet()
+    assert a.peer_ack(b.id) == 1  # seen at once by this process...
+    assert a.store.read(lambda t: t.ack(b.id)) is None  # ...but no fsync per ACK
+    a.trim_log()
+    assert a.store.read(lambda t: t.ack(b.id)) == 1
+    a.record_ack(b.id, 1)
+    path = a.path
+    a.close()
+    with Replica.open(path) as again:
+        assert again.peer_ack(b.id) == 1

@@ -82,6 +82,10 @@ async def _demo(root: str, say: Callable[[str], None]) -> bool:
             phone.unpin("work")  # offline, so concurrent with the laptop's pin below
             phone.set_title("family", "Family (phone)")
             phone.mute("alice")
+            # The two titles are concurrent; the later clock wins. Let the laptop's be a few
+            # milliseconds later, or a tie within one millisecond would go to the larger
+            # (random) replica id and the demo would tell a different story each run.
+            await trio.sleep(0.005)
             laptop.pin("work")
             laptop.set_title("family", "Family <3")
             for seq in range(3, 7):

@@ -1,8 +1,9 @@
 """Prometheus metrics for a running Node (`crdtim serve --metrics HOST:PORT`).
 
 Uses prometheus_client (the reference client: exposition format, HTTP server) rather than
-hand-written text output. Values are read from Node.stats and Replica.status() when scraped,
-so the replication path pays nothing for them.
+hand-written text output. Values are read from Node.stats and the Node's status snapshot
+(refreshed about every second in the replica's own thread) when scraped, so the replication
+path pays nothing for them and the HTTP thread never touches the Replica.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class NodeCollector:
             yield CounterMetricFamily(f"crdtim_{name}", doc, value=getattr(stats, name))
         yield GaugeMetricFamily("crdtim_connections_open", "Peers connected now",
                                 value=stats.connections_open)
-        status = self.node.replica.status()
+        status = self.node.status_snapshot  # never the Replica itself: not thread-safe
+        if not status:
+            return
         yield GaugeMetricFamily("crdtim_log_head", "Newest delta-log sequence", value=status["head"])
         yield GaugeMetricFamily("crdtim_conversations", "Conversations held",
                                 value=status["conversations"])

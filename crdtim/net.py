@@ -124,6 +124,9 @@ class Node:
         self._subscription = None
         self._known_head = 0
         self._last_trim = -math.inf
+        #: Replica.status() as of the last trim (about every second), for readers in other
+        #: threads (metrics): a Replica is used from one thread only.
+        self.status_snapshot: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -215,6 +218,8 @@ class Node:
             if now - self._last_trim >= self.config.trim_interval:
                 self._last_trim = now
                 self.replica.trim_log()
+                # Read here, in the replica's own thread, for the metrics thread to serve.
+                self.status_snapshot = self.replica.status()
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -282,7 +287,8 @@ class Node:
         session = link.session
         handshook = False
         while True:
-            timeout = self.config.session.idle_timeout
+            cfg = self.config.session
+            timeout = cfg.idle_timeout if handshook else cfg.handshake_timeout
             with trio.move_on_after(timeout) as scope:
                 data = await link.stream.receive_some(self.config.receive_size)
             now = trio.current_time()
@@ -297,6 +303,7 @@ class Node:
                     continue
                 self.stats.bytes_received += len(data)
                 events = session.receive_data(data, now)
+                session.tick(now)  # a peer trickling bytes still meets the handshake deadline
             except RemoteProtocolError as e:
                 self.stats.errors += 1
                 log.warning("peer %s: %s; closing", session.peer_id or "?", e.reason)
@@ -324,6 +331,10 @@ class Node:
                     log.warning("peer %s closed with error: %s", session.peer_id or "?", event.reason)
                     return handshook
             link.poke()
+            if session.output_backlog > self.config.session.max_output_backlog:
+                # The peer sends faster than it reads what we owe it (PONGs, ACKs): stop
+                # reading until that is sent, rather than buffer without bound.
+                await self._flush(link)
             if any(isinstance(e, (PeerAcked, StateTransferFinished)) for e in events):
                 await self._notify_changed()
 

@@ -93,6 +93,10 @@ class SessionConfig:
     max_unacked_frames: int = 8  # DELTA/STATE_CHUNK frames in flight: back-pressure
     ping_interval: float = 5.0  # seconds of our silence before we PING
     idle_timeout: float = 20.0  # seconds of peer silence before the link is declared dead
+    handshake_timeout: float = 10.0  # seconds from initiate() for the peer's HELLO to arrive
+    # Bytes we may have queued for a peer that does not read them (its PINGs' PONGs, say)
+    # before the owner must stop reading from it until they are sent.
+    max_output_backlog: int = 1024 * 1024
     limits: codec.Limits = field(default_factory=lambda: codec.DEFAULT_LIMITS)
 
 
@@ -398,6 +402,7 @@ class SyncSession:
         self._pending_events: list[Event] = []  # happened in pump(); reported by receive_data
         self._last_sent = 0.0
         self._last_received = 0.0
+        self._started = 0.0
         self._ping: tuple[int, float] | None = None
         self._nonce = 0
         self.bytes_sent = 0
@@ -422,7 +427,7 @@ class SyncSession:
         """Queue our HELLO; both sides call this (the protocol is symmetric)."""
         if self.state is not State.AWAIT_HELLO:
             raise LocalProtocolError("initiate() after the handshake")
-        self._last_sent = self._last_received = now
+        self._last_sent = self._last_received = self._started = now
         self._send(Hello(version=PROTOCOL_VERSION, replica_id=self.replica.id, auth=self._auth))
 
     def close(self, reason: str) -> None:
@@ -521,12 +526,10 @@ class SyncSession:
             raise self._fail("DELTA during a state transfer")
         if m.start != self._expect_from:
             raise self._fail(f"DELTA starts at {m.start}, expected {self._expect_from}")
-        # Record the resume point only if it moves forward: a second connection to the same
-        # peer (net.py keeps one, but two overlap for a moment) may deliver an interval
-        # older than one already applied, and moving back would undo the first one's ACK.
-        forward = m.end > self.replica.received_from(self.peer_id)
-        changed = self._apply(self._decode(m.payload, "DELTA"),
-                              (self.peer_id, m.end) if forward else None)
+        # apply_map records the resume point only if it moves forward: a second connection
+        # to the same peer (net.py keeps one, but two overlap for a moment) may deliver an
+        # interval older than one already applied.
+        changed = self._apply(self._decode(m.payload, "DELTA"), (self.peer_id, m.end))
         self._expect_from = m.end
         self._send(Ack(seq=m.end))
         return [DeltaApplied(start=m.start, end=m.end, changed=frozenset(changed),
@@ -648,15 +651,24 @@ class SyncSession:
 
     def tick(self, now: float) -> None:
         """Heartbeats: PING after `ping_interval` of our silence; close after `idle_timeout`
-        of the peer's (raises RemoteProtocolError, with an ERROR frame queued)."""
+        of the peer's, or `handshake_timeout` without its HELLO (raises
+        RemoteProtocolError, with an ERROR frame queued)."""
         if self.state is State.CLOSED:
             return
+        if (self.state is State.AWAIT_HELLO
+                and now - self._started > self.config.handshake_timeout):
+            raise self._fail(f"no HELLO within {self.config.handshake_timeout:g} s")
         if now - self._last_received > self.config.idle_timeout:
             raise self._fail(f"peer silent for {now - self._last_received:.1f} s")
         if self.state is State.OPEN and now - self._last_sent >= self.config.ping_interval:
             self._nonce += 1
             self._ping = (self._nonce, now)
             self._send(Ping(nonce=self._nonce))
+
+    @property
+    def output_backlog(self) -> int:
+        """Bytes queued for the peer and not yet taken by data_to_send()."""
+        return len(self._outgoing)
 
     def sent_at(self, now: float) -> None:
         """Tell the session that its queued bytes went out at `now` (for heartbeats)."""

@@ -11,10 +11,12 @@ bytes mean. Not thread-safe: use a replica from one thread (trio task or plain c
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import secrets
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -24,6 +26,7 @@ from . import codec
 from .crdt import (
     DEFAULT_MAX_DRIFT_MS,
     DEFAULT_SCHEMA,
+    Flag,
     Conversation,
     ConversationMap,
     Hlc,
@@ -48,9 +51,16 @@ from .store import MAX_CID_BYTES, MAX_ORIGIN_BYTES, Store, Txn, order_key
 
 __all__ = ["Replica", "Page", "Change", "Subscription", "InvalidArgument", "UNKNOWN_ORIGIN"]
 
+log = logging.getLogger("crdtim.replica")
+
 #: Log entries kept for peers that have not acknowledged them, at most; a peer further behind
 #: gets a state transfer instead of deltas (DESIGN.md, Replication, 4).
 DEFAULT_LOG_RETENTION = 100_000
+#: Decoding what this replica stored itself: the same checks of structure and type, without
+#: the per-message caps that protect it from peers (a large local batch, or the join of many
+#: deltas, may be over them and must still read back).
+STORAGE_LIMITS = codec.Limits(max_bytes=2**62, max_conversations=2**62, max_replicas=2**62,
+                              max_dots=2**62)
 MAX_CID = codec.DEFAULT_LIMITS.max_cid
 MAX_TEXT = codec.DEFAULT_LIMITS.max_text
 MAX_SEQ = codec.MAX_INT
@@ -224,7 +234,11 @@ class Replica:
         self.log_retention = log_retention
         self.limits = limits
         self._now = now_ms
-        self._batch: list[tuple[str, Callable[[_Write, Fields], Fields]]] | None = None
+        # The open batch belongs to the task (or thread) that opened it, not to the replica:
+        # another trio task writing meanwhile commits on its own, and is not lost if the
+        # batch raises. Context variables are per task in trio and asyncio, per thread else.
+        self._batch: ContextVar[list[tuple[str, Callable[[_Write, Fields], Fields]]] | None] = \
+            ContextVar(f"crdtim_batch_{id(self)}", default=None)
         #: True when open() made this replica (and its id) just now.
         self.created = False
         self._pending_acks: dict[str, int] = {}  # peer -> ack not yet written (record_ack)
@@ -300,10 +314,14 @@ class Replica:
         self._local(cid, lambda w, cur: {"title": Lww(w.stamp(), text)})
 
     def set_register(self, cid: str, name: str, text: str) -> None:
-        """Write a last-writer-wins field an app added to the schema."""
+        """Write a last-writer-wins text field an app added to the schema with
+        `clocked=True` (its stamps are hybrid-clock readings that receivers advance their
+        clocks past; without that, a causally later write could lose)."""
         _check_cid(cid)
         _check_text(text, name)
-        self._field_of(name, Lww)
+        if not self._field_of(name, Lww).clocked:
+            raise InvalidArgument(f"field {name!r} is not a clocked register; declare it "
+                                  f"with Field(..., Lww, clocked=True)")
         self._local(cid, lambda w, cur: {name: Lww(w.stamp(), text)})
 
     def pin(self, cid: str) -> None:
@@ -367,22 +385,23 @@ class Replica:
         when the block exits; reads inside the block see the state before it. If the block
         raises, nothing is written.
         """
-        if self._batch is not None:
+        if self._batch.get() is not None:
             yield  # nested: part of the outer batch
             return
-        self._batch = []
+        ops: list[tuple[str, Callable[[_Write, Fields], Fields]]] = []
+        token = self._batch.set(ops)
         try:
             yield
-            ops = self._batch
         finally:
-            self._batch = None
+            self._batch.reset(token)
         if ops:
             self._commit_local(ops)
 
     def _local(self, cid: str, op: Callable[[_Write, Fields], Fields]) -> None:
         self.store  # fail now, not at the end of a batch, if closed
-        if self._batch is not None:
-            self._batch.append((cid, op))
+        ops = self._batch.get()
+        if ops is not None:
+            ops.append((cid, op))
         else:
             self._commit_local([(cid, op)])
 
@@ -410,7 +429,8 @@ class Replica:
     def apply_map(self, delta: ConversationMap, origin: str | None = None,
                   *, received: tuple[str, int] | None = None) -> set[str]:
         """apply_delta for a decoded map; `received=(peer, seq)` records, in the same
-        transaction, that the peer's log up to `seq` is now applied here."""
+        transaction, that the peer's log up to `seq` is now applied here (if that is
+        further than recorded)."""
         if origin is not None and (type(origin) is not str
                                    or not _storable(origin, MAX_ORIGIN_BYTES)):
             raise InvalidArgument(f"origin must be a replica id, not {origin!r:.80}")
@@ -428,14 +448,37 @@ class Replica:
                 raise ClockDriftError(f"a register stamp of {latest} ms is more than "
                                       f"{self.max_clock_drift_ms} ms in the future")
             for cid, fields in delta.convs.items():
-                w.join(cid, novel_fields(w.fields(cid), fields))
-            if received is not None:
+                current = w.fields(cid)
+                self._refuse_forged_dots(cid, current, fields)
+                w.join(cid, novel_fields(current, fields))
+            # Resume points only move forward: two overlapping connections to one peer may
+            # deliver an older interval after a newer one.
+            if received is not None and received[1] > t.received(received[0]):
                 t.put_received(*received)
             return w.finish(origin or UNKNOWN_ORIGIN)
 
         changes = self.store.write(txn)
         self._notify(changes, "remote", origin)
         return {cid for cid, _ in changes}
+
+    def _refuse_forged_dots(self, cid: str, current: Fields, delta: Fields) -> None:
+        """Refuse a flag delta claiming enables of *this* replica that it never made.
+
+        Only this replica makes its own dots, and each is in its state from the moment it is
+        made; a larger one is forged or corrupt. Accepted, it would make this replica's next
+        enable reuse a counter (silently lost) or run past what the codec can decode.
+        """
+        for name, state in delta.items():
+            if not isinstance(state, Flag):
+                continue
+            own = current.get(name, Flag.bottom()).context.next_dot(self.id)[1] - 1
+            claimed = state.context.vv.get(self.id, 0)
+            for replica, n in state.context.cloud:
+                if replica == self.id and n > claimed:
+                    claimed = n
+            if claimed > own:
+                raise DecodeError(f"conversation {cid!r:.80} {name}: claims enable {claimed} of "
+                                  f"this replica, which made only {own}")
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -665,7 +708,12 @@ class Replica:
         for cid, fields in changes:
             change = Change(cid, fields, origin, peer)
             for sub in list(self._subscriptions):
-                sub._deliver(change)
+                try:
+                    sub._deliver(change)
+                except Exception:
+                    # The write is committed: a subscriber's bug must not make it look
+                    # failed to the caller, nor end a Node that applied a remote delta.
+                    log.exception("change subscriber failed on %s", change)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -681,13 +729,13 @@ class Replica:
 
     def _decode(self, cid: str, raw: bytes) -> Fields:
         try:
-            return codec.decode_fields(raw, self.schema, self.limits, cid)
+            return codec.decode_fields(raw, self.schema, STORAGE_LIMITS, cid)
         except DecodeError as e:
             raise CorruptStoreError(f"{self.store.path}: stored conversation is damaged: {e}") from None
 
     def _decode_log(self, payload: bytes) -> ConversationMap:
         try:
-            return codec.decode_map(payload, self.schema, self.limits)
+            return codec.decode_map(payload, self.schema, STORAGE_LIMITS)
         except DecodeError as e:
             raise CorruptStoreError(f"{self.store.path}: delta log entry is damaged: {e}") from None
 

@@ -328,10 +328,21 @@ def _check_directory(path: str, create: bool) -> bool:
         raise NotAReplicaError(
             f"{path}: directory is not empty and holds no crdtim database; refusing to use it"
         )
-    # Validate the file read-only first (no lock file either), so that a damaged, foreign or
-    # newer-format directory is left exactly as it was.
+    # Validate the file read-only first, so that a damaged, foreign or newer-format directory
+    # is left exactly as it was. With a lock file present another process may be writing
+    # (the CLI while `serve` runs): then read under the lock, as a registered reader, or the
+    # writer may reuse the very pages being read. With none, nobody is, and none is made.
+    for attempt in range(3):
+        try:
+            return _validate_existing(path, create, lock="lock.mdb" in names)
+        except lmdb.MapResizedError:  # a writer grew the map meanwhile: look again
+            continue
+    raise StoreError(f"{path}: the map kept being resized by another process")
+
+
+def _validate_existing(path: str, create: bool, lock: bool) -> bool:
     try:
-        env = lmdb.open(path, readonly=True, lock=False, max_dbs=8)
+        env = lmdb.open(path, readonly=True, lock=lock, max_dbs=8)
     except lmdb.Error as e:
         raise CorruptStoreError(f"{path}: data.mdb is not a readable LMDB database: {e}") from None
     foreign = f"{path}: an LMDB database, but not a crdtim replica"
@@ -349,6 +360,8 @@ def _check_directory(path: str, create: bool) -> bool:
                 raise NotAReplicaError(foreign)
     except lmdb.IncompatibleError:  # e.g. a plain key named like one of our databases
         raise NotAReplicaError(foreign) from None
+    except lmdb.MapResizedError:
+        raise
     except lmdb.Error as e:
         raise CorruptStoreError(f"{path}: damaged database: {e}") from None
     finally:

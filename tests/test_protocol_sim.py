@@ -846,8 +846,8 @@ class ProtocolSimulation(RuleBasedStateMachine):
                 for s in wire.sessions:
                     s.tick(self.now)
             except RemoteProtocolError as e:
-                assert "silent" in e.reason
-                event("idle timeout")
+                assert "silent" in e.reason or "no HELLO" in e.reason
+                event("idle or handshake timeout")
                 self._drop(wire)
                 continue
             wire.collect(self.now)
@@ -1007,3 +1007,17 @@ def test_acks_are_kept_in_memory_until_a_trim_or_close_writes_them(open_replica,
     a.close()
     with Replica.open(path) as again:
         assert again.peer_ack(b.id) == 1
+
+
+def test_a_peer_that_never_finishes_its_hello_is_dropped(a):
+    # A socket trickling a byte now and then must not hold a connection slot forever.
+    session = SyncSession(a, SIM_CONFIG)
+    session.initiate(now=0.0)
+    session.data_to_send()
+    session.receive_data(b"\x00\x00\x00\x64", now=0.5)  # a 100-byte frame announced...
+    for t in range(1, 10):
+        session.receive_data(b"\xc0", now=float(t))  # ...and never completed
+        session.tick(float(t))
+    with pytest.raises(RemoteProtocolError, match="no HELLO within"):
+        session.tick(SIM_CONFIG.handshake_timeout + 1)
+    assert any(isinstance(m, Error) for m in frames_of(session.data_to_send()))

@@ -339,16 +339,12 @@ class Replica:
     def enable(self, cid: str, flag: str) -> None:
         """Set an add-wins flag (pinned, muted, or one an app added to the schema)."""
         _check_cid(cid)
-        bottom = self._field_of(flag, None).lattice.bottom()
-        if not hasattr(bottom, "enable"):
-            raise InvalidArgument(f"field {flag!r} is not a flag")
+        bottom = self._field_of(flag, Flag).lattice.bottom()
         self._local(cid, lambda w, cur: {flag: cur.get(flag, bottom).enable(self.id)})
 
     def disable(self, cid: str, flag: str) -> None:
         _check_cid(cid)
-        bottom = self._field_of(flag, None).lattice.bottom()
-        if not hasattr(bottom, "disable"):
-            raise InvalidArgument(f"field {flag!r} is not a flag")
+        bottom = self._field_of(flag, Flag).lattice.bottom()
 
         def op(w: _Write, cur: Fields) -> Fields:
             d = cur.get(flag, bottom).disable()
@@ -717,10 +713,10 @@ class Replica:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _field_of(self, name: str, lattice: type | None) -> Any:
+    def _field_of(self, name: str, lattice: type) -> Any:
         f = self.schema.by_name.get(name)
-        if f is None or (lattice is not None and f.lattice is not lattice):
-            raise InvalidArgument(f"no field {name!r} of that kind in the schema")
+        if f is None or f.lattice is not lattice:
+            raise InvalidArgument(f"no {lattice.__name__} field {name!r} in the schema")
         return f
 
     def _load(self, t: Txn, cid: str) -> Fields:

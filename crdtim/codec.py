@@ -7,10 +7,19 @@ tag, so a one-field change costs about 30 bytes.
 Decoding is strict: any bytes that are not a valid, canonical-enough encoding raise
 DecodeError naming what was wrong; no KeyError, TypeError or IndexError escapes, and nothing
 decoded can break a lattice invariant (a flag's dots always lie inside its context).
+
+Speed: decoding is on every read of a conversation and every delta received, so the decoders
+check the common, valid shapes inline, with no message text built, and only when a check fails
+hand that one item (the header, a conversation id, a field) to the message-building
+validators (`_dec_header`, `_dec_lww`, ...), which then raise the DecodeError naming it. The
+items are visited in the same order either way, so the first thing wrong is the one named.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import types
 from typing import Any, Callable
 
 import msgpack
@@ -73,9 +82,24 @@ MAX_REPLICA_ID = 64
 
 # -- generic msgpack -------------------------------------------------------------------------
 
+# A Packer per thread (a Packer is not thread-safe) instead of one per call: packb builds a
+# Packer, buffer and all, for every message. A Packer keeps its buffer at the size of the
+# largest message it made, so after a big one (a state chunk) the thread drops it; and after
+# an exception (unpackable object), which leaves it out too.
+_packers = threading.local()
+_KEEP_PACKER_BYTES = 1 << 20
+
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    mine = _packers.__dict__  # this thread's
+    # Taken out while in use, so that a nested call (none is expected) makes its own.
+    packer = mine.pop("packer", None)
+    if packer is None:
+        packer = msgpack.Packer(use_bin_type=True)
+    data = packer.pack(obj)
+    if len(data) <= _KEEP_PACKER_BYTES:
+        mine["packer"] = packer
+    return data
 
 
 def _no_ext(code: int, data: bytes) -> Any:
@@ -101,7 +125,10 @@ def unpack(data: bytes, max_bytes: int = DEFAULT_LIMITS.max_bytes) -> Any:
         raise DecodeError(f"not valid msgpack: {e}") from None
 
 
-# -- validation helpers ----------------------------------------------------------------------
+# -- validation helpers: the slow path, which names what is wrong ------------------------------
+#
+# The decoders below run these only on an item that failed the inline checks (or on a shape
+# the inline checks do not cover); they raise with a message, or decode the item.
 
 
 def _int(x: Any, what: str, lo: int = 0, hi: int = MAX_INT) -> int:
@@ -130,45 +157,6 @@ def _str(x: Any, what: str, max_len: int, min_len: int = 0) -> str:
 
 def _replica(rids: list[str], i: Any, what: str) -> str:
     return rids[_int(i, f"{what} replica index", 0, len(rids) - 1)]
-
-
-# -- per-lattice encoders: lattice state -> plain msgpack-able value ---------------------------
-
-
-class _Ids:
-    """Replica id -> index table, filled while encoding."""
-
-    __slots__ = ("index", "order")
-
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {}
-        self.order: list[str] = []
-
-    def __call__(self, rid: str) -> int:
-        i = self.index.get(rid)
-        if i is None:
-            i = self.index[rid] = len(self.order)
-            self.order.append(rid)
-        return i
-
-
-def _enc_lww(s: Lww, ids: _Ids) -> list:
-    return [s.stamp.wall, s.stamp.counter, ids(s.stamp.replica), s.value]
-
-
-def _enc_maxreg(s: MaxReg, ids: _Ids) -> int:
-    return s.value
-
-
-def _flat(dots: Any, ids: _Ids) -> list[int]:
-    out: list[int] = []
-    for replica, n in sorted(dots):
-        out += (ids(replica), n)
-    return out
-
-
-def _enc_flag(s: Flag, ids: _Ids) -> list:
-    return [_flat(s.dots, ids), _flat(s.context.vv.items(), ids), _flat(s.context.cloud, ids)]
 
 
 def _dec_lww(x: Any, rids: list[str], limits: Limits, what: str) -> Lww:
@@ -211,42 +199,11 @@ def _dec_flag(x: Any, rids: list[str], limits: Limits, what: str) -> Flag:
     return Flag(frozenset(dots), context)
 
 
-_ENCODERS: dict[type, Callable[[Any, _Ids], Any]] = {
-    Lww: _enc_lww,
-    MaxReg: _enc_maxreg,
-    Flag: _enc_flag,
-}
 _DECODERS: dict[type, Callable[[Any, list[str], Limits, str], Any]] = {
     Lww: _dec_lww,
     MaxReg: _dec_maxreg,
     Flag: _dec_flag,
 }
-
-
-# -- conversation maps -----------------------------------------------------------------------
-
-
-def _enc_fields(fields: Fields, ids: _Ids, schema: Schema) -> dict[int, Any]:
-    by_name = schema.by_name
-    out = {}
-    for name, state in fields.items():
-        f = by_name[name]
-        out[f.tag] = _ENCODERS[f.lattice](state, ids)
-    return out
-
-
-def _dec_fields(
-    x: Any, rids: list[str], schema: Schema, limits: Limits, cid: str
-) -> Fields:
-    if type(x) is not dict:
-        raise DecodeError(f"conversation {cid!r}: expected a map of fields, got {type(x).__name__}")
-    fields = {}
-    for tag, value in x.items():
-        f = schema.by_tag.get(tag) if type(tag) is int else None
-        if f is None:
-            raise DecodeError(f"conversation {cid!r}: unknown field tag {tag!r}")
-        fields[f.name] = _DECODERS[f.lattice](value, rids, limits, f"conversation {cid!r} {f.name}")
-    return fields
 
 
 def _dec_header(obj: Any, limits: Limits, what: str) -> tuple[list[str], Any]:
@@ -261,39 +218,301 @@ def _dec_header(obj: Any, limits: Limits, what: str) -> tuple[list[str], Any]:
     return rids, body
 
 
+# -- fast constructors -------------------------------------------------------------------------
+#
+# The lattice states are frozen, slotted dataclasses, whose generated __init__ stores each field
+# through object.__setattr__. Storing through the slot descriptors makes the very same object
+# (same fields, same ==, same hash) at about half the cost, which counts when a delta holds
+# thousands of them; a NamedTuple Stamp is likewise made by tuple.__new__. The shapes are checked
+# here, at import: should a class gain a field or a __post_init__, this module refuses to load
+# rather than build states its constructor would not.
+
+
+def _slot_setters(cls: type, *names: str) -> list[Callable[[Any, Any], None]]:
+    fields = tuple(f.name for f in dataclasses.fields(cls))
+    if fields != names or hasattr(cls, "__post_init__"):
+        raise ImportError(f"crdtim.codec: {cls.__name__} changed shape {fields}; update the codec")
+    setters = []
+    for name in names:
+        slot = cls.__dict__.get(name)
+        if type(slot) is not types.MemberDescriptorType:
+            raise ImportError(f"crdtim.codec: {cls.__name__}.{name} is not a slot")
+        setters.append(slot.__set__)
+    return setters
+
+
+if Stamp._fields != ("wall", "counter", "replica") or Stamp.__bases__ != (tuple,):
+    raise ImportError(f"crdtim.codec: Stamp changed shape {Stamp._fields}; update the codec")
+
+_new = object.__new__
+_tuple_new = tuple.__new__
+_EMPTY: frozenset = frozenset()
+_set_lww_stamp, _set_lww_value = _slot_setters(Lww, "stamp", "value")
+(_set_maxreg_value,) = _slot_setters(MaxReg, "value")
+_set_flag_dots, _set_flag_context = _slot_setters(Flag, "dots", "context")
+_set_ctx_vv, _set_ctx_cloud = _slot_setters(CausalContext, "vv", "cloud")
+
+
+def _new_map(convs: dict[str, Fields], schema: Schema) -> ConversationMap:
+    """ConversationMap(convs, schema) for convs the decoder already normalized (no bottom
+    field, no empty conversation), without copying them again."""
+    m = _new(ConversationMap)
+    m.schema = schema
+    m.convs = convs
+    return m
+
+
+# -- fast decoders -----------------------------------------------------------------------------
+
+
+def _header(obj: Any, limits: Limits) -> tuple[list[str], Any] | None:
+    """(replica ids, body) of a valid header; None for _dec_header to name what is wrong."""
+    if type(obj) is list and len(obj) == 3:
+        version, rids, body = obj
+        if (type(version) is int and version == FORMAT_VERSION and type(rids) is list
+                and len(rids) <= limits.max_replicas):
+            for rid in rids:
+                if type(rid) is not str or not 0 < len(rid) <= MAX_REPLICA_ID:
+                    return None
+            return rids, body
+    return None
+
+
+def _pairs(flat: list, rids: list[str], nrids: int) -> list[tuple[str, int]] | None:
+    """The (replica, counter) pairs of an even-length flat array, or None if one is bad."""
+    out = []
+    for k in range(0, len(flat), 2):
+        i = flat[k]
+        n = flat[k + 1]
+        if type(i) is not int or type(n) is not int or not 0 <= i < nrids or not 0 < n <= MAX_INT:
+            return None
+        out.append((rids[i], n))
+    return out
+
+
+def _flag(x: Any, rids: list[str], nrids: int, max_flat: int) -> Flag | None:
+    """A flag, _BOTTOM_FLAG for [[], [], []], or None for _dec_flag to name what is wrong.
+
+    One pair per array is the common case (a flag enabled once; a delta enabling or disabling
+    it), so it is decoded without loops, sorting or CausalContext.compact.
+    """
+    if type(x) is not list or len(x) != 3:
+        return None
+    dots_x, vv_x, cloud_x = x
+    if type(dots_x) is not list or type(vv_x) is not list or type(cloud_x) is not list:
+        return None
+    nd = len(dots_x)
+    nv = len(vv_x)
+    nc = len(cloud_x)
+    if (nd | nv | nc) & 1 or nd > max_flat or nv > max_flat or nc > max_flat:
+        return None
+    if not (nd or nv or nc):
+        return _BOTTOM_FLAG
+    # The context: version vector, then the cloud compacted into it (CausalContext.compact).
+    if nv == 2:
+        i, n = vv_x
+        if type(i) is not int or type(n) is not int or not 0 <= i < nrids or not 0 < n <= MAX_INT:
+            return None
+        vv = {rids[i]: n}
+    else:
+        vv = {}
+        for k in range(0, nv, 2):
+            i = vv_x[k]
+            n = vv_x[k + 1]
+            if type(i) is not int or type(n) is not int or not 0 <= i < nrids or not 0 < n <= MAX_INT:
+                return None
+            r = rids[i]
+            if r in vv:  # ids may repeat in the table: compare ids, not indexes
+                return None
+            vv[r] = n
+    if not nc:
+        cloud = _EMPTY
+    elif nc == 2:
+        i, n = cloud_x
+        if type(i) is not int or type(n) is not int or not 0 <= i < nrids or not 0 < n <= MAX_INT:
+            return None
+        r = rids[i]
+        seen = vv.get(r, 0)
+        if n == seen + 1:  # next in line: extends the version vector
+            vv[r] = n
+            cloud = _EMPTY
+        elif n > seen:
+            cloud = frozenset(((r, n),))
+        else:  # covered
+            cloud = _EMPTY
+    else:
+        pairs = _pairs(cloud_x, rids, nrids)
+        if pairs is None:
+            return None
+        compacted = CausalContext.compact(vv, pairs)
+        vv = compacted.vv
+        cloud = compacted.cloud
+    # The dots, each of which must lie in the context (D ⊆ C).
+    if nd == 2:
+        i, n = dots_x
+        if type(i) is not int or type(n) is not int or not 0 <= i < nrids or not 0 < n <= MAX_INT:
+            return None
+        dot = (rids[i], n)
+        if n > vv.get(dot[0], 0) and dot not in cloud:
+            return None
+        dots = frozenset((dot,))
+    elif nd:
+        pairs = _pairs(dots_x, rids, nrids)
+        if pairs is None:
+            return None
+        for dot in pairs:
+            if dot[1] > vv.get(dot[0], 0) and dot not in cloud:
+                return None
+        dots = frozenset(pairs)
+    else:
+        dots = _EMPTY
+    context = _new(CausalContext)
+    _set_ctx_vv(context, vv)
+    _set_ctx_cloud(context, cloud)
+    flag = _new(Flag)
+    _set_flag_dots(flag, dots)
+    _set_flag_context(flag, context)
+    return flag
+
+
+_BOTTOM_FLAG = Flag.bottom()
+
+
+def _fields(x: Any, rids: list[str], schema: Schema, limits: Limits, cid: str) -> Fields:
+    """One conversation's {tag: field} map -> its fields, bottom ones dropped."""
+    if type(x) is not dict:
+        raise DecodeError(f"conversation {cid!r}: expected a map of fields, got {type(x).__name__}")
+    by_tag = schema.by_tag
+    nrids = len(rids)
+    max_text = limits.max_text
+    fields = {}
+    for tag, value in x.items():
+        f = by_tag.get(tag) if type(tag) is int else None
+        if f is None:
+            raise DecodeError(f"conversation {cid!r}: unknown field tag {tag!r}")
+        lattice = f.lattice
+        # Tags are distinct and so are names: each name is set at most once.
+        if lattice is Lww:
+            if type(value) is list and len(value) == 4:
+                wall, counter, i, text = value
+                if (type(wall) is int and type(counter) is int and type(i) is int
+                        and type(text) is str and 0 <= wall <= MAX_INT and 0 <= counter <= MAX_INT
+                        and 0 <= i < nrids and len(text) <= max_text):
+                    # Never bottom: replica ids are not empty.
+                    state = _new(Lww)
+                    _set_lww_stamp(state, _tuple_new(Stamp, (wall, counter, rids[i])))
+                    _set_lww_value(state, text)
+                    fields[f.name] = state
+                    continue
+        elif lattice is MaxReg:
+            if type(value) is int and 0 <= value <= MAX_INT:
+                if value:  # 0 is bottom
+                    state = _new(MaxReg)
+                    _set_maxreg_value(state, value)
+                    fields[f.name] = state
+                continue
+        else:
+            state = _flag(value, rids, nrids, 2 * limits.max_dots)
+            if state is not None:
+                if state is not _BOTTOM_FLAG:
+                    fields[f.name] = state
+                continue
+        # Something is wrong with this field: the slow decoder says what (and, should the
+        # inline checks ever refuse a valid field, decodes it).
+        state = _DECODERS[lattice](value, rids, limits, f"conversation {cid!r} {f.name}")
+        if not state.is_bottom():
+            fields[f.name] = state
+    return fields
+
+
+# -- encoders ----------------------------------------------------------------------------------
+
+
+def _flat(pairs: Any, ids: dict[str, int]) -> list[int]:
+    """(replica, counter) pairs, sorted, as a flat [index, counter, ...] array; `ids` maps
+    replica ids to indexes in order of first use and grows as ids are met."""
+    if not pairs:
+        return []
+    if len(pairs) == 1:
+        ((replica, n),) = pairs
+        return [ids.setdefault(replica, len(ids)), n]
+    out: list[int] = []
+    for replica, n in sorted(pairs):
+        out += (ids.setdefault(replica, len(ids)), n)
+    return out
+
+
+def _enc_fields(fields: Fields, ids: dict[str, int], schema: Schema) -> dict[int, Any]:
+    by_name = schema.by_name
+    out = {}
+    for name, state in fields.items():
+        f = by_name[name]
+        lattice = f.lattice
+        if lattice is Lww:
+            wall, counter, replica = state.stamp
+            out[f.tag] = [wall, counter, ids.setdefault(replica, len(ids)), state.value]
+        elif lattice is MaxReg:
+            out[f.tag] = state.value
+        else:  # Flag; ids are met in the order dots, version vector, cloud
+            dots = state.dots
+            context = state.context
+            vv = context.vv
+            if len(dots) == 1 and len(vv) == 1 and not context.cloud:  # enabled once
+                ((replica, n),) = dots
+                i = ids.setdefault(replica, len(ids))
+                ((replica, m),) = vv.items()
+                out[f.tag] = [[i, n], [ids.setdefault(replica, len(ids)), m], []]
+            else:
+                out[f.tag] = [_flat(dots, ids), _flat(vv.items(), ids), _flat(context.cloud, ids)]
+    return out
+
+
+# -- conversation maps -----------------------------------------------------------------------
+
+
 def encode_map(m: ConversationMap) -> bytes:
-    ids = _Ids()
-    body = {cid: _enc_fields(fields, ids, m.schema) for cid, fields in m.convs.items()}
-    return pack([FORMAT_VERSION, ids.order, body])
+    ids: dict[str, int] = {}
+    schema = m.schema
+    body = {cid: _enc_fields(fields, ids, schema) for cid, fields in m.convs.items()}
+    return pack([FORMAT_VERSION, list(ids), body])
 
 
 def decode_map(
     data: bytes, schema: Schema = DEFAULT_SCHEMA, limits: Limits = DEFAULT_LIMITS
 ) -> ConversationMap:
-    rids, body = _dec_header(unpack(data, limits.max_bytes), limits, "delta")
+    obj = unpack(data, limits.max_bytes)
+    header = _header(obj, limits)
+    rids, body = _dec_header(obj, limits, "delta") if header is None else header
     if type(body) is not dict:
         raise DecodeError(f"delta: expected a map of conversations, got {type(body).__name__}")
     if len(body) > limits.max_conversations:
         raise DecodeError(
             f"delta: {len(body)} conversations is over the limit of {limits.max_conversations}"
         )
+    max_cid = limits.max_cid
     convs = {}
-    for cid, fields in body.items():
-        _str(cid, "conversation id", limits.max_cid, 1)
-        convs[cid] = _dec_fields(fields, rids, schema, limits, cid)
-    return ConversationMap(convs, schema)
+    for cid, x in body.items():
+        if type(cid) is not str or not 0 < len(cid) <= max_cid:
+            _str(cid, "conversation id", max_cid, 1)  # raises, naming what is wrong
+        fields = _fields(x, rids, schema, limits, cid)
+        if fields:
+            convs[cid] = fields
+    return _new_map(convs, schema)
 
 
 def encode_fields(fields: Fields, schema: Schema = DEFAULT_SCHEMA) -> bytes:
     """One conversation's state, as stored on disk."""
-    ids = _Ids()
+    ids: dict[str, int] = {}
     body = _enc_fields(fields, ids, schema)
-    return pack([FORMAT_VERSION, ids.order, body])
+    return pack([FORMAT_VERSION, list(ids), body])
 
 
 def decode_fields(
     data: bytes, schema: Schema = DEFAULT_SCHEMA, limits: Limits = DEFAULT_LIMITS, cid: str = "?"
 ) -> Fields:
-    rids, body = _dec_header(unpack(data, limits.max_bytes), limits, f"conversation {cid!r}")
-    fields = _dec_fields(body, rids, schema, limits, cid)
-    return {name: s for name, s in fields.items() if not s.is_bottom()}
+    obj = unpack(data, limits.max_bytes)
+    header = _header(obj, limits)
+    if header is None:
+        header = _dec_header(obj, limits, f"conversation {cid!r}")
+    rids, body = header
+    return _fields(body, rids, schema, limits, cid)

@@ -34,29 +34,35 @@ import gc
 import itertools
 import json
 import os
-import platform
 import random
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import lmdb
 import pycrdt
 
-import crdtim
 from crdtim import Replica, codec
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .report import (
+    Row,
+    Workdir,
+    cid,
+    filesystem_of,
+    print_table,
+    ratio_at_least,
+    ratio_at_most,
+    rm,
+    run_child,
+    run_meta,
+    value_at_least,
+    value_at_most,
+    write_json,
+)
+
+MODULE = "benchmarks.bench_local"
 T0 = 1_700_000_000_000  # message times (ms) used when building states
-
-
-def cid(i: int) -> str:
-    return f"conv-{i:07d}"
 
 
 # -- measurement helpers ---------------------------------------------------------------------
@@ -100,20 +106,6 @@ def interleaved(mine: Callable[[int, int], Any], ref: Callable[[int, int], Any],
     return times[0], times[1]
 
 
-def filesystem_of(path: str) -> dict[str, str]:
-    path = os.path.realpath(path)
-    best = ("", "?", "?")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                dev, mnt, fstype = line.split()[:3]
-                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
-                    best = (mnt, fstype, dev)
-    except OSError:
-        pass
-    return {"path": path, "mount": best[0], "fstype": best[1], "device": best[2]}
-
-
 def raw_env(path: str, *, sync: bool, map_size: int = 1 << 30, max_dbs: int = 4) -> lmdb.Environment:
     os.makedirs(path, exist_ok=True)
     return lmdb.open(path, map_size=map_size, max_dbs=max_dbs, sync=sync, metasync=sync,
@@ -124,130 +116,6 @@ def stored_sizes(r: Replica, limit: int = 20_000) -> float:
     """Mean encoded size of the replica's stored conversations (the first `limit`)."""
     return r.store.read(lambda t: statistics.fmean(
         len(v) for _, v in itertools.islice(t.conversations(), limit)))
-
-
-class Workdir:
-    def __init__(self, base: str | None):
-        self.root = tempfile.mkdtemp(prefix="crdtim-bench-", dir=base)
-        self._n = 0
-
-    def fresh(self, name: str) -> str:
-        self._n += 1
-        return os.path.join(self.root, f"{self._n:03d}-{name}")
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def rm(*paths: str) -> None:
-    for p in paths:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-# -- result rows -----------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    key: str
-    figure: str
-    unit: str
-    values: list[float]
-    refs: list[float] | None = None
-    ref_label: str = ""
-    ratios: list[float] | None = None  # per run; computed from values/refs when not given
-    goal: str = ""
-    check: Callable[[Row], bool] | None = None
-    note: str = ""
-    fmt: str = "{:,.0f}"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.ratios is None and self.refs is not None and len(self.refs) == len(self.values):
-            self.ratios = [v / r if r else float("nan") for v, r in zip(self.values, self.refs)]
-
-    @staticmethod
-    def stats(xs: list[float] | None) -> dict[str, float] | None:
-        if not xs:
-            return None
-        return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-    @property
-    def value(self) -> float:
-        return statistics.median(self.values)
-
-    @property
-    def ratio(self) -> float | None:
-        return statistics.median(self.ratios) if self.ratios else None
-
-    @property
-    def met(self) -> bool | None:
-        return None if self.check is None else bool(self.check(self))
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key, "figure": self.figure, "unit": self.unit,
-            "value": self.stats(self.values), "reference": self.stats(self.refs),
-            "reference_label": self.ref_label, "ratio": self.stats(self.ratios),
-            "goal": self.goal, "met": self.met, "note": self.note,
-            "samples": {"values": self.values, "references": self.refs, "ratios": self.ratios},
-            **({"extra": self.extra} if self.extra else {}),
-        }
-
-
-def ratio_at_least(x: float) -> Callable[[Row], bool]:
-    return lambda row: row.ratio is not None and row.ratio >= x
-
-
-def ratio_at_most(x: float) -> Callable[[Row], bool]:
-    return lambda row: row.ratio is not None and row.ratio <= x
-
-
-def value_at_least(x: float) -> Callable[[Row], bool]:
-    return lambda row: row.value >= x
-
-
-def value_at_most(x: float) -> Callable[[Row], bool]:
-    return lambda row: row.value <= x
-
-
-def _spread(row: Row, xs: list[float] | None, fmt: str) -> str:
-    if not xs:
-        return "-"
-    med = fmt.format(statistics.median(xs))
-    if len(xs) == 1:
-        return med
-    return f"{med} [{fmt.format(min(xs))}..{fmt.format(max(xs))}]"
-
-
-def print_table(rows: list[Row]) -> None:
-    table = [("", "figure", "value  median [min..max]", "reference  median", "ratio  median [min..max]",
-              "goal", "met?")]
-    for row in rows:
-        ref = "-" if not row.refs else f"{row.fmt.format(statistics.median(row.refs))} {row.unit}"
-        table.append((
-            row.key,
-            row.figure,
-            f"{_spread(row, row.values, row.fmt)} {row.unit}",
-            ref,
-            _spread(row, row.ratios, "{:.2f}x") if row.ratios else "-",
-            row.goal or "-",
-            {True: "yes", False: "NO", None: "-"}[row.met],
-        ))
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for n, r in enumerate(table):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-    print()
-    for row in rows:
-        lines = []
-        if row.ref_label:
-            lines.append(f"reference: {row.ref_label}")
-        if row.note:
-            lines.append(row.note)
-        if lines:
-            print(f"{row.key:>4}  " + "\n      ".join(lines))
 
 
 # -- a. durable single ops -------------------------------------------------------------------
@@ -668,26 +536,18 @@ def child_reopen(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_local", "--child", kind, json.dumps(spec)]
-    p = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"child {kind} failed ({p.returncode}):\n{p.stderr[-4000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def bench_million(cfg: argparse.Namespace, wd: Workdir) -> tuple[list[Row], dict[str, Any]]:
     n, small, batch, calls = cfg.big, 10_000, 10_000, cfg.list_calls
     big_dir, small_dir, raw_dir = wd.fresh("big"), wd.fresh("small"), wd.fresh("big-raw")
     print(f"  e: building {n:,} conversations ...", flush=True)
-    built = run_child("build", {"path": big_dir, "n": n, "batch": batch})
-    built_small = run_child("build", {"path": small_dir, "n": small, "batch": batch})
-    raw = run_child("raw", {"path": raw_dir, "n": n, "batch": batch, "calls": calls,
+    built = run_child(MODULE, "build", {"path": big_dir, "n": n, "batch": batch})
+    built_small = run_child(MODULE, "build", {"path": small_dir, "n": small, "batch": batch})
+    raw = run_child(MODULE, "raw", {"path": raw_dir, "n": n, "batch": batch, "calls": calls,
                             "value_size": round(built["mean_value"])})
     rm(raw_dir)
     print("  e: reopening in fresh processes ...", flush=True)
-    reo = run_child("reopen", {"path": big_dir, "n": n, "calls": calls})
-    reo_small = run_child("reopen", {"path": small_dir, "n": small, "calls": calls})
+    reo = run_child(MODULE, "reopen", {"path": big_dir, "n": n, "calls": calls})
+    reo_small = run_child(MODULE, "reopen", {"path": small_dir, "n": small, "calls": calls})
     rm(big_dir, small_dir)
     mib = 1024 * 1024
     label = f"N={n:,}"
@@ -746,7 +606,7 @@ def bench_million(cfg: argparse.Namespace, wd: Workdir) -> tuple[list[Row], dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_local",
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE}",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, 3 runs (under a minute)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -773,16 +633,8 @@ def main(argv: list[str] | None = None) -> int:
 
     wd = Workdir(cfg.dir)
     fs = filesystem_of(wd.root)
-    meta = {
-        "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.bench_local",
-                             *(argv if argv is not None else sys.argv[1:])]),
-        "quick": q, "runs": cfg.runs, "workdir": fs,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpus": os.cpu_count(), "crdtim": crdtim.__version__, "lmdb": lmdb.__version__,
-        "lmdb_lib": ".".join(map(str, lmdb.version())), "pycrdt": pycrdt.__version__,
-        "git": _git_rev(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "loadavg_start": os.getloadavg(),
-    }
+    meta = run_meta(MODULE, argv, quick=q, runs=cfg.runs, workdir=fs, lmdb=lmdb.__version__,
+                    lmdb_lib=".".join(map(str, lmdb.version())), pycrdt=pycrdt.__version__)
     print(f"crdtim local benchmark ({'quick' if q else 'full'}, {cfg.runs} runs per figure); "
           f"databases in {fs['path']} ({fs['fstype']} on {fs['device']}); load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
@@ -819,22 +671,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{meta['command']}\n")
     print_table(rows)
     if cfg.json:
-        with open(cfg.json, "w") as f:
-            json.dump({"meta": meta, "rows": [r.as_json() for r in rows], "details": details},
-                      f, indent=1)
+        write_json(cfg.json, meta, rows, details)
         print(f"\nwrote {cfg.json}")
     return 0
-
-
-def _git_rev() -> str | None:
-    try:
-        rev = subprocess.run(["git", "-C", PROJECT, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", PROJECT, "status", "--porcelain", "--", "crdtim"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return rev + ("+dirty" if dirty else "") if rev else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 if __name__ == "__main__":

@@ -58,16 +58,12 @@ import io
 import itertools
 import json
 import os
-import platform
 import pstats
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import lmdb
@@ -91,107 +87,27 @@ from crdtim.protocol import (
     encode_frame,
 )
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .report import (
+    PROJECT,
+    Row,
+    Workdir,
+    cid,
+    filesystem_of,
+    print_table,
+    ratio_at_most,
+    rm,
+    run_child,
+    run_meta,
+    value_at_most,
+    write_json,
+)
+
+MODULE = "benchmarks.bench_sync"
 T0 = 1_700_000_000_000  # virtual wall clock (ms) of the deterministic runs
 EMPTY_MAP = codec.encode_map(ConversationMap.bottom())
 
 
-def cid(i: int) -> str:
-    return f"conv-{i:07d}"
-
-
-# -- result rows (same shape as benchmarks/bench_local.py) -------------------------------------
-
-
-@dataclass
-class Row:
-    key: str
-    figure: str
-    unit: str
-    values: list[float]
-    refs: list[float] | None = None
-    ref_label: str = ""
-    ratios: list[float] | None = None  # per run; computed from values/refs when not given
-    goal: str = ""
-    check: Callable[[Row], bool] | None = None
-    note: str = ""
-    fmt: str = "{:,.0f}"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.ratios is None and self.refs is not None and len(self.refs) == len(self.values):
-            self.ratios = [v / r if r else float("nan") for v, r in zip(self.values, self.refs)]
-
-    @staticmethod
-    def stats(xs: list[float] | None) -> dict[str, float] | None:
-        if not xs:
-            return None
-        return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-    @property
-    def value(self) -> float:
-        return statistics.median(self.values)
-
-    @property
-    def ratio(self) -> float | None:
-        return statistics.median(self.ratios) if self.ratios else None
-
-    @property
-    def met(self) -> bool | None:
-        return None if self.check is None else bool(self.check(self))
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key, "figure": self.figure, "unit": self.unit,
-            "value": self.stats(self.values), "reference": self.stats(self.refs),
-            "reference_label": self.ref_label, "ratio": self.stats(self.ratios),
-            "goal": self.goal, "met": self.met, "note": self.note,
-            "samples": {"values": self.values, "references": self.refs, "ratios": self.ratios},
-            **({"extra": self.extra} if self.extra else {}),
-        }
-
-
-def ratio_at_most(x: float) -> Callable[[Row], bool]:
-    return lambda row: row.ratio is not None and row.ratio <= x
-
-
-def value_at_most(x: float) -> Callable[[Row], bool]:
-    return lambda row: row.value <= x
-
-
-def _spread(xs: list[float] | None, fmt: str) -> str:
-    if not xs:
-        return "-"
-    med = fmt.format(statistics.median(xs))
-    if len(xs) == 1 or min(xs) == max(xs):
-        return med
-    return f"{med} [{fmt.format(min(xs))}..{fmt.format(max(xs))}]"
-
-
-def print_table(rows: list[Row]) -> None:
-    table = [("", "figure", "value  median [min..max]", "reference  median",
-              "ratio  median [min..max]", "goal", "met?")]
-    for row in rows:
-        ref = "-" if not row.refs else f"{row.fmt.format(statistics.median(row.refs))} {row.unit}"
-        table.append((
-            row.key, row.figure, f"{_spread(row.values, row.fmt)} {row.unit}", ref,
-            _spread(row.ratios, "{:.2f}x") if row.ratios else "-", row.goal or "-",
-            {True: "yes", False: "NO", None: "-"}[row.met],
-        ))
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for n, r in enumerate(table):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-    print()
-    for row in rows:
-        lines = []
-        if row.ref_label:
-            lines.append(f"reference: {row.ref_label}")
-        if row.note:
-            lines.append(row.note)
-        if lines:
-            print(f"{row.key:>5}  " + "\n       ".join(lines))
+# -- helpers -----------------------------------------------------------------------------------
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -200,38 +116,6 @@ def percentile(xs: list[float], p: float) -> float:
     lo = int(k)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-class Workdir:
-    def __init__(self, base: str | None):
-        self.root = tempfile.mkdtemp(prefix="crdtim-bench-sync-", dir=base)
-        self._n = 0
-
-    def fresh(self, name: str) -> str:
-        self._n += 1
-        return os.path.join(self.root, f"{self._n:03d}-{name}")
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def rm(*paths: str) -> None:
-    for p in paths:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def filesystem_of(path: str) -> dict[str, str]:
-    path = os.path.realpath(path)
-    best = ("", "?", "?")
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                dev, mnt, fstype = line.split()[:3]
-                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
-                    best = (mnt, fstype, dev)
-    except OSError:
-        pass
-    return {"path": path, "mount": best[0], "fstype": best[1], "device": best[2]}
 
 
 class Profiler:
@@ -330,7 +214,9 @@ class MemReplica:
         self.via.append(0)
 
     def delta_interval(self, after: int, *, skip_origin: str | None = None,
-                       max_entries: int = 1000) -> tuple[int, ConversationMap | None]:
+                       max_entries: int = 1000, max_bytes: int | None = None
+                       ) -> tuple[int, ConversationMap | None]:
+        # max_bytes is not modelled: the mesh's deltas stay far below the 1 MiB default.
         entries = self.log[after:after + max_entries]
         if not entries:
             return after, None
@@ -347,8 +233,8 @@ class MemReplica:
             m = self.registry[skip_origin].state.novel(m)
         return after + len(entries), (m if acc and not m.is_bottom() else None)
 
-    def state_chunk(self, after: str | None, max_conversations: int = 1000
-                    ) -> tuple[ConversationMap, str | None]:
+    def state_chunk(self, after: str | None, max_conversations: int = 1000,
+                    max_bytes: int | None = None) -> tuple[ConversationMap, str | None]:
         return self.state, None
 
     def apply_map(self, delta: ConversationMap, origin: str | None = None, *,
@@ -1049,7 +935,7 @@ def child_rawserve(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def spawn_child(kind: str, spec: dict[str, Any]) -> tuple[subprocess.Popen, dict[str, Any]]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_sync", "--child", kind, json.dumps(spec)]
+    cmd = [sys.executable, "-m", MODULE, "--child", kind, json.dumps(spec)]
     p = subprocess.Popen(cmd, cwd=PROJECT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
@@ -1064,14 +950,6 @@ def finish_child(p: subprocess.Popen) -> dict[str, Any]:
     if p.returncode != 0:
         raise RuntimeError(f"child failed ({p.returncode}):\n{err[-4000:]}")
     return json.loads(out.strip().splitlines()[-1])
-
-
-def run_child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.bench_sync", "--child", kind, json.dumps(spec)]
-    p = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"child {kind} failed ({p.returncode}):\n{p.stderr[-4000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 async def bootstrap(port: int, source: dict[str, Any], durability: str, path: str,
@@ -1134,7 +1012,7 @@ def bench_bootstrap(cfg: argparse.Namespace, wd: Workdir, prof: Profiler
     n, batch = cfg.big, 10_000
     src_dir = wd.fresh("boot-source")
     print(f"  d: building the source, {n:,} conversations ...", flush=True)
-    built = run_child("build", {"path": src_dir, "n": n, "batch": batch})
+    built = run_child(MODULE, "build", {"path": src_dir, "n": n, "batch": batch})
     print(f"    built in {built['build_s']:.1f} s", flush=True)
     timeout = max(120.0, n / 1000)
     res: dict[str, dict[str, list[float]]] = {
@@ -1202,7 +1080,7 @@ def bench_bootstrap(cfg: argparse.Namespace, wd: Workdir, prof: Profiler
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_sync",
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE}",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, 3 runs (under a minute)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -1228,18 +1106,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg.d_runs = min(cfg.runs, 3)  # a full-size run takes minutes
     only = set(cfg.only.split(","))
 
-    wd = Workdir(cfg.dir)
+    wd = Workdir(cfg.dir, prefix="crdtim-bench-sync-")
     prof = Profiler(cfg.profile)
     fs = filesystem_of(wd.root)
-    meta = {
-        "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.bench_sync",
-                             *(argv if argv is not None else sys.argv[1:])]),
-        "quick": q, "runs": cfg.runs, "workdir": fs,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "crdtim": crdtim.__version__,
-        "lmdb": lmdb.__version__, "pycrdt": pycrdt.__version__, "trio": trio.__version__,
-        "git": _git_rev(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    meta = run_meta(MODULE, argv, quick=q, runs=cfg.runs, workdir=fs, lmdb=lmdb.__version__,
+                    pycrdt=pycrdt.__version__, trio=trio.__version__)
     print(f"crdtim sync benchmark ({'quick' if q else 'full'}, {cfg.runs} runs per figure); "
           f"databases in {fs['path']} ({fs['fstype']} on {fs['device']}); load average "
           f"{meta['loadavg_start'][0]:.2f} on {meta['cpus']} CPUs")
@@ -1271,24 +1142,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndone in {meta['elapsed_s']:.1f} s: {meta['command']} (load average "
           f"{meta['loadavg_start'][0]:.2f} at the start, {meta['loadavg_end'][0]:.2f} at the end, "
           f"{meta['cpus']} CPUs)\n")
-    print_table(rows)
+    print_table(rows, key_width=5)
     if cfg.json:
-        with open(cfg.json, "w") as f:
-            json.dump({"meta": meta, "rows": [r.as_json() for r in rows], "details": details},
-                      f, indent=1, default=str)
+        write_json(cfg.json, meta, rows, details)
         print(f"\nwrote {cfg.json}")
     return 0
-
-
-def _git_rev() -> str | None:
-    try:
-        rev = subprocess.run(["git", "-C", PROJECT, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", PROJECT, "status", "--porcelain", "--", "crdtim"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return rev + ("+dirty" if dirty else "") if rev else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 if __name__ == "__main__":

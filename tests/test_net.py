@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 import trio
@@ -33,21 +33,6 @@ from crdtim.replica import Replica
 FAST = NodeConfig(poll_interval=0.01, linger=0)
 GUARD = 10  # seconds: only a guard against a hang; each test takes far less
 LOCAL = "127.0.0.1"
-
-
-@pytest.fixture
-def replicas(tmp_path: Path):
-    """open(name, **kw) -> Replica in tmp_path/name; everything still open is closed after."""
-    opened: list[Replica] = []
-
-    def open_(name: str, **kw: Any) -> Replica:
-        r = Replica.open(tmp_path / name, durability="nosync", **kw)
-        opened.append(r)
-        return r
-
-    yield open_
-    for r in opened:
-        r.close()
 
 
 async def settle(*nodes: tuple[Node, int]) -> None:
@@ -95,8 +80,8 @@ def node(replica: Replica, *peers: Node, listen: bool = True, config: NodeConfig
 # -- convergence ------------------------------------------------------------------------------
 
 
-async def test_three_nodes_converge(replicas):
-    a, b, c = replicas("a"), replicas("b"), replicas("c")
+async def test_three_nodes_converge(open_replica):
+    a, b, c = open_replica("a"), open_replica("b"), open_replica("c")
     a.set_title("c1", "written offline at a")
     async with node(a) as na, node(b, na) as nb, node(c, na, nb) as nc:
         b.pin("c1")
@@ -115,8 +100,8 @@ async def test_three_nodes_converge(replicas):
         assert nb.stats.deltas_received > 0 and na.stats.errors == 0
 
 
-async def test_stopped_node_catches_up_after_restart(replicas, tmp_path):
-    a, b, c = replicas("a"), replicas("b"), replicas("c")
+async def test_stopped_node_catches_up_after_restart(open_replica, tmp_path):
+    a, b, c = open_replica("a"), open_replica("b"), open_replica("c")
     async with node(a) as na, node(b, na) as nb:
         async with node(c, na, listen=False) as nc:
             await nc.wait_connected()
@@ -128,7 +113,7 @@ async def test_stopped_node_catches_up_after_restart(replicas, tmp_path):
         c.close()
         for i in range(30):  # more writes elsewhere while c is down
             b.pin(f"c{i}")
-        c = replicas("c")  # the same directory: the same replica
+        c = open_replica("c")  # the same directory: the same replica
         assert c.id == c_id
         async with node(c, na, listen=False) as nc:
             await settle((na, 2), (nb, 1), (nc, 1))
@@ -137,8 +122,8 @@ async def test_stopped_node_catches_up_after_restart(replicas, tmp_path):
             assert nc.stats.state_transfers_received == 0  # it resumed from its acks
 
 
-async def test_peer_behind_trimmed_logs_gets_a_state_transfer(replicas):
-    a, b = replicas("a", log_retention=3), replicas("b")
+async def test_peer_behind_trimmed_logs_gets_a_state_transfer(open_replica):
+    a, b = open_replica("a", log_retention=3), open_replica("b")
     async with node(a) as na:
         async with node(b, na, listen=False) as nb:
             a.set_title("x", "before")
@@ -159,8 +144,8 @@ async def test_peer_behind_trimmed_logs_gets_a_state_transfer(replicas):
             assert nb.stats.state_transfers_received == 1
 
 
-async def test_writes_by_another_process_are_replicated(replicas):
-    a, b = replicas("a"), replicas("b")
+async def test_writes_by_another_process_are_replicated(open_replica):
+    a, b = open_replica("a"), open_replica("b")
     script = (
         "import sys, crdtim\n"
         "with crdtim.Replica.open(sys.argv[1]) as r:\n"
@@ -182,8 +167,8 @@ async def test_writes_by_another_process_are_replicated(replicas):
 # -- connections ------------------------------------------------------------------------------
 
 
-async def test_two_nodes_dialing_each_other_keep_one_link(replicas):
-    a, b = replicas("a"), replicas("b")
+async def test_two_nodes_dialing_each_other_keep_one_link(open_replica):
+    a, b = open_replica("a"), open_replica("b")
     async with node(a) as na, node(b) as nb:
         na.add_peer((LOCAL, nb.port))
         nb.add_peer((LOCAL, na.port))
@@ -208,8 +193,8 @@ GARBAGE = {
 
 
 @pytest.mark.parametrize("name", sorted(GARBAGE))
-async def test_garbage_gets_an_error_frame_and_the_node_keeps_serving(replicas, name):
-    a, b = replicas("a"), replicas("b")
+async def test_garbage_gets_an_error_frame_and_the_node_keeps_serving(open_replica, name):
+    a, b = open_replica("a"), open_replica("b")
     async with node(a) as na, node(b, na) as nb:
         await settle((na, 1), (nb, 1))
         stream = await trio.open_tcp_stream(LOCAL, na.port)
@@ -225,14 +210,14 @@ async def test_garbage_gets_an_error_frame_and_the_node_keeps_serving(replicas, 
         assert na.connected_peers == {b.id}
 
 
-async def test_unstorable_peer_id_refused_without_harming_the_node(replicas):
+async def test_unstorable_peer_id_refused_without_harming_the_node(open_replica):
     # Regression: 64 characters passed HELLO, but they are 256 bytes in UTF-8, more than a
     # log entry can name as its origin; the first DELTA then raised InvalidArgument out of
     # the session and killed the whole node.
     from crdtim import codec
     from crdtim.crdt import ConversationMap
 
-    a, b = replicas("a"), replicas("b")
+    a, b = open_replica("a"), open_replica("b")
     payload = codec.encode_map(ConversationMap.bottom().raise_to("c", "last_seq", 3))
     async with node(a) as na, node(b, na) as nb:
         stream = await trio.open_tcp_stream(LOCAL, na.port)
@@ -249,14 +234,14 @@ async def test_unstorable_peer_id_refused_without_harming_the_node(replicas):
         assert a.get("c").title == "still served"
 
 
-async def test_unstorable_conversation_id_refused_without_harming_the_node(replicas):
+async def test_unstorable_conversation_id_refused_without_harming_the_node(open_replica):
     # Regression: a DELTA whose conversation id is within the codec's character limit but
     # over LMDB's key size used to escape the session as a non-protocol error and kill the
     # whole node.
     from crdtim import codec
     from crdtim.crdt import ConversationMap
 
-    a, b = replicas("a"), replicas("b")
+    a, b = open_replica("a"), open_replica("b")
     cid = "\U0001F600" * 256
     payload = codec.encode_map(ConversationMap.bottom().raise_to(cid, "last_seq", 3))
     async with node(a) as na, node(b, na) as nb:
@@ -275,11 +260,11 @@ async def test_unstorable_conversation_id_refused_without_harming_the_node(repli
         assert a.get("c").title == "still served"
 
 
-async def test_garbage_while_the_sender_is_blocked_does_not_crash_the_node(replicas):
+async def test_garbage_while_the_sender_is_blocked_does_not_crash_the_node(open_replica):
     # Regression: on bad input the receiver task wrote the ERROR frame itself while the
     # sender task was stuck in send_all to a peer that does not read: trio raised
     # BusyResourceError and the whole node died.
-    a = replicas("a")
+    a = open_replica("a")
     for i in range(200):  # ~8 MB in 200 log entries: far more than the socket buffers hold
         with a.batch():
             for j in range(10):

@@ -138,20 +138,6 @@ def frames_of(data: bytes) -> list:
 
 
 @pytest.fixture
-def open_replica(tmp_path: Path):
-    opened: list[Replica] = []
-
-    def open_(name: str, **kw: Any) -> Replica:
-        r = Replica.open(tmp_path / name, durability="nosync", **kw)
-        opened.append(r)
-        return r
-
-    yield open_
-    for r in opened:
-        r.close()
-
-
-@pytest.fixture
 def a(open_replica) -> Replica:
     return open_replica("a")
 

@@ -366,9 +366,10 @@ class Node:
             with trio.move_on_after(cfg.session.ping_interval):
                 await link.wake.wait()
             link.wake = trio.Event()
-            if cfg.linger and session.unacked_frames:
-                # Frames are in flight, so the link is busy anyway: wait a moment for more
-                # writes to join this DELTA. An idle link sends at once (latency).
+            if cfg.linger and session.unacked_frames >= cfg.session.max_unacked_frames // 2:
+                # Half the window is in flight, so the link is busy: wait a moment for more
+                # writes to join this DELTA. A lightly used link sends at once (latency); one
+                # frame in flight is the common case for a single write and its echo.
                 await trio.sleep(cfg.linger)
             self.stats.deltas_sent += session.pump()
             try:

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -97,7 +98,8 @@ def _existing_replica(args: argparse.Namespace) -> Iterator[Replica]:
     is not one (Replica.open(create=False) checks before LMDB touches anything)."""
     path = data_dir(args)
     if not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path)):
-        raise CommandFailed(f"no replica at {path} (run `crdtim init`)")
+        init = "crdtim init" if args.data is None else f"crdtim --data {shlex.quote(path)} init"
+        raise CommandFailed(f"no replica at {path} (run `{init}`)")
     with Replica.open(path, create=False) as replica:
         yield replica
 
@@ -189,7 +191,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     _print_table(rows, right_aligned={2})
     if page.has_more:
         limit = "" if args.limit == 50 else f" --limit {args.limit}"
-        print(f"more: crdtim ls{limit} --cursor={page.cursor}")
+        data = "" if args.data is None else f" --data {shlex.quote(args.data)}"
+        print(f"more: crdtim{data} ls{limit} --cursor={page.cursor}")
     return EXIT_OK
 
 
@@ -217,6 +220,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    # SIGTERM (a service manager, `kill`) stops watching as quietly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with _existing_replica(args) as replica:
             after = replica.head if args.since is None else args.since

@@ -57,4 +57,7 @@ def serve_metrics(node: Node, host: str, port: int) -> None:
     """Serve /metrics over HTTP from a daemon thread."""
     registry = CollectorRegistry()
     registry.register(NodeCollector(node))
-    start_http_server(port, addr=host, registry=registry)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        raise OSError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None

@@ -138,7 +138,7 @@ class Node:
             try:
                 self.listeners = await trio.open_tcp_listeners(port, host=host)
             except OSError as e:
-                raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+                raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
         self._cm = trio.open_nursery()
         self._nursery = await self._cm.__aenter__()
         try:
@@ -236,6 +236,7 @@ class Node:
     async def _dial_loop(self, addr: tuple[str, int]) -> None:
         delay = self.config.backoff_initial
         peer_id: str | None = None
+        failing = False
         while True:
             while peer_id is not None and peer_id in self._links:
                 async with self._changed:  # connected (maybe by the peer dialing us): wait
@@ -243,10 +244,19 @@ class Node:
             try:
                 stream = await trio.open_tcp_stream(*addr)
             except OSError as e:
-                log.debug("dial %s:%d failed: %s", *addr, e)
+                # Say so once per outage (a mistyped or down peer must not be silent), then
+                # keep retrying quietly.
+                (log.warning if not failing else log.debug)(
+                    "cannot reach peer %s:%d: %s (retrying)", *addr, e.strerror or e)
+                failing = True
             else:
+                failing = False
+                started = trio.current_time()
                 peer_id, handshook = await self._run_link(stream, True, addr)
-                if handshook:
+                # Start again from a short delay only after a link that worked for a while:
+                # a peer that accepts and then refuses us (say, a schema it cannot read)
+                # must not be redialed in a tight loop.
+                if handshook and trio.current_time() - started >= self.config.backoff_max:
                     delay = self.config.backoff_initial
             # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
             await trio.sleep(random.uniform(0, delay))

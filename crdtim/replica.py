@@ -727,7 +727,10 @@ class Replica:
         try:
             return codec.decode_fields(raw, self.schema, STORAGE_LIMITS, cid)
         except DecodeError as e:
-            raise CorruptStoreError(f"{self.store.path}: stored conversation is damaged: {e}") from None
+            raise CorruptStoreError(
+                f"{self.store.path}: cannot read a stored conversation ({e}): the file is "
+                f"damaged, or was written with a schema that has more fields (open it with "
+                f"that schema)") from None
 
     def _decode_log(self, payload: bytes) -> ConversationMap:
         try:
@@ -799,5 +802,6 @@ def _decode_cursor(cursor: str | None) -> bytes | None:
     except (ValueError, TypeError):
         key = b""
     if len(key) < 10 or key[0] not in (0, 1):
-        raise InvalidArgument(f"invalid cursor {cursor!r:.60}: pass back one that list() returned")
+        raise InvalidArgument(f"invalid cursor {cursor!r:.60}: pass back a cursor that an "
+                              f"earlier page returned")
     return key

@@ -181,7 +181,7 @@ def test_plain_show_is_aligned_key_value_lines(cli):
     assert lines[-1].startswith("last_at:      2023-11-1") and "(1700000000000 ms)" in lines[-1]
 
 
-def test_plain_ls_is_a_table_with_markers_and_a_next_page_hint(cli):
+def test_plain_ls_is_a_table_with_markers_and_a_next_page_hint(cli, data):
     cli("title", "c1", "Family")
     cli("arrive", "c1", 3, "--preview", "x" * 100, "--at", 1_700_000_000_000)
     cli("pin", "c1")
@@ -203,7 +203,9 @@ def test_plain_ls_is_a_table_with_markers_and_a_next_page_hint(cli):
 
     status, out, _ = cli("ls", "--limit", 2)
     lines = out.splitlines()
-    assert len(lines) == 4 and lines[-1].startswith("more: crdtim ls --limit 2 --cursor=")
+    # The hint is a command to run as it stands: it names the same data directory.
+    assert len(lines) == 4 and lines[-1].startswith(
+        f"more: crdtim --data {data} ls --limit 2 --cursor=")
     cursor = lines[-1].split("--cursor=")[1]
     status, out, _ = cli("ls", "--limit", 2, "--cursor", cursor)
     assert status == 0 and out.splitlines()[1].split()[:2] == ["mute", "c2"]
@@ -343,7 +345,8 @@ def test_a_directory_that_is_not_a_replica_is_refused_and_left_unchanged(cli, da
 
 @pytest.mark.parametrize("argv", [["show", "c1"], ["ls"], ["status", "--json"], ["watch"]])
 def test_reads_never_create_a_replica(cli, data, argv):
-    assert cli(*argv) == (1, "", f"crdtim: error: no replica at {data} (run `crdtim init`)\n")
+    assert cli(*argv) == (
+        1, "", f"crdtim: error: no replica at {data} (run `crdtim --data {data} init`)\n")
     assert not data.exists()
     data.mkdir()
     assert cli(*argv)[0] == 1

@@ -6,9 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from crdtim.replica import Replica
+
+# `make test` is deterministic: the same examples every run (derandomize), no example
+# database carried between runs, no per-example deadline on a shared 2-core machine. To hunt
+# for new failures, run with HYPOTHESIS_PROFILE=explore: random, and ten times the examples.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None,
+                          print_blob=True)
+settings.register_profile("explore", deadline=None, max_examples=1000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ PROTOCOL_VERSION = 1
 MAX_REPLICA_ID_BYTES = 255
 _LEN = struct.Struct(">I")
 _DELTA_OVERHEAD = 64  # frame header and DELTA fields around the payload, generously
+_MAX_DELTA_GROUP = 64  # DELTAs that arrived together, applied in one transaction
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -455,11 +456,31 @@ class SyncSession:
         events, self._pending_events = self._pending_events, []
         try:
             self._decoder.feed(data)
+            lookahead: Message | None = None
             while self.state is not State.CLOSED:
-                m = self._decoder.next_message()
+                m, lookahead = lookahead or self._decoder.next_message(), None
                 if m is None:
                     break
-                events.extend(self._handle(m, now))
+                if not (isinstance(m, Delta) and self.state is State.OPEN):
+                    events.extend(self._handle(m, now))
+                    continue
+                # Group commit: DELTAs that arrived together are applied in one transaction
+                # (one fsync) and answered with one ACK, so a burst does not cost a commit
+                # per frame. A bad frame in the burst ends it: those before it still count.
+                group, bad = [m], None
+                while len(group) < _MAX_DELTA_GROUP:
+                    try:
+                        nxt = self._decoder.next_message()
+                    except RemoteProtocolError as e:
+                        bad = e
+                        break
+                    if not isinstance(nxt, Delta):
+                        lookahead = nxt
+                        break
+                    group.append(nxt)
+                events.extend(self._on_deltas(group))
+                if bad is not None:
+                    raise bad
         except RemoteProtocolError as e:
             if self.state is not State.CLOSED:
                 self.close(e.reason)
@@ -475,7 +496,7 @@ class SyncSession:
         if isinstance(m, Hello):
             return self._on_hello(m)
         if isinstance(m, Delta):
-            return self._on_delta(m)
+            return self._on_deltas([m])
         if isinstance(m, Ack):
             return self._on_ack(m.seq)
         if isinstance(m, ChunkAck):
@@ -521,19 +542,51 @@ class SyncSession:
         except (ClockDriftError, DecodeError) as e:  # DecodeError: e.g. an unstorable id
             raise self._fail(f"refused: {e}") from None
 
-    def _on_delta(self, m: Delta) -> list[Event]:
+    def _on_deltas(self, group: list[Delta]) -> list[Event]:
+        """Apply consecutive DELTAs as one: their join, in one transaction, one ACK.
+
+        The intervals must chain from the resume point; the first that does not, or whose
+        payload is invalid, is refused after the ones before it are applied.
+        """
         if self._in is not _In.DELTAS:
             raise self._fail("DELTA during a state transfer")
-        if m.start != self._expect_from:
-            raise self._fail(f"DELTA starts at {m.start}, expected {self._expect_from}")
-        # apply_map records the resume point only if it moves forward: a second connection
-        # to the same peer (net.py keeps one, but two overlap for a moment) may deliver an
-        # interval older than one already applied.
-        changed = self._apply(self._decode(m.payload, "DELTA"), (self.peer_id, m.end))
-        self._expect_from = m.end
-        self._send(Ack(seq=m.end))
-        return [DeltaApplied(start=m.start, end=m.end, changed=frozenset(changed),
-                             nbytes=len(m.payload))]
+        start = end = self._expect_from
+        joined: ConversationMap | None = None
+        nbytes = 0
+        error = None
+        for m in group:
+            if m.start != end:
+                error = f"DELTA starts at {m.start}, expected {end}"
+                break
+            try:
+                delta = codec.decode_map(m.payload, self.replica.schema, self.config.limits)
+            except DecodeError as e:
+                error = f"DELTA: {e}"
+                break
+            joined = delta if joined is None else joined.join(delta)
+            end, nbytes = m.end, nbytes + len(m.payload)
+        events: list[Event] = []
+        if joined is not None:
+            try:
+                # apply_map records the resume point only if it moves forward: a second
+                # connection to the same peer (net.py keeps one, but two overlap for a
+                # moment) may deliver an interval older than one already applied.
+                changed = self.replica.apply_map(joined, self.peer_id, received=(self.peer_id, end))
+            except (ClockDriftError, DecodeError) as e:
+                if len(group) == 1:
+                    raise self._fail(f"refused: {e}") from None
+                # Refused as a whole: apply one by one, so the frames before the refused one
+                # still count (and the peer resumes after them); that one is refused alone.
+                for m in group:
+                    events.extend(self._on_deltas([m]))
+                return events
+            self._expect_from = end
+            self._send(Ack(seq=end))
+            events.append(DeltaApplied(start=start, end=end, changed=frozenset(changed),
+                                       nbytes=nbytes))
+        if error is not None:
+            raise self._fail(error)
+        return events
 
     def _on_state_chunk(self, m: StateChunk) -> list[Event]:
         events: list[Event] = []

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from crdtim import codec
-from crdtim.crdt import Conversation, ConversationMap
+from crdtim.crdt import Conversation, ConversationMap, Stamp
 from crdtim.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -1007,3 +1007,36 @@ def test_a_peer_that_never_finishes_its_hello_is_dropped(a):
     with pytest.raises(RemoteProtocolError, match="no HELLO within"):
         session.tick(SIM_CONFIG.handshake_timeout + 1)
     assert any(isinstance(m, Error) for m in frames_of(session.data_to_send()))
+
+
+def test_deltas_that_arrive_together_are_applied_in_one_transaction(a, b):
+    # Group commit: a burst costs the receiver one commit (one fsync) and one ACK, not one
+    # per frame.
+    wire = connect(a, b, SessionConfig(max_unacked_frames=8))
+    wire.run_until_quiet()
+    for i in range(5):
+        b.set_title(f"c{i}", "burst")
+        wire.sessions[1].pump()  # one DELTA per write, queued without delivery
+        wire.collect()
+    assert len(_delta_frames(wire.frames[1])) == 5
+    head = a.head
+    wire.deliver(1)  # all five frames in one read
+    assert a.head == head + 1  # one transaction, one log entry
+    acks = [f for f in wire.frames[0] if isinstance(f, Ack)]
+    assert acks[-1].seq == b.head and sum(1 for f in acks if f.seq > 0) <= 2
+    wire.run_until_quiet()
+    assert a.state() == b.state()
+
+
+def test_a_refused_delta_in_a_burst_does_not_undo_the_ones_before_it(a, b):
+    wire = handshaken(a, b)
+    wire.run_until_quiet()
+    future = START_WALL_MS * 10  # far ahead of the replicas' (real) wall clock
+    good = encode_frame(Delta(start=0, end=1, payload=codec.encode_map(
+        ConversationMap.bottom().raise_to("g", "last_seq", 4))))
+    drifting = encode_frame(Delta(start=1, end=2, payload=codec.encode_map(
+        ConversationMap.bottom().set_title("h", "from the future", Stamp(future, 0, b.id)))))
+    with pytest.raises(RemoteProtocolError, match="refused"):
+        wire.sessions[0].receive_data(good + drifting)
+    assert a.get("g").last_seq == 4 and a.get("h") is None
+    assert a.received_from(b.id) == 1

@@ -689,20 +689,20 @@ def _make_garbage(p: Path) -> Path:
     return p
 
 
-def _make_foreign_lmdb(p: Path) -> Path:
+def _make_lmdb_holding(key: bytes, value: bytes, p: Path) -> Path:
     env = lmdb.open(str(p))
     with env.begin(write=True) as t:
-        t.put(b"hello", b"world")
+        t.put(key, value)
     env.close()
     return p
+
+
+def _make_foreign_lmdb(p: Path) -> Path:
+    return _make_lmdb_holding(b"hello", b"world", p)
 
 
 def _make_foreign_lmdb_with_meta_key(p: Path) -> Path:
-    env = lmdb.open(str(p))
-    with env.begin(write=True) as t:
-        t.put(b"meta", b"a plain key that happens to be called meta")
-    env.close()
-    return p
+    return _make_lmdb_holding(b"meta", b"a plain key that happens to be called meta", p)
 
 
 def _make_foreign_lmdb_with_meta_db(p: Path) -> Path:

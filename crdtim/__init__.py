@@ -7,12 +7,14 @@ converge whatever the order, loss or duplication of messages. See README.md and 
 from .crdt import Conversation, ConversationMap, DEFAULT_SCHEMA, Field, Flag, Lww, MaxReg, Schema
 from .errors import (
     ClockDriftError,
+    ConfigError,
     CorruptStoreError,
     CrdtimError,
     DecodeError,
     FormatVersionError,
     LogTrimmedError,
     NotAReplicaError,
+    PeerIdentityError,
     ReplicaClosedError,
     StoreError,
 )
@@ -21,9 +23,11 @@ from .protocol import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    SecurityConfig,
     SessionConfig,
     SyncSession,
 )
+from .security import TlsConfig, load_tls
 from .replica import Change, InvalidArgument, Page, Replica, Subscription
 
 __version__ = "0.1.0"
@@ -31,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Change",
     "ClockDriftError",
+    "ConfigError",
     "Conversation",
     "ConversationMap",
     "CorruptStoreError",
@@ -47,11 +52,15 @@ __all__ = [
     "NodeConfig",
     "ProtocolError",
     "RemoteProtocolError",
+    "SecurityConfig",
     "SessionConfig",
     "SyncSession",
+    "TlsConfig",
+    "load_tls",
     "FormatVersionError",
     "InvalidArgument",
     "NotAReplicaError",
+    "PeerIdentityError",
     "Page",
     "Replica",
     "ReplicaClosedError",

@@ -14,6 +14,8 @@ __all__ = [
     "CorruptStoreError",
     "ReplicaClosedError",
     "LogTrimmedError",
+    "ConfigError",
+    "PeerIdentityError",
 ]
 
 
@@ -50,5 +52,14 @@ class LogTrimmedError(CrdtimError):
     """The delta log no longer holds the entries asked for: send the state instead."""
 
 
+class ConfigError(CrdtimError, ValueError):
+    """A security or limits setting (a secrets, authorization or certificate file) cannot be
+    used; the message names the file and what is wrong."""
+
+
 class ReplicaClosedError(CrdtimError):
     """The replica was used after close()."""
+
+
+class PeerIdentityError(CrdtimError):
+    """A peer claimed a replica id that is bound to another authenticated identity."""

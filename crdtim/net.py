@@ -8,6 +8,11 @@ ACK that opened the window, or by a heartbeat deadline. Writes made to the same 
 other processes are noticed by polling the log head. Back-pressure: a session keeps at most
 `max_unacked_frames` frames in flight and `send_all` blocks on a full socket, so nothing is
 buffered without bound.
+
+Security (specs/security.md): with `NodeConfig.tls`, every connection is mutual TLS
+(`trio.SSLStream`; a peer whose certificate does not chain to the CA never reaches the
+session) and the certificate's subject is handed to the session as the peer's identity; with
+`NodeConfig.security`, the session runs the pre-shared-key handshake and the authorization.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from .protocol import (
     PeerClosed,
     ProtocolError,
     RemoteProtocolError,
+    SecurityConfig,
     SessionConfig,
     StateTransferFinished,
     StateTransferStarted,
     SyncSession,
 )
 from .replica import Replica
+from .security import TlsConfig, certificate_identity
 
 __all__ = ["Node", "NodeConfig", "parse_address"]
 
@@ -68,6 +75,8 @@ class NodeConfig:
     max_peers: int = 64  # connections at once; more are refused
     receive_size: int = 65536
     trim_interval: float = 1.0  # seconds between log trims
+    security: SecurityConfig | None = None  # pre-shared keys and authorization
+    tls: TlsConfig | None = None  # mutual TLS on every connection
 
 
 @dataclass
@@ -82,6 +91,8 @@ class NodeStats:
     conversations_changed: int = 0
     state_transfers_sent: int = 0
     state_transfers_received: int = 0
+    tls_failures: int = 0  # TLS handshakes that failed (a certificate not from our CA, ...)
+    refused: int = 0  # connections refused over max_peers
 
 
 class _Link:
@@ -115,8 +126,11 @@ class Node:
         self.config = config or NodeConfig()
         self.listen = parse_address(listen) if isinstance(listen, str) else listen
         self.peers = [parse_address(p) if isinstance(p, str) else p for p in peers]
+        if self.peers:
+            self._check_can_dial()
         self.stats = NodeStats()
         self.listeners: list[trio.SocketListener] = []
+        self._tls_handshakes = 0  # accepted connections still in their TLS handshake
         self._links: dict[str, _Link] = {}  # peer replica id -> the link kept for it
         self._all_links: set[_Link] = set()
         self._changed = trio.Condition()
@@ -166,8 +180,15 @@ class Node:
         """The port listened on (useful with port 0)."""
         return self.listeners[0].socket.getsockname()[1]
 
+    def _check_can_dial(self) -> None:
+        security = self.config.security
+        if security is not None and security.keys and security.dial_key_id is None:
+            raise ValueError("several pre-shared keys and no key_id: say which one to name "
+                             "when dialing peers (SecurityConfig.key_id)")
+
     def add_peer(self, addr: tuple[str, int] | str) -> None:
         addr = parse_address(addr) if isinstance(addr, str) else addr
+        self._check_can_dial()
         self.peers.append(addr)
         self._nursery.start_soon(self._dial_loop, addr)
 
@@ -227,9 +248,13 @@ class Node:
         async with listener:
             while True:
                 stream = await listener.accept()
-                if len(self._all_links) >= self.config.max_peers:
+                if len(self._all_links) + self._tls_handshakes >= self.config.max_peers:
                     log.warning("refusing a connection: %d peers already", len(self._all_links))
-                    self._nursery.start_soon(_refuse, stream, "too many peers")
+                    self.stats.refused += 1
+                    if self.config.tls is None:
+                        self._nursery.start_soon(_refuse, stream, "too many peers")
+                    else:  # before TLS, an ERROR frame would only be garbage to the peer
+                        await trio.aclose_forcefully(stream)
                     continue
                 self._nursery.start_soon(self._run_link, stream, False, None)
 
@@ -262,16 +287,51 @@ class Node:
             await trio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, self.config.backoff_max)
 
+    async def _tls_handshake(self, stream: trio.abc.Stream, dialed: bool,
+                             addr: tuple[str, int] | None
+                             ) -> tuple[trio.SSLStream | None, str | None]:
+        """Wrap `stream` in mutual TLS; (the TLS stream, the peer certificate's identity), or
+        (None, None) when the handshake fails or takes over `handshake_timeout`."""
+        tls = self.config.tls
+        assert tls is not None
+        tls_stream = trio.SSLStream(stream, tls.client if dialed else tls.server,
+                                    server_side=not dialed,
+                                    server_hostname=addr[0] if dialed and addr else None)
+        if not dialed:
+            self._tls_handshakes += 1
+        try:
+            with trio.move_on_after(self.config.session.handshake_timeout):
+                await tls_stream.do_handshake()
+                return tls_stream, certificate_identity(tls_stream.getpeercert())
+            reason = f"not done within {self.config.session.handshake_timeout:g} s"
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            reason = str(e.__cause__ or e)  # trio wraps the ssl.SSLError
+        finally:
+            if not dialed:
+                self._tls_handshakes -= 1
+        self.stats.tls_failures += 1
+        log.warning("TLS handshake with %s failed: %s", _where(stream, addr), reason)
+        await trio.aclose_forcefully(stream)
+        await _notify_quietly(self)  # (stats changed: tests and status wait on this)
+        return None, None
+
     async def _run_link(self, stream: trio.abc.Stream, dialed: bool,
                         addr: tuple[str, int] | None) -> tuple[str | None, bool]:
-        session = SyncSession(self.replica, self.config.session)
+        tls_identity = None
+        if self.config.tls is not None:
+            tls_stream, tls_identity = await self._tls_handshake(stream, dialed, addr)
+            if tls_stream is None:
+                return None, False
+            stream = tls_stream
+        session = SyncSession(self.replica, self.config.session, self.config.security,
+                              dialed=dialed, tls_identity=tls_identity)
         link = _Link(session, None, stream)
         link.peer_addr = addr
         self._all_links.add(link)
         self.stats.connections += 1
         handshook = False
         try:
-            async with stream:
+            async with _closing(stream):
                 session.initiate(trio.current_time())
                 await self._flush(link)
                 with link.cancel_scope:
@@ -307,6 +367,7 @@ class Node:
             elif not data:
                 log.info("peer %s closed the connection", session.peer_id or "?")
                 return handshook
+            refused = None
             try:
                 if data is None:
                     session.tick(now)
@@ -365,7 +426,9 @@ class Node:
             self.stats.connections_open -= 1
         self._links[peer] = link
         self.stats.connections_open += 1
-        log.info("connected to %s (%s)", peer, "dialed" if dialed else "accepted")
+        identity = link.session.peer_identity
+        log.info("connected to %s (%s%s)", peer, "dialed" if dialed else "accepted",
+                 f", identity {identity!r}" if identity is not None else "")
         self._nursery.start_soon(self._notify_changed)
         return True
 
@@ -406,6 +469,35 @@ class Node:
                 self.stats.bytes_sent += len(data)
                 await link.stream.send_all(data)
                 link.session.sent_at(trio.current_time())
+
+
+class _closing:
+    """`async with stream`, but a TLS close_notify to a peer that does not read cannot hold
+    the link open: closing gets ERROR_GRACE, then the socket is closed anyway (trio closes
+    a resource whose aclose is cancelled)."""
+
+    def __init__(self, stream: trio.abc.Stream):
+        self.stream = stream
+
+    async def __aenter__(self) -> trio.abc.Stream:
+        return self.stream
+
+    async def __aexit__(self, *exc: Any) -> None:
+        with trio.move_on_after(ERROR_GRACE):
+            try:
+                await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+def _where(stream: trio.abc.Stream, addr: tuple[str, int] | None) -> str:
+    if addr is not None:
+        return f"{addr[0]}:{addr[1]}"
+    try:
+        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
+        return f"{host}:{port}"
+    except (AttributeError, OSError):
+        return "a peer"
 
 
 async def _notify_quietly(node: Node) -> None:

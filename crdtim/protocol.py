@@ -16,10 +16,18 @@ or, if entries after it were already dropped from the log, sends its whole state
 (each chunk a delta) and then STATE_END(head it started from). Wire format and states:
 specs/protocol.md.
 
+Authentication (specs/security.md) is part of the handshake: with a pre-shared key, each side
+proves it holds the key by an HMAC-SHA256 over both sides' fresh nonces, replica ids and roles
+(AUTH), and nothing but AUTH or ERROR is accepted before the peer's AUTH verifies. The
+transport may also have authenticated the peer (mutual TLS, net.py) and passes in the
+identity it verified. Once the peer's identity is known, `SecurityConfig.scopes` limits what
+is sent to it and what it may send to conversation id prefixes.
+
 State table (one per session; each direction's sub-state is noted beside it):
 
-    AWAIT_HELLO --HELLO ok--> OPEN --ERROR / bad input / close()--> CLOSED
-    AWAIT_HELLO --anything else--> CLOSED (error)
+    AWAIT_HELLO --HELLO ok, no key named--> OPEN --ERROR / bad input / close()--> CLOSED
+    AWAIT_HELLO --HELLO ok, key named (AUTH sent)--> AWAIT_AUTH --AUTH verifies--> OPEN
+    AWAIT_HELLO, AWAIT_AUTH --anything else--> CLOSED (error)
     OPEN: outbound  WAIT_RESUME --first ACK--> DELTAS | STATE_TRANSFER --STATE_END sent--> DELTAS
                     DELTAS --entries not yet sent were trimmed, nothing in flight--> STATE_TRANSFER
           inbound   DELTAS --STATE_CHUNK--> STATE --STATE_END--> DELTAS
@@ -28,31 +36,40 @@ State table (one per session; each direction's sub-state is noted beside it):
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
+import secrets
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Mapping, Protocol, Union
 
 from . import codec
 from .crdt import ConversationMap, Schema
-from .errors import ClockDriftError, CrdtimError, DecodeError, LogTrimmedError
+from .errors import (ClockDriftError, CrdtimError, DecodeError, LogTrimmedError,
+                     PeerIdentityError)
 
 __all__ = [
     "PROTOCOL_VERSION",
     "SessionConfig",
+    "SecurityConfig",
     "SyncSession",
     "ReplicaPort",
     "State",
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",
-    "Hello", "Delta", "Ack", "StateChunk", "StateEnd", "ChunkAck", "Ping", "Pong", "Error",
+    "Hello", "Auth", "Delta", "Ack", "StateChunk", "StateEnd", "ChunkAck", "Ping", "Pong", "Error",
     "HandshakeComplete", "DeltaApplied", "PeerAcked", "StateTransferStarted",
     "StateTransferFinished", "PongReceived", "PeerClosed",
     "encode_frame", "FrameDecoder",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_REPLICA_ID_BYTES = 255
+NONCE_BYTES = 32  # a HELLO's fresh random challenge
+MAX_KEY_ID = 64  # code points in a key id
+MIN_SECRET_BYTES = 16  # a shorter pre-shared key could be guessed offline from one handshake
+_AUTH_LABEL = b"crdtim AUTH v2\x00"  # domain separation: this MAC means nothing elsewhere
 _LEN = struct.Struct(">I")
 _DELTA_OVERHEAD = 64  # frame header and DELTA fields around the payload, generously
 _MAX_DELTA_GROUP = 64  # DELTAs that arrived together, applied in one transaction
@@ -98,7 +115,58 @@ class SessionConfig:
     # Bytes we may have queued for a peer that does not read them (its PINGs' PONGs, say)
     # before the owner must stop reading from it until they are sent.
     max_output_backlog: int = 1024 * 1024
+    # Before the peer is authenticated, frames are only HELLO, AUTH or ERROR: a small bound
+    # keeps an unauthenticated peer from making us buffer max_frame_bytes.
+    max_handshake_frame_bytes: int = 4096
+    # Seconds from a frame's first byte to its last: a peer trickling a frame byte by byte
+    # keeps the idle timeout at bay but not this one ("slowloris").
+    frame_timeout: float = 60.0
     limits: codec.Limits = field(default_factory=lambda: codec.DEFAULT_LIMITS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityConfig:
+    """Who may connect and what each may replicate (specs/security.md).
+
+    `keys` maps key id -> pre-shared secret: when it is not empty, every peer must prove one
+    of them in the handshake. The dialing side names the key: `key_id`, or the only key if
+    there is one. `scopes` maps a peer identity (the key id it proved, else the subject of its
+    TLS certificate) to the conversation id prefixes it may replicate ("" is everything); a
+    peer whose identity is not listed is refused. None: every authenticated peer may
+    replicate everything.
+    """
+
+    keys: Mapping[str, bytes] = field(default_factory=dict)
+    key_id: str | None = None
+    scopes: Mapping[str, tuple[str, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        for kid, secret in self.keys.items():
+            if not valid_key_id(kid):
+                raise ValueError(f"key id {kid!r:.80} is not 1..{MAX_KEY_ID} printable "
+                                 "characters without spaces")
+            if type(secret) is not bytes or len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(f"the secret of key {kid!r} is shorter than "
+                                 f"{MIN_SECRET_BYTES} bytes")
+        if self.key_id is not None and self.key_id not in self.keys:
+            raise ValueError(f"key id {self.key_id!r} is not among the keys")
+        if self.scopes is not None:
+            for identity, prefixes in self.scopes.items():
+                if (type(identity) is not str or type(prefixes) is not tuple
+                        or not all(type(p) is str for p in prefixes)):
+                    raise ValueError(f"scope of {identity!r:.80}: expected a tuple of prefixes")
+
+    @property
+    def dial_key_id(self) -> str | None:
+        """The key named when we dial: `key_id`, else the only key, else None."""
+        if self.key_id is not None:
+            return self.key_id
+        return next(iter(self.keys)) if len(self.keys) == 1 else None
+
+
+def valid_key_id(kid: object) -> bool:
+    return (type(kid) is str and 1 <= len(kid) <= MAX_KEY_ID and kid.isprintable()
+            and not any(c.isspace() for c in kid))
 
 
 # -- the replica, as the session sees it ----------------------------------------------------------
@@ -123,6 +191,8 @@ class ReplicaPort(Protocol):
                   received: tuple[str, int] | None = None) -> set[str]: ...
     def record_ack(self, peer: str, seq: int) -> None: ...
     def received_from(self, peer: str) -> int: ...
+    def bind_peer(self, peer: str, identity: str) -> None:
+        """Raises PeerIdentityError when `peer` is bound to another identity."""
 
 
 # -- wire messages: [type tag, fields...] ---------------------------------------------------------
@@ -132,7 +202,14 @@ class ReplicaPort(Protocol):
 class Hello:
     version: int
     replica_id: str
-    auth: Any = None  # reserved for authentication (specs/protocol.md)
+    # A fresh random challenge: the peer's AUTH must cover it, so no recorded AUTH verifies.
+    nonce: bytes = field(default_factory=lambda: secrets.token_bytes(NONCE_BYTES))
+    key_id: str | None = None  # the pre-shared key the dialing side authenticates with
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Auth:
+    mac: bytes  # HMAC-SHA256 of the handshake (specs/security.md)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,16 +254,19 @@ class ChunkAck:
     count: int  # STATE_CHUNKs of the current transfer applied so far
 
 
-Message = Union[Hello, Delta, Ack, StateChunk, StateEnd, Ping, Pong, Error, ChunkAck]
+Message = Union[Hello, Auth, Delta, Ack, StateChunk, StateEnd, Ping, Pong, Error, ChunkAck]
 
 _TAGS: dict[type, int] = {Hello: 1, Delta: 2, Ack: 3, StateChunk: 4, StateEnd: 5, Ping: 6, Pong: 7,
-                          Error: 8, ChunkAck: 9}
+                          Error: 8, ChunkAck: 9, Auth: 10}
+_ARITY = {1: 4, 2: 3, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1, 9: 1, 10: 1}
 _MAX_SEQ = codec.MAX_INT
 
 
 def _message_fields(m: Message) -> list[Any]:
     if isinstance(m, Hello):
-        return [m.version, m.replica_id, m.auth]
+        return [m.version, m.replica_id, m.nonce, m.key_id]
+    if isinstance(m, Auth):
+        return [m.mac]
     if isinstance(m, Delta):
         return [m.start, m.end, m.payload]
     if isinstance(m, (Ack, StateEnd)):
@@ -203,6 +283,10 @@ def _message_fields(m: Message) -> list[Any]:
 def encode_frame(m: Message) -> bytes:
     body = codec.pack([_TAGS[type(m)], *_message_fields(m)])
     return _LEN.pack(len(body)) + body
+
+
+def _length_prefixed(b: bytes) -> bytes:
+    return struct.pack(">H", len(b)) + b
 
 
 def _seq(x: Any, what: str) -> int:
@@ -225,13 +309,18 @@ def _parse_message(body: bytes, max_bytes: int) -> Message:
     if type(obj) is not list or not obj or type(obj[0]) is not int:
         raise RemoteProtocolError("malformed frame: expected [type, fields...]")
     tag, args = obj[0], obj[1:]
-    arity = {1: 3, 2: 3, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1, 9: 1}.get(tag)
+    arity = _ARITY.get(tag)
     if arity is None:
         raise RemoteProtocolError(f"unknown message type {tag}")
+    if tag == 1 and args and type(args[0]) is int and args[0] != PROTOCOL_VERSION:
+        # The version is read before the rest: a HELLO of another version may have other
+        # fields, and its sender deserves to be told the version, not a field count.
+        raise RemoteProtocolError(
+            f"protocol version {args[0]} is not supported (this is {PROTOCOL_VERSION})")
     if len(args) != arity:
         raise RemoteProtocolError(f"message type {tag}: expected {arity} fields, got {len(args)}")
     if tag == 1:
-        version, rid, auth = args
+        version, rid, nonce, key_id = args
         if type(version) is not int:
             raise RemoteProtocolError("HELLO: protocol version is not an integer")
         # A replica id has 1..64 code points (specs/crdt.md); in bytes it must also fit the
@@ -239,7 +328,16 @@ def _parse_message(body: bytes, max_bytes: int) -> Message:
         if (type(rid) is not str or not 1 <= len(rid) <= codec.MAX_REPLICA_ID
                 or len(rid.encode()) > MAX_REPLICA_ID_BYTES):
             raise RemoteProtocolError("HELLO: replica id is not a short string")
-        return Hello(version=version, replica_id=rid, auth=auth)
+        if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
+            raise RemoteProtocolError(f"HELLO: nonce is not {NONCE_BYTES} bytes of binary")
+        if key_id is not None and not valid_key_id(key_id):
+            raise RemoteProtocolError("HELLO: key id is not a short printable string")
+        return Hello(version=version, replica_id=rid, nonce=nonce, key_id=key_id)
+    if tag == 10:
+        mac = _bytes(args[0], "AUTH")
+        if len(mac) != hashlib.sha256().digest_size:
+            raise RemoteProtocolError("AUTH: not an HMAC-SHA256 (32 bytes)")
+        return Auth(mac=mac)
     if tag == 2:
         start, end = _seq(args[0], "DELTA start"), _seq(args[1], "DELTA end")
         if end <= start:
@@ -269,6 +367,7 @@ class FrameDecoder:
 
     def __init__(self, max_frame_bytes: int):
         self.max_frame_bytes = max_frame_bytes
+        self.frames_decoded = 0  # complete frames taken from the buffer so far
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> None:
@@ -289,6 +388,7 @@ class FrameDecoder:
             return None
         body = bytes(self._buf[4 : 4 + n])
         del self._buf[: 4 + n]
+        self.frames_decoded += 1
         return _parse_message(body, self.max_frame_bytes)
 
     @property
@@ -302,6 +402,8 @@ class FrameDecoder:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HandshakeComplete:
     peer_id: str
+    identity: str | None = None  # the key id the peer proved, else its TLS identity
+    scope: tuple[str, ...] | None = None  # conversation id prefixes it may replicate; None: all
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -347,6 +449,7 @@ Event = Union[HandshakeComplete, DeltaApplied, PeerAcked, StateTransferStarted,
 
 class State(enum.Enum):
     AWAIT_HELLO = "await_hello"
+    AWAIT_AUTH = "await_auth"
     OPEN = "open"
     CLOSED = "closed"
 
@@ -365,6 +468,7 @@ class _In(enum.Enum):
 # Which messages each session state accepts; anything else is a protocol error.
 _ACCEPTS: dict[State, tuple[type, ...]] = {
     State.AWAIT_HELLO: (Hello, Error),
+    State.AWAIT_AUTH: (Auth, Error),
     State.OPEN: (Delta, Ack, StateChunk, StateEnd, Ping, Pong, Error, ChunkAck),
     State.CLOSED: (),
 }
@@ -378,16 +482,34 @@ class SyncSession:
     event, call `pump()` and send `data_to_send()`; call `tick(now)` now and then (for
     heartbeats and the idle timeout). On RemoteProtocolError send `data_to_send()` (it holds
     the ERROR frame) and close the connection.
+
+    `auth` (a SecurityConfig) turns on authentication and authorization; without it the
+    session authenticates nobody and refuses a peer that wants to. `dialed` says that we
+    opened the connection (the dialing side names the key, and each AUTH is bound to its
+    sender's role). `tls_identity` is the peer's identity as verified by the transport.
     """
 
     def __init__(self, replica: ReplicaPort, config: SessionConfig | None = None,
-                 auth: Any = None):
+                 auth: SecurityConfig | None = None, *, dialed: bool = False,
+                 tls_identity: str | None = None):
         self.replica = replica
         self.config = config or SessionConfig()
         self.state = State.AWAIT_HELLO
         self.peer_id: str | None = None
-        self._auth = auth
-        self._decoder = FrameDecoder(self.config.max_frame_bytes)
+        self.peer_identity: str | None = None  # known once OPEN
+        self.scope: tuple[str, ...] | None = None  # the peer's prefixes once OPEN; None: all
+        self._security = auth or SecurityConfig()
+        self._dialed = dialed
+        self._tls_identity = tls_identity
+        self._key_id = self._security.dial_key_id if dialed else None
+        if dialed and self._security.keys and self._key_id is None:
+            raise LocalProtocolError("several keys and no SecurityConfig.key_id: which one "
+                                     "should the dialing side name?")
+        self._hello_nonce = secrets.token_bytes(NONCE_BYTES)
+        self._peer_nonce = b""
+        self._partial_since: float | None = None  # when the frame now buffered began
+        self._decoder = FrameDecoder(min(self.config.max_frame_bytes,
+                                         self.config.max_handshake_frame_bytes))
         self._outgoing = bytearray()
         self._out = _Out.WAIT_RESUME
         self._in = _In.DELTAS
@@ -429,7 +551,8 @@ class SyncSession:
         if self.state is not State.AWAIT_HELLO:
             raise LocalProtocolError("initiate() after the handshake")
         self._last_sent = self._last_received = self._started = now
-        self._send(Hello(version=PROTOCOL_VERSION, replica_id=self.replica.id, auth=self._auth))
+        self._send(Hello(version=PROTOCOL_VERSION, replica_id=self.replica.id,
+                         nonce=self._hello_nonce, key_id=self._key_id))
 
     def close(self, reason: str) -> None:
         """Queue an ERROR frame telling the peer why we close (no-op once closed)."""
@@ -454,6 +577,7 @@ class SyncSession:
         self._last_received = now
         self.bytes_received += len(data)
         events, self._pending_events = self._pending_events, []
+        decoded = self._decoder.frames_decoded
         try:
             self._decoder.feed(data)
             lookahead: Message | None = None
@@ -485,6 +609,10 @@ class SyncSession:
             if self.state is not State.CLOSED:
                 self.close(e.reason)
             raise
+        if not self._decoder.buffered:
+            self._partial_since = None
+        elif self._partial_since is None or self._decoder.frames_decoded != decoded:
+            self._partial_since = now  # a new frame began in these bytes
         return events
 
     def _handle(self, m: Message, now: float) -> list[Event]:
@@ -495,6 +623,8 @@ class SyncSession:
             return [PeerClosed(reason=m.reason)]
         if isinstance(m, Hello):
             return self._on_hello(m)
+        if isinstance(m, Auth):
+            return self._on_auth(m)
         if isinstance(m, Delta):
             return self._on_deltas([m])
         if isinstance(m, Ack):
@@ -524,11 +654,98 @@ class SyncSession:
         if m.replica_id == self.replica.id:
             raise self._fail(f"connected to itself (replica {m.replica_id})")
         self.peer_id = m.replica_id
+        self._peer_nonce = m.nonce
+        keys = self._security.keys
+        if self._dialed:
+            if m.key_id is not None:
+                raise self._fail(f"the accepting side named key {m.key_id!r}: only the "
+                                 "dialing side names the key")
+            key_id = self._key_id
+        else:
+            key_id = self._key_id = m.key_id
+        if key_id is None:
+            if keys:
+                raise self._fail("authentication required: the dialing side named no key")
+            return self._open(self._tls_identity)
+        if not keys:
+            raise self._fail(f"the peer authenticates with key {key_id!r}, but no keys are "
+                             "configured here")
+        if key_id not in keys:
+            raise self._fail(f"authentication failed: unknown key id {key_id!r}")
+        self._send(Auth(mac=self._mac(keys[key_id], sent_by_us=True)))
+        self.state = State.AWAIT_AUTH
+        return []
+
+    def _mac(self, secret: bytes, *, sent_by_us: bool) -> bytes:
+        """HMAC-SHA256(secret, label, key id, sender id, receiver id, sender role, sender
+        nonce, receiver nonce), as specs/security.md §3 spells it out: bound to this connection's two fresh nonces (a recorded AUTH
+        never verifies again), to its direction and to the sender's role (an AUTH cannot be
+        reflected back, nor relayed from a connection on which the sender accepted to one
+        on which it must have dialed)."""
+        ours = (self.replica.id, self._hello_nonce, self._dialed)
+        theirs = (self.peer_id, self._peer_nonce, not self._dialed)
+        (sender, sender_nonce, sender_dialed), (receiver, receiver_nonce, _) = (
+            (ours, theirs) if sent_by_us else (theirs, ours))
+        text = b"".join(_length_prefixed(x.encode()) for x in (self._key_id, sender, receiver))
+        message = (_AUTH_LABEL + text + (b"D" if sender_dialed else b"A")
+                   + sender_nonce + receiver_nonce)
+        return hmac.new(secret, message, hashlib.sha256).digest()
+
+    def _on_auth(self, m: Auth) -> list[Event]:
+        expected = self._mac(self._security.keys[self._key_id], sent_by_us=False)
+        if not hmac.compare_digest(m.mac, expected):
+            raise self._fail(f"authentication failed: the peer does not hold key "
+                             f"{self._key_id!r} (or replayed an old handshake)")
+        return self._open(self._key_id)
+
+    def _open(self, identity: str | None) -> list[Event]:
+        """The peer is who it says (or nobody asked): authorize it, then start streaming."""
+        scopes = self._security.scopes
+        if scopes is not None:
+            if identity is None:
+                raise self._fail("not authorized: the peer has no identity (no key, no "
+                                 "certificate) and an authorization list is configured")
+            if identity not in scopes:
+                raise self._fail(f"not authorized: identity {identity!r} is not in the "
+                                 "authorization list")
+            self.scope = scopes[identity]
+        # Where identities have different rights, a replica id is bound to the identity it
+        # first authenticated as, so no peer can move another's resume point. The key id we
+        # named ourselves says nothing about which peer answered: only a key id the peer
+        # proved to us, or its certificate, binds.
+        if (scopes is not None and identity is not None
+                and not (self._dialed and identity == self._key_id)):
+            try:
+                self.replica.bind_peer(self.peer_id, identity)
+            except PeerIdentityError as e:
+                raise self._fail(f"not authorized: {e}") from None
+        self.peer_identity = identity
         self.state = State.OPEN
+        self._decoder.max_frame_bytes = self.config.max_frame_bytes
         # Our first ACK tells the peer where to resume streaming its log to us.
-        self._expect_from = self.replica.received_from(m.replica_id)
+        self._expect_from = self.replica.received_from(self.peer_id)
         self._send(Ack(seq=self._expect_from))
-        return [HandshakeComplete(peer_id=m.replica_id)]
+        return [HandshakeComplete(peer_id=self.peer_id, identity=identity, scope=self.scope)]
+
+    def _outside_scope(self, delta: ConversationMap) -> str | None:
+        """A conversation id of `delta` the peer may not replicate, or None."""
+        if self.scope is None:
+            return None
+        for cid in delta:
+            if not cid.startswith(self.scope):
+                return cid
+        return None
+
+    def _within_scope(self, delta: ConversationMap) -> ConversationMap:
+        """`delta` less the conversations the peer may not see."""
+        if self.scope is None or self._outside_scope(delta) is None:
+            return delta
+        return ConversationMap({cid: delta.fields(cid) for cid in delta
+                                if cid.startswith(self.scope)}, delta.schema)
+
+    def _scope_refusal(self, what: str, cid: str) -> str:
+        return (f"{what}: conversation {cid!r:.80} is outside the scope of "
+                f"{self.peer_identity!r} ({', '.join(map(repr, self.scope or ()))})")
 
     def _decode(self, payload: bytes, what: str) -> ConversationMap:
         try:
@@ -563,6 +780,10 @@ class SyncSession:
             except DecodeError as e:
                 error = f"DELTA: {e}"
                 break
+            outside = self._outside_scope(delta)
+            if outside is not None:  # refused whole: nothing of this frame is applied
+                error = self._scope_refusal("DELTA", outside)
+                break
             joined = delta if joined is None else joined.join(delta)
             end, nbytes = m.end, nbytes + len(m.payload)
         events: list[Event] = []
@@ -594,7 +815,11 @@ class SyncSession:
             self._in = _In.STATE
             self._chunks_received = 0
             events.append(StateTransferStarted(outbound=False))
-        changed = self._apply(self._decode(m.payload, "STATE_CHUNK"), None)
+        chunk = self._decode(m.payload, "STATE_CHUNK")
+        outside = self._outside_scope(chunk)
+        if outside is not None:
+            raise self._fail(self._scope_refusal("STATE_CHUNK", outside))
+        changed = self._apply(chunk, None)
         self._chunks_received += 1
         self._send(ChunkAck(count=self._chunks_received))
         events.append(DeltaApplied(start=self._expect_from, end=self._expect_from,
@@ -658,6 +883,7 @@ class SyncSession:
             if self._out is _Out.STATE_TRANSFER:
                 chunk, after = self.replica.state_chunk(
                     self._transfer_after, cfg.max_conversations_per_chunk, cfg.max_delta_bytes)
+                chunk = self._within_scope(chunk)
                 if not chunk.is_bottom():
                     self._send(StateChunk(payload=codec.encode_map(chunk)))
                     self._chunks_sent += 1
@@ -676,6 +902,10 @@ class SyncSession:
                     max_entries=cfg.max_entries_per_delta, max_bytes=cfg.max_delta_bytes)
                 if end == self._sent_upto:
                     break
+                if delta is not None:
+                    # The interval still advances over what the peer may not see: its ACK
+                    # covers the whole interval, as for entries left out as its own.
+                    delta = self._within_scope(delta)
                 payload = codec.encode_map(delta or ConversationMap.bottom(self.replica.schema))
                 if len(payload) > cfg.max_frame_bytes - _DELTA_OVERHEAD:
                     raise LogTrimmedError("one log entry is larger than a frame")
@@ -711,8 +941,15 @@ class SyncSession:
         if (self.state is State.AWAIT_HELLO
                 and now - self._started > self.config.handshake_timeout):
             raise self._fail(f"no HELLO within {self.config.handshake_timeout:g} s")
+        if (self.state is State.AWAIT_AUTH
+                and now - self._started > self.config.handshake_timeout):
+            raise self._fail(f"no AUTH within {self.config.handshake_timeout:g} s")
         if now - self._last_received > self.config.idle_timeout:
             raise self._fail(f"peer silent for {now - self._last_received:.1f} s")
+        if (self._partial_since is not None
+                and now - self._partial_since > self.config.frame_timeout):
+            raise self._fail(f"a frame took more than {self.config.frame_timeout:g} s to "
+                             "arrive (bytes trickled too slowly)")
         if self.state is State.OPEN and now - self._last_sent >= self.config.ping_interval:
             self._nonce += 1
             self._ping = (self._nonce, now)

@@ -45,6 +45,7 @@ from .errors import (
     CrdtimError,
     DecodeError,
     LogTrimmedError,
+    PeerIdentityError,
     ReplicaClosedError,
 )
 from .store import MAX_CID_BYTES, MAX_ORIGIN_BYTES, Store, Txn, order_key
@@ -639,6 +640,39 @@ class Replica:
     def received_from(self, peer: str) -> int:
         """Highest sequence of `peer`'s log that has been applied here."""
         return self.store.read(lambda t: t.received(peer))
+
+    def bind_peer(self, peer: str, identity: str) -> None:
+        """Bind `peer`'s replica id to the identity it authenticated as (a key id or a
+        certificate name), on first sight, durably; raise PeerIdentityError if the id is
+        already bound to another identity.
+
+        A replica keeps its resume point and ack per replica id. Without this, a peer that
+        authenticated as one user could claim another user's device id and move that
+        device's resume point, so the device's writes would be skipped (specs/security.md).
+        """
+        _check_peer(peer)
+        if type(identity) is not str or not identity:
+            raise InvalidArgument(f"identity must be a non-empty string, not {identity!r:.80}")
+
+        def bind(t: Txn) -> str:
+            bound = t.identity(peer)
+            if bound is None:
+                t.put_identity(peer, identity)
+                return identity
+            return bound
+
+        bound = self.store.read(lambda t: t.identity(peer))
+        if bound is None:
+            bound = self.store.write(bind)
+        if bound != identity:
+            raise PeerIdentityError(f"replica id {peer} belongs to identity {bound!r}, "
+                                    f"not {identity!r}")
+
+    def unbind_peer(self, peer: str) -> None:
+        """Forget which identity `peer`'s replica id is bound to (after an operator moved
+        that device to another key or certificate on purpose)."""
+        _check_peer(peer)
+        self.store.write(lambda t: t.delete_identity(peer))
 
     def peers(self) -> dict[str, int]:
         """Known peers and the sequence of our log each acknowledged."""

@@ -7,7 +7,8 @@ One environment per replica directory, with named databases (layout in specs/sto
     order  ordering key (see order_key)     -> b""   (paged listing, pinned first)
     log    local sequence (8-byte big end.) -> origin length, origin, encoded delta
     acks   b"a" + peer id -> highest local sequence the peer acknowledged;
-           b"r" + peer id -> highest sequence of the peer's log applied here
+           b"r" + peer id -> highest sequence of the peer's log applied here;
+           b"i" + peer id -> the identity the peer first authenticated as (utf-8)
 
 Every mutation runs as one write transaction through `Store.write`, which re-runs it after
 growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here knows what
@@ -178,6 +179,16 @@ class Txn:
 
     def put_received(self, peer: str, seq: int) -> None:
         self._t.put(b"r" + peer.encode(), _U64.pack(seq), db=self._s._acks)
+
+    def identity(self, peer: str) -> str | None:
+        raw = self._t.get(b"i" + peer.encode(), db=self._s._acks)
+        return None if raw is None else bytes(raw).decode("utf-8", "replace")
+
+    def put_identity(self, peer: str, identity: str) -> None:
+        self._t.put(b"i" + peer.encode(), identity.encode(), db=self._s._acks)
+
+    def delete_identity(self, peer: str) -> None:
+        self._t.delete(b"i" + peer.encode(), db=self._s._acks)
 
     def acks(self) -> dict[str, int]:
         with self._t.cursor(db=self._s._acks) as cur:

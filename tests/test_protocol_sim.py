@@ -243,7 +243,7 @@ def test_oversized_length_prefix_refused_as_soon_as_it_arrives(a):
 
 
 def test_frame_at_the_limit_is_accepted(a):
-    frame = encode_frame(Hello(version=PROTOCOL_VERSION, replica_id="peer", auth="x" * 200))
+    frame = encode_frame(Hello(version=PROTOCOL_VERSION, replica_id="p" * 64, key_id=None))
     s = SyncSession(a, SessionConfig(max_frame_bytes=len(frame) - 4))
     s.initiate()
     (done,) = s.receive_data(frame)

@@ -1,0 +1,874 @@
+"""Only trusted peers get in, and nothing a peer sends outside its rights changes anything
+(specs/security.md).
+
+Session-level tests drive two SyncSessions by moving their bytes by hand (no sockets): the
+pre-shared-key handshake (right key, wrong key, a forged AUTH, a replayed, reflected or
+relayed handshake), authorization (what a scoped peer is sent, what it may send), and the
+limits that hold before authentication (handshake frame size and deadline) and after it
+(frame size, a frame trickled byte by byte). Node-level tests run real Nodes on loopback:
+PSK and mutual TLS between nodes (certificates made here with the `openssl` command), a
+certificate from another CA, max_peers, an oversize frame, a slowloris peer under a mock
+clock. CLI tests: a non-loopback listen without authentication, and bad security files,
+are refused with a message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdtim import codec
+from crdtim.cli import main
+from crdtim.crdt import ConversationMap
+from crdtim.errors import ConfigError
+from crdtim.net import Node, NodeConfig
+from crdtim.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Auth,
+    Delta,
+    Error,
+    FrameDecoder,
+    HandshakeComplete,
+    Hello,
+    LocalProtocolError,
+    Ping,
+    RemoteProtocolError,
+    SecurityConfig,
+    SessionConfig,
+    State,
+    StateChunk,
+    SyncSession,
+    encode_frame,
+)
+from crdtim.replica import Replica
+from crdtim.security import load_keys, load_scopes, load_tls
+
+SECRET = b"correct horse battery staple 42"
+OTHER_SECRET = b"a different secret of some length"
+CONFIG = SessionConfig(max_unacked_frames=4)
+FAST = NodeConfig(poll_interval=0.01, linger=0)
+GUARD = 10  # seconds: only a guard against a hang
+LOCAL = "127.0.0.1"
+
+
+# -- harness: two sessions, bytes moved by hand -------------------------------------------------
+
+
+class Pipe:
+    """A dialing and an accepting session (index 0 and 1), both initiated. `run()` moves
+    bytes both ways until nothing moves; refusals are kept in `errors`, events in
+    `events`, and everything each side sent, decoded, in `frames`."""
+
+    def __init__(self, dialer: SyncSession, acceptor: SyncSession, now: float = 0.0):
+        self.sessions = (dialer, acceptor)
+        self.events: tuple[list, list] = ([], [])
+        self.errors: list[RemoteProtocolError | None] = [None, None]
+        self.frames: tuple[list, list] = ([], [])
+        self._taps = (FrameDecoder(2**31), FrameDecoder(2**31))
+        for s in self.sessions:
+            s.initiate(now)
+
+    def run(self, now: float = 0.0, rounds: int = 1000) -> Pipe:
+        for _ in range(rounds):
+            moved = False
+            for k in (0, 1):
+                self.sessions[k].pump()
+                data = self.sessions[k].data_to_send()
+                if not data:
+                    continue
+                moved = True
+                self._taps[k].feed(data)
+                while (m := self._taps[k].next_message()) is not None:
+                    self.frames[k].append(m)
+                try:
+                    self.events[1 - k].extend(self.sessions[1 - k].receive_data(data, now))
+                except RemoteProtocolError as e:
+                    self.errors[1 - k] = e
+            if not moved:
+                return self
+        raise AssertionError("the sessions never went quiet")
+
+    @property
+    def open(self) -> bool:
+        return all(s.state is State.OPEN for s in self.sessions)
+
+
+def keyed(*names: str, secret: bytes = SECRET, **kw) -> SecurityConfig:
+    return SecurityConfig(keys={n: secret for n in names}, **kw)
+
+
+def snapshot(r: Replica) -> tuple[int, ConversationMap]:
+    return r.head, r.state()
+
+
+def frames_of(data: bytes) -> list:
+    dec = FrameDecoder(2**31)
+    dec.feed(data)
+    out = []
+    while (m := dec.next_message()) is not None:
+        out.append(m)
+    return out
+
+
+def delta_frame(start: int, end: int, m: ConversationMap) -> bytes:
+    return encode_frame(Delta(start=start, end=end, payload=codec.encode_map(m)))
+
+
+def titled(*cids: str) -> ConversationMap:
+    m = ConversationMap.bottom()
+    for cid in cids:
+        m = m.raise_to(cid, "last_seq", 3)
+    return m
+
+
+@pytest.fixture
+def a(open_replica) -> Replica:
+    return open_replica("a")
+
+
+@pytest.fixture
+def b(open_replica) -> Replica:
+    return open_replica("b")
+
+
+# -- pre-shared keys ------------------------------------------------------------------------------
+
+
+def test_the_right_key_opens_the_session_and_names_the_identity(a, b):
+    b.set_title("c", "from b")
+    pipe = Pipe(SyncSession(b, CONFIG, keyed("alice"), dialed=True),
+                SyncSession(a, CONFIG, keyed("alice", "bob"))).run()
+    assert pipe.open and pipe.errors == [None, None]
+    (done,) = [e for e in pipe.events[1] if isinstance(e, HandshakeComplete)]
+    assert done.peer_id == b.id and done.identity == "alice" and done.scope is None
+    assert a.get("c").title == "from b"
+    assert any(isinstance(f, Auth) for f in pipe.frames[0])
+    assert any(isinstance(f, Auth) for f in pipe.frames[1])
+
+
+def test_without_keys_on_either_side_nothing_changes_for_library_users(a, b):
+    b.set_title("c", "from b")
+    pipe = Pipe(SyncSession(b, CONFIG), SyncSession(a, CONFIG)).run()
+    assert pipe.open and a.get("c").title == "from b"
+    assert not any(isinstance(f, Auth) for f in pipe.frames[0] + pipe.frames[1])
+
+
+@settings(max_examples=25)
+@given(wrong=st.binary(min_size=16, max_size=64))
+def test_a_wrong_key_is_refused_and_nothing_is_applied(tmp_path_factory, wrong):
+    # The dialer names a key id the acceptor has, with another secret; it has writes of
+    # its own to push. Both sides refuse the other's AUTH; nothing reaches either replica.
+    root = tmp_path_factory.mktemp("wrong")
+    with Replica.open(root / "a", durability="nosync") as a, \
+            Replica.open(root / "b", durability="nosync") as b:
+        b.set_title("c", "from the impostor")
+        a.set_title("d", "private")
+        before_a, before_b = snapshot(a), snapshot(b)
+        pipe = Pipe(SyncSession(b, CONFIG, keyed("alice", secret=wrong), dialed=True),
+                    SyncSession(a, CONFIG, keyed("alice"))).run()
+        if wrong == SECRET:
+            assert pipe.open
+            return
+        for k in (0, 1):
+            assert pipe.sessions[k].state is State.CLOSED
+            assert "authentication failed" in pipe.errors[k].reason
+        assert isinstance(pipe.frames[1][-1], Error)
+        assert snapshot(a) == before_a and snapshot(b) == before_b
+        assert a.received_from(b.id) == 0 and not any(
+            isinstance(e, HandshakeComplete) for e in pipe.events[0] + pipe.events[1])
+
+
+@settings(max_examples=40)
+@given(bit=st.integers(0, 255))
+def test_a_forged_auth_is_refused_before_any_delta(tmp_path_factory, bit):
+    # An attacker with no key sends HELLO, an AUTH with one bit off the right one (it cannot
+    # compute the right one), its resume ACK and a DELTA in one write: the DELTA is never
+    # applied, and the ERROR says why.
+    root = tmp_path_factory.mktemp("forged")
+    with Replica.open(root / "a", durability="nosync") as a, \
+            Replica.open(root / "m", durability="nosync") as mallory:
+        acceptor = SyncSession(a, CONFIG, keyed("alice"))
+        acceptor.initiate()
+        (hello,) = frames_of(acceptor.data_to_send())
+        # What the key holder would send (computed by a real dialing session)...
+        honest = SyncSession(mallory, CONFIG, keyed("alice"), dialed=True)
+        honest.initiate()
+        hello_m = honest.data_to_send()
+        honest.receive_data(encode_frame(hello))
+        (auth,) = frames_of(honest.data_to_send())
+        forged = bytearray(auth.mac)
+        forged[bit // 8] ^= 1 << (bit % 8)
+        before = snapshot(a)
+        with pytest.raises(RemoteProtocolError, match="authentication failed"):
+            acceptor.receive_data(hello_m + encode_frame(Auth(mac=bytes(forged)))
+                                  + encode_frame(Ack(seq=0))
+                                  + delta_frame(0, 1, titled("stolen")))
+        assert snapshot(a) == before and a.received_from(mallory.id) == 0
+        assert acceptor.state is State.CLOSED and acceptor.peer_identity is None
+
+
+def test_a_replayed_handshake_is_refused(a, b):
+    # A recorded, successful handshake (HELLO and AUTH of the key holder b) replayed on a new
+    # connection, followed by a DELTA of the attacker's: the acceptor's nonce is new, so the
+    # old AUTH does not verify.
+    pipe = Pipe(SyncSession(b, CONFIG, keyed("alice"), dialed=True),
+                SyncSession(a, CONFIG, keyed("alice"))).run()
+    assert pipe.open
+    recorded = b"".join(encode_frame(f) for f in pipe.frames[0][:2])
+    assert [type(f) for f in pipe.frames[0][:2]] == [Hello, Auth]
+    replay = SyncSession(a, CONFIG, keyed("alice"))
+    replay.initiate()
+    before = snapshot(a)
+    with pytest.raises(RemoteProtocolError, match="authentication failed"):
+        replay.receive_data(recorded + encode_frame(Ack(seq=0))
+                            + delta_frame(b.head, b.head + 1, titled("replayed")))
+    assert snapshot(a) == before and replay.state is State.CLOSED
+
+
+def test_an_auth_reflected_back_to_its_sender_is_refused(a, b):
+    # Mallory claims to be b, takes a's AUTH and sends it straight back.
+    acceptor = SyncSession(a, CONFIG, keyed("alice"))
+    acceptor.initiate()
+    acceptor.data_to_send()
+    acceptor.receive_data(encode_frame(Hello(version=PROTOCOL_VERSION, replica_id=b.id,
+                                             key_id="alice")))
+    (auth,) = frames_of(acceptor.data_to_send())
+    with pytest.raises(RemoteProtocolError, match="authentication failed"):
+        acceptor.receive_data(encode_frame(auth))
+
+
+def test_an_auth_relayed_between_two_acceptors_is_refused(open_replica):
+    # s and t accept connections and share a key. Mallory connects to t (learning t's
+    # nonce), then to s claiming to be t and using t's nonce as hers, so that s's AUTH
+    # covers exactly the nonces of the t connection; she relays it to t, claiming to be s.
+    # It is bound to s's role (accepting) where t expects a dialer's: refused.
+    s, t = open_replica("s"), open_replica("t")
+    to_t = SyncSession(t, CONFIG, keyed("alice"))
+    to_t.initiate()
+    (hello_t,) = frames_of(to_t.data_to_send())
+    to_s = SyncSession(s, CONFIG, keyed("alice"))
+    to_s.initiate()
+    (hello_s,) = frames_of(to_s.data_to_send())
+    to_s.receive_data(encode_frame(Hello(version=PROTOCOL_VERSION, replica_id=t.id,
+                                         nonce=hello_t.nonce, key_id="alice")))
+    (auth_s,) = frames_of(to_s.data_to_send())
+    before = snapshot(t)
+    with pytest.raises(RemoteProtocolError, match="authentication failed"):
+        to_t.receive_data(encode_frame(Hello(version=PROTOCOL_VERSION, replica_id=s.id,
+                                             nonce=hello_s.nonce, key_id="alice"))
+                          + encode_frame(auth_s) + encode_frame(Ack(seq=0))
+                          + delta_frame(0, 1, titled("relayed")))
+    assert snapshot(t) == before
+
+
+@pytest.mark.parametrize("dialer_keys, acceptor_keys, reason", [
+    (None, keyed("alice"), "authentication required"),
+    (keyed("alice"), None, "no keys are configured here"),
+    (keyed("carol"), keyed("alice"), "unknown key id 'carol'"),
+])
+def test_key_mismatches_are_refused_with_a_clear_reason(a, b, dialer_keys, acceptor_keys,
+                                                        reason):
+    pipe = Pipe(SyncSession(b, CONFIG, dialer_keys, dialed=True),
+                SyncSession(a, CONFIG, acceptor_keys)).run()
+    assert pipe.errors[1] is not None and reason in pipe.errors[1].reason
+    assert pipe.sessions[0].state is State.CLOSED  # it got the ERROR
+    assert not pipe.open
+
+
+def test_nothing_but_auth_is_accepted_before_the_peer_is_authenticated(a, b):
+    s = SyncSession(a, CONFIG, keyed("alice"))
+    s.initiate()
+    s.data_to_send()
+    before = snapshot(a)
+    with pytest.raises(RemoteProtocolError, match="unexpected DELTA in state await_auth"):
+        s.receive_data(encode_frame(Hello(version=PROTOCOL_VERSION, replica_id=b.id,
+                                          key_id="alice"))
+                       + delta_frame(0, 1, titled("early")))
+    assert snapshot(a) == before
+
+
+def test_the_handshake_deadline_covers_auth(a, b):
+    s = SyncSession(a, CONFIG, keyed("alice"))
+    s.initiate(now=0.0)
+    s.receive_data(encode_frame(Hello(version=PROTOCOL_VERSION, replica_id=b.id,
+                                      key_id="alice")), now=1.0)
+    assert s.state is State.AWAIT_AUTH
+    s.tick(CONFIG.handshake_timeout)
+    with pytest.raises(RemoteProtocolError, match="no AUTH within"):
+        s.tick(CONFIG.handshake_timeout + 0.1)
+
+
+def test_a_dialer_with_several_keys_must_say_which(a):
+    with pytest.raises(LocalProtocolError, match="key_id"):
+        SyncSession(a, CONFIG, keyed("alice", "bob"), dialed=True)
+    SyncSession(a, CONFIG, keyed("alice", "bob", key_id="bob"), dialed=True)
+
+
+def test_short_secrets_and_bad_key_ids_are_refused():
+    with pytest.raises(ValueError, match="shorter than 16"):
+        SecurityConfig(keys={"alice": b"short"})
+    with pytest.raises(ValueError, match="key id"):
+        SecurityConfig(keys={"has space": SECRET})
+
+
+def test_the_key_id_is_the_identity_even_over_tls(a, b):
+    pipe = Pipe(SyncSession(b, CONFIG, keyed("alice"), dialed=True, tls_identity="server"),
+                SyncSession(a, CONFIG, keyed("alice"), tls_identity="device-cert")).run()
+    assert pipe.sessions[1].peer_identity == "alice"
+    pipe = Pipe(SyncSession(b, CONFIG, dialed=True, tls_identity="server"),
+                SyncSession(a, CONFIG, tls_identity="device-cert")).run()
+    assert pipe.sessions[1].peer_identity == "device-cert"
+    assert pipe.sessions[0].peer_identity == "server"
+
+
+# -- authorization --------------------------------------------------------------------------------
+
+
+SCOPES = {"alice": ("u1/",), "bob": ("u2/",), "backup": ("",)}
+
+
+def serve_alice(server: Replica, device: Replica, scopes=SCOPES, key: str = "alice") -> Pipe:
+    keys = {k: SECRET for k in scopes}
+    return Pipe(SyncSession(device, CONFIG, SecurityConfig(keys={key: SECRET}), dialed=True),
+                SyncSession(server, CONFIG, SecurityConfig(keys=keys, scopes=scopes)))
+
+
+def test_a_peer_is_sent_only_the_conversations_in_its_scope(open_replica):
+    server, phone = open_replica("server"), open_replica("phone")
+    for cid in ("u1/family", "u2/secret", "u1x/not-a-prefix-match", "u1/work"):
+        server.set_title(cid, "t")
+    pipe = serve_alice(server, phone).run()
+    assert pipe.open and pipe.errors == [None, None]
+    assert set(phone.state()) == {"u1/family", "u1/work"}
+    # The acks cover the whole interval: the server's log is not pinned by what alice
+    # may not see, and it counts her as caught up.
+    assert server.peer_ack(phone.id) == server.head and pipe.sessions[1].caught_up
+
+
+def test_a_scoped_peer_behind_the_log_floor_gets_only_its_scope_by_state_transfer(
+        open_replica):
+    server, phone = open_replica("server", log_retention=2), open_replica("phone")
+    for i in range(10):
+        server.set_title(f"u1/c{i}", "mine")
+        server.set_title(f"u2/c{i}", "not mine")
+    server.trim_log()
+    assert server.log_floor > 0
+    pipe = serve_alice(server, phone).run()
+    assert pipe.open
+    assert set(phone.state()) == {f"u1/c{i}" for i in range(10)}
+    server.set_title("u1/after", "delta again")
+    server.set_title("u2/after", "not mine")
+    pipe.run()
+    assert "u1/after" in set(phone.state()) and "u2/after" not in set(phone.state())
+
+
+def test_a_delta_with_any_conversation_out_of_scope_is_refused_whole(open_replica):
+    server, phone = open_replica("server"), open_replica("phone")
+    pipe = serve_alice(server, phone).run()
+    assert pipe.open
+    before = snapshot(server)
+    with pytest.raises(RemoteProtocolError, match="outside the scope of 'alice'"):
+        pipe.sessions[1].receive_data(delta_frame(0, 1, titled("u1/mine", "u2/theirs")))
+    assert snapshot(server) == before and server.received_from(phone.id) == 0
+    (err,) = frames_of(pipe.sessions[1].data_to_send())
+    assert isinstance(err, Error) and "u2/theirs" in err.reason
+
+
+def test_an_out_of_scope_delta_in_a_burst_leaves_the_ones_before_it_applied(open_replica):
+    # Group commit joins DELTAs that arrive together: the out-of-scope one is refused
+    # whole, and the in-scope one before it still counts (as for any bad frame in a burst).
+    server, phone = open_replica("server"), open_replica("phone")
+    pipe = serve_alice(server, phone).run()
+    with pytest.raises(RemoteProtocolError, match="outside the scope"):
+        pipe.sessions[1].receive_data(delta_frame(0, 1, titled("u1/ok"))
+                                      + delta_frame(1, 2, titled("u1/also", "u3/no"))
+                                      + delta_frame(2, 3, titled("u1/after")))
+    assert set(server.state()) == {"u1/ok"}
+    assert server.received_from(phone.id) == 1
+
+
+def test_a_state_chunk_out_of_scope_is_refused_whole(open_replica):
+    server, phone = open_replica("server"), open_replica("phone")
+    pipe = serve_alice(server, phone).run()
+    before = snapshot(server)
+    with pytest.raises(RemoteProtocolError, match="STATE_CHUNK: conversation 'u2/x'"):
+        pipe.sessions[1].receive_data(encode_frame(StateChunk(
+            payload=codec.encode_map(titled("u1/a", "u2/x")))))
+    assert snapshot(server) == before
+
+
+def test_a_peer_claiming_another_identitys_replica_id_is_refused(open_replica):
+    # Bob authenticates correctly but says he is alice's phone: were he believed, his ACKs
+    # and DELTA intervals would move the resume point the server keeps for her phone, and
+    # her phone's next writes would be skipped.
+    server, phone = open_replica("server"), open_replica("phone")
+    phone.set_title("u1/a", "mine")
+    assert serve_alice(server, phone).run().open
+    resume, ack = server.received_from(phone.id), server.peer_ack(phone.id)
+    impostor = open_replica("bob-device")
+    impostor.id = phone.id
+    pipe = serve_alice(server, impostor, key="bob").run()
+    assert pipe.errors[1] is not None and not pipe.open
+    assert "replica id" in pipe.errors[1].reason and "'alice'" in pipe.errors[1].reason
+    assert (server.received_from(phone.id), server.peer_ack(phone.id)) == (resume, ack)
+    # The binding is durable, and the real phone is still let in.
+    server.close()
+    server = open_replica("server")
+    assert serve_alice(server, phone).run().open
+    assert serve_alice(server, impostor, key="bob").run().errors[1] is not None
+    # An operator who moves the device to another identity on purpose unbinds it first.
+    server.unbind_peer(phone.id)
+    assert serve_alice(server, impostor, key="bob").run().open
+
+
+@pytest.mark.parametrize("scopes, key, tls, reason", [
+    ({"bob": ("u2/",)}, "alice", None, "identity 'alice' is not in the authorization list"),
+    ({"alice": ("u1/",)}, None, None, "the peer has no identity"),
+])
+def test_unlisted_or_anonymous_peers_are_refused_when_scopes_are_set(a, b, scopes, key, tls,
+                                                                     reason):
+    dialer = SecurityConfig(keys={key: SECRET}) if key else None
+    acceptor = SecurityConfig(keys={"alice": SECRET} if key else {}, scopes=scopes)
+    pipe = Pipe(SyncSession(b, CONFIG, dialer, dialed=True),
+                SyncSession(a, CONFIG, acceptor, tls_identity=tls)).run()
+    assert pipe.errors[1] is not None and reason in pipe.errors[1].reason
+    assert not pipe.open
+
+
+CIDS = st.sampled_from(["u1/a", "u1/b", "u1", "u2/a", "u2/u1/a", "u12/a", "x"])
+
+
+@settings(max_examples=20)
+@given(server_cids=st.sets(CIDS), phone_cids=st.sets(CIDS.filter(lambda c: c.startswith("u1/"))))
+def test_replication_under_a_scope_is_the_state_restricted_to_it(tmp_path_factory,
+                                                                 server_cids, phone_cids):
+    # Property: after syncing, the scoped peer holds exactly the server's conversations in
+    # its scope joined with its own, and the server holds everything it had plus the
+    # peer's (which are all in scope).
+    root = tmp_path_factory.mktemp("scope")
+    with Replica.open(root / "s", durability="nosync") as server, \
+            Replica.open(root / "p", durability="nosync") as phone:
+        for cid in sorted(server_cids):
+            server.set_title(cid, "s")
+        for cid in sorted(phone_cids):
+            phone.pin(cid)
+        pipe = serve_alice(server, phone).run()
+        assert pipe.open and pipe.errors == [None, None]
+        in_scope = {c for c in server_cids if c.startswith("u1/")} | phone_cids
+        assert set(phone.state()) == in_scope
+        assert set(server.state()) == server_cids | phone_cids
+        for cid in in_scope:
+            assert phone.get(cid) == server.get(cid)
+
+
+# -- limits ---------------------------------------------------------------------------------------
+
+
+def test_before_authentication_frames_are_small(a):
+    # An unauthenticated peer cannot make us buffer max_frame_bytes: until the handshake is
+    # done only max_handshake_frame_bytes are allowed, refused from the length prefix.
+    s = SyncSession(a, CONFIG)
+    s.initiate()
+    s.data_to_send()
+    with pytest.raises(RemoteProtocolError, match="over the limit of 4096"):
+        s.receive_data((CONFIG.max_handshake_frame_bytes + 1).to_bytes(4, "big") + b"\x00")
+
+
+def test_an_oversize_frame_is_refused_from_its_prefix_without_buffering(a, b):
+    config = dataclasses.replace(CONFIG, max_frame_bytes=10_000)
+    pipe = Pipe(SyncSession(b, config, dialed=True), SyncSession(a, config)).run()
+    s = pipe.sessions[1]
+    with pytest.raises(RemoteProtocolError, match="frame of 10001 bytes is over the limit"):
+        s.receive_data((10_001).to_bytes(4, "big"))  # the prefix alone
+    assert s._decoder.buffered == 4  # nothing of the body was ever asked for
+
+
+def test_a_frame_trickled_byte_by_byte_times_out(a, b):
+    # Every byte is "activity" for the idle timeout; the frame timeout is not fooled.
+    config = dataclasses.replace(CONFIG, frame_timeout=30.0, idle_timeout=20.0)
+    pipe = Pipe(SyncSession(b, config, dialed=True), SyncSession(a, config)).run()
+    s = pipe.sessions[1]
+    s.receive_data((500).to_bytes(4, "big"), now=1.0)
+    t = 1.0
+    with pytest.raises(RemoteProtocolError, match="took more than 30 s"):
+        while t < 100:
+            t += 5.0
+            s.receive_data(b"\x00", now=t)
+            s.tick(t)
+    assert 31.0 <= t <= 36.0
+    assert isinstance(frames_of(s.data_to_send())[-1], Error)
+
+
+def test_frames_that_complete_in_time_never_trip_the_frame_timeout(a, b):
+    config = dataclasses.replace(CONFIG, frame_timeout=30.0, idle_timeout=1000.0)
+    pipe = Pipe(SyncSession(b, config, dialed=True), SyncSession(a, config)).run()
+    s = pipe.sessions[1]
+    ping = encode_frame(Ping(nonce=1))
+    s.receive_data(ping[:3], now=0.0)
+    for t in range(20, 420, 20):  # each frame takes 20 s; the next begins as one ends
+        s.receive_data(ping[3:] + ping[:3], now=float(t))
+        s.tick(float(t))
+    assert s.state is State.OPEN
+
+
+# -- nodes on loopback: PSK, TLS, max_peers, oversize frames, slowloris ---------------------------
+
+
+def node(replica: Replica, *peers: Node, listen: bool = True, config: NodeConfig = FAST) -> Node:
+    return Node(replica, listen=(LOCAL, 0) if listen else None,
+                peers=[(LOCAL, p.port) for p in peers], config=config)
+
+
+async def settle(*nodes: tuple[Node, int]) -> None:
+    with trio.fail_after(GUARD):
+        while True:
+            heads = [n.replica.head for n, _ in nodes]
+            for n, links in nodes:
+                await n.wait_caught_up(links)
+            if heads == [n.replica.head for n, _ in nodes]:
+                return
+
+
+async def wait_until(n: Node, predicate) -> None:
+    with trio.fail_after(GUARD):
+        async with n._changed:
+            while not predicate():
+                await n._changed.wait()
+
+
+async def read_to_eof(stream: trio.abc.Stream, guard: float = GUARD) -> bytes:
+    data = bytearray()
+    with trio.fail_after(guard):
+        try:
+            while chunk := await stream.receive_some(1 << 16):
+                data += chunk
+        except trio.BrokenResourceError:
+            pass  # a reset after the ERROR: what was read still counts
+    return bytes(data)
+
+
+async def test_nodes_with_a_shared_key_replicate_and_a_wrong_key_gets_nothing(open_replica):
+    a, b, m = open_replica("a"), open_replica("b"), open_replica("m")
+    a.set_title("c", "secret")
+    good = dataclasses.replace(FAST, security=keyed("alice"))
+    bad = dataclasses.replace(FAST, security=keyed("alice", secret=OTHER_SECRET))
+    async with node(a, config=good) as na, node(b, na, config=good) as nb:
+        await settle((na, 1), (nb, 1))
+        assert b.get("c").title == "secret"
+        m.set_title("x", "pushed by the impostor")
+        async with node(m, na, listen=False, config=bad):
+            await wait_until(na, lambda: na.stats.errors >= 1)
+        assert a.get("x") is None and m.get("c") is None
+        assert na.connected_peers == {b.id}
+
+
+async def test_an_unauthenticated_raw_peer_of_a_keyed_node_is_refused(open_replica):
+    a = open_replica("a")
+    async with node(a, config=dataclasses.replace(FAST, security=keyed("alice"))) as na:
+        stream = await trio.open_tcp_stream(LOCAL, na.port)
+        async with stream:
+            await stream.send_all(encode_frame(Hello(version=PROTOCOL_VERSION,
+                                                     replica_id="raw"))
+                                  + encode_frame(Ack(seq=0))
+                                  + delta_frame(0, 1, titled("c")))
+            frames = frames_of(await read_to_eof(stream))
+        assert isinstance(frames[-1], Error) and "authentication required" in frames[-1].reason
+        assert len(a) == 0 and na.stats.errors == 1
+
+
+async def test_more_than_max_peers_get_an_error_and_the_node_serves_on(open_replica):
+    a, b = open_replica("a"), open_replica("b")
+    config = dataclasses.replace(FAST, max_peers=2)
+    async with node(a, config=config) as na:
+        first = await trio.open_tcp_stream(LOCAL, na.port)
+        second = await trio.open_tcp_stream(LOCAL, na.port)
+        for stream in (first, second):  # the node's HELLO: its link holds a slot
+            with trio.fail_after(GUARD):
+                assert await stream.receive_some(1 << 16)
+        third = await trio.open_tcp_stream(LOCAL, na.port)
+        async with third:
+            frames = frames_of(await read_to_eof(third))
+        assert len(frames) == 1 and frames[0].reason == "too many peers"
+        assert na.stats.refused == 1
+        await first.aclose()
+        await second.aclose()
+        async with node(b, na, listen=False) as nb:
+            b.set_title("c", "served after")
+            await settle((na, 1), (nb, 1))
+            assert a.get("c").title == "served after"
+
+
+async def test_an_oversize_frame_gets_an_error_before_its_body_is_sent(open_replica):
+    a = open_replica("a")
+    config = dataclasses.replace(FAST, session=SessionConfig(max_frame_bytes=100_000))
+    async with node(a, config=config) as na:
+        stream = await trio.open_tcp_stream(LOCAL, na.port)
+        async with stream:
+            # The prefix of a 1 GB frame, after a good handshake: the node refuses at once,
+            # though the body never comes.
+            await stream.send_all(encode_frame(Hello(version=PROTOCOL_VERSION, replica_id="raw"))
+                                  + encode_frame(Ack(seq=0)) + (10**9).to_bytes(4, "big"))
+            frames = frames_of(await read_to_eof(stream))
+        assert "frame of 1000000000 bytes is over the limit of 100000" in frames[-1].reason
+        assert na.stats.errors == 1
+
+
+async def test_a_slowloris_peer_is_cut_off_and_others_are_served(open_replica, autojump_clock):
+    a, b = open_replica("a"), open_replica("b")
+    config = dataclasses.replace(FAST, session=SessionConfig(frame_timeout=30.0,
+                                                             idle_timeout=20.0))
+    async with node(a, config=config) as na, node(b, na, config=config) as nb:
+        await settle((na, 1), (nb, 1))
+        stream = await trio.open_tcp_stream(LOCAL, na.port)
+        received = bytearray()
+        started = trio.current_time()
+
+        async def trickle() -> None:
+            await stream.send_all(encode_frame(Hello(version=PROTOCOL_VERSION, replica_id="slow"))
+                                  + encode_frame(Ack(seq=0)) + (1000).to_bytes(4, "big"))
+            try:
+                while True:  # a byte every 5 s: well inside the idle timeout
+                    await trio.sleep(5)
+                    await stream.send_all(b"\x00")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        async with stream:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trickle)
+                received += await read_to_eof(stream, guard=100)  # (mock seconds)
+                nursery.cancel_scope.cancel()
+        elapsed = trio.current_time() - started
+        frames = frames_of(bytes(received))
+        assert isinstance(frames[-1], Error) and "trickled" in frames[-1].reason
+        assert 30 <= elapsed < 40
+        b.set_title("c", "still served")
+        await settle((na, 1), (nb, 1))
+        assert a.get("c").title == "still served"
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _make_ca(d: Path, name: str) -> None:
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+             "-subj", f"/CN={name}", cwd=d)
+
+
+def _make_leaf(d: Path, ca: str, cn: str) -> None:
+    (d / "leaf.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                                "extendedKeyUsage=serverAuth,clientAuth\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{cn}.key", "-out", f"{cn}.csr", "-subj", f"/CN={cn}", cwd=d)
+    _openssl("x509", "-req", "-in", f"{cn}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-out", f"{cn}.pem", "-days", "2", "-extfile", "leaf.ext",
+             cwd=d)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """ca (trusted) with leaves server, phone; rogue-ca with leaf mallory."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    d = tmp_path_factory.mktemp("pki")
+    _make_ca(d, "ca")
+    _make_ca(d, "rogue-ca")
+    for cn in ("server", "phone"):
+        _make_leaf(d, "ca", cn)
+    _make_leaf(d, "rogue-ca", "mallory")
+    return d
+
+
+def tls_for(pki: Path, cn: str, ca: str = "ca") -> NodeConfig:
+    return dataclasses.replace(FAST, tls=load_tls(str(pki / f"{cn}.pem"),
+                                                  str(pki / f"{cn}.key"), str(pki / f"{ca}.pem")))
+
+
+async def test_mutual_tls_nodes_replicate_and_identify_each_other_by_certificate(
+        open_replica, pki):
+    server, phone = open_replica("server"), open_replica("phone")
+    server.set_title("u1/a", "mine")
+    server.set_title("u2/b", "not mine")
+    scoped = dataclasses.replace(tls_for(pki, "server"),
+                                 security=SecurityConfig(scopes={"phone": ("u1/",)}))
+    async with node(server, config=scoped) as ns, \
+            node(phone, ns, listen=False, config=tls_for(pki, "phone")) as np:
+        await settle((ns, 1), (np, 1))
+        assert set(phone.state()) == {"u1/a"}
+        assert ns._links[phone.id].session.peer_identity == "phone"
+        assert np._links[server.id].session.peer_identity == "server"
+
+
+async def test_a_certificate_from_another_ca_is_refused(open_replica, pki):
+    server, phone = open_replica("server"), open_replica("phone")
+    async with node(server, config=tls_for(pki, "server")) as ns:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(str(pki / "ca.pem"))  # she trusts the server...
+        ctx.load_cert_chain(str(pki / "mallory.pem"), str(pki / "mallory.key"))
+        stream = trio.SSLStream(await trio.open_tcp_stream(LOCAL, ns.port), ctx)
+        got = b""
+        try:  # ...but it does not trust her: TLS 1.3 tells her so on her first read
+            await stream.do_handshake()
+            await stream.send_all(encode_frame(Hello(version=PROTOCOL_VERSION,
+                                                     replica_id="mallory"))
+                                  + encode_frame(Ack(seq=0)) + delta_frame(0, 1, titled("x")))
+            got = await read_to_eof(stream)
+        except trio.BrokenResourceError:
+            pass
+        await trio.aclose_forcefully(stream)
+        assert got == b"" and ns.stats.tls_failures == 1 and len(server) == 0
+        # A node whose certificate comes from the rogue CA cannot join either; a good one can.
+        async with node(phone, ns, listen=False, config=tls_for(pki, "mallory", "ca")) as nm:
+            await wait_until(ns, lambda: ns.stats.tls_failures >= 2)
+            assert not ns.connected_peers and not nm.connected_peers
+        async with node(phone, ns, listen=False, config=tls_for(pki, "phone")) as np:
+            phone.set_title("c", "over TLS")
+            await settle((ns, 1), (np, 1))
+            assert server.get("c").title == "over TLS"
+
+
+# -- configuration files and the command line -----------------------------------------------------
+
+
+def _secret_file(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    p = tmp_path / "secrets"
+    p.write_text(text)
+    p.chmod(mode)
+    return p
+
+
+def test_secrets_file_formats(tmp_path):
+    assert load_keys(str(_secret_file(tmp_path, "0123456789abcdef0123\n"))) == {
+        "default": b"0123456789abcdef0123"}
+    text = "# devices\nalice 0123456789abcdef0123\n\nbob   fedcba9876543210fedc\n"
+    assert load_keys(str(_secret_file(tmp_path, text))) == {
+        "alice": b"0123456789abcdef0123", "bob": b"fedcba9876543210fedc"}
+
+
+@pytest.mark.parametrize("text, mode, message", [
+    ("", 0o600, "holds no key"),
+    ("# only a comment\n", 0o600, "holds no key"),
+    ("alice 0123456789abcdef0123 extra\n", 0o600, "line 1: expected `KEY_ID SECRET`"),
+    ("alice short\n", 0o600, "shorter than 16"),
+    ("a 0123456789abcdef0123\na 0123456789abcdef0123\n", 0o600, "appears twice"),
+    ("0123456789abcdef0123\n", 0o604, "chmod 600"),
+])
+def test_bad_secrets_files_are_refused_naming_the_problem(tmp_path, text, mode, message):
+    with pytest.raises(ConfigError, match=message.replace("`", ".")):
+        load_keys(str(_secret_file(tmp_path, text, mode)))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[scopes]\nalice = ["u1/"]\n', None),
+    ('[scopes]\nalice = "u1/"\n', "must be a list"),
+    ('[people]\n', "unknown table"),
+    ('scopes = [\n', "not valid TOML"),
+    ('', "no \\[scopes\\] table"),
+])
+def test_authorization_files(tmp_path, text, message):
+    p = tmp_path / "authz.toml"
+    p.write_text(text)
+    if message is None:
+        assert load_scopes(str(p)) == {"alice": ("u1/",)}
+    else:
+        with pytest.raises(ConfigError, match=message):
+            load_scopes(str(p))
+
+
+@pytest.fixture
+def serve(capsys, tmp_path, monkeypatch):
+    """serve(*flags) -> (status, stderr) of `crdtim serve` refused before it listens."""
+    async def must_not_serve(*args: object) -> None:
+        raise AssertionError("serve started: the flags were not refused")
+
+    monkeypatch.setattr("crdtim.cli._serve", must_not_serve)
+
+    def run(*flags: object) -> tuple[int, str]:
+        capsys.readouterr()
+        status = main(["--data", str(tmp_path / "r"), "serve", *map(str, flags)])
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert not (tmp_path / "r").exists()  # refused before any replica was created
+        return status, err
+    return run
+
+
+def test_serve_refuses_a_non_loopback_listen_without_authentication(serve):
+    status, err = serve("--listen", "0.0.0.0:0")
+    assert status == 2
+    assert "refusing to listen on 0.0.0.0:0 without authentication" in err
+    assert "--secret-file" in err and "--insecure" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tls-cert", "x.pem"], "go together"),
+    (["--authz", "a.toml"], "peers have no identity"),
+    (["--key-id", "alice"], "--key-id names a key of --secret-file"),
+    (["--secret-file", "/nonexistent/secrets"], "secrets file /nonexistent/secrets"),
+])
+def test_serve_refuses_bad_security_flags(serve, flags, message):
+    status, err = serve("--listen", "127.0.0.1:0", *flags)
+    assert status == 2 and message in err
+
+
+def test_serve_refuses_several_keys_without_key_id_when_dialing(serve, tmp_path):
+    p = _secret_file(tmp_path, "a 0123456789abcdef0123\nb 0123456789abcdef0123\n")
+    status, err = serve("--listen", "127.0.0.1:0", "--secret-file", p, "--peer", "127.0.0.1:1")
+    assert status == 2 and "--key-id" in err
+
+
+def test_loopback_addresses_are_recognized():
+    from crdtim.cli import _is_loopback
+
+    assert all(map(_is_loopback, ["127.0.0.1", "127.8.9.1", "::1", "localhost"]))
+    assert not any(map(_is_loopback, ["0.0.0.0", "::", "10.0.0.1", "example.com"]))
+
+
+async def test_a_node_with_several_keys_must_say_which_one_it_dials_with(open_replica):
+    a = open_replica("a")
+    config = dataclasses.replace(FAST, security=keyed("alice", "bob"))
+    with pytest.raises(ValueError, match="key_id"):
+        Node(a, peers=[(LOCAL, 1)], config=config)
+    async with node(a, config=config) as na:
+        with pytest.raises(ValueError, match="key_id"):
+            na.add_peer((LOCAL, 1))
+
+
+async def test_one_server_serves_many_users_each_device_seeing_only_its_own(open_replica):
+    server, alice, bob = open_replica("server"), open_replica("alice"), open_replica("bob")
+    keys = {"alice": SECRET, "bob": OTHER_SECRET}
+    on_server = dataclasses.replace(FAST, security=SecurityConfig(
+        keys=keys, scopes={"alice": ("u1/",), "bob": ("u2/",)}))
+
+    def device(key: str) -> NodeConfig:
+        return dataclasses.replace(FAST, security=SecurityConfig(keys={key: keys[key]}))
+
+    server.set_title("u1/family", "alice's")
+    server.set_title("u2/work", "bob's")
+    async with node(server, config=on_server) as ns, \
+            node(alice, ns, listen=False, config=device("alice")) as na, \
+            node(bob, ns, listen=False, config=device("bob")) as nb:
+        alice.pin("u1/family")
+        bob.set_title("u2/new", "from bob's phone")
+        await settle((ns, 2), (na, 1), (nb, 1))
+        assert set(alice.state()) == {"u1/family"} and alice.get("u1/family").pinned
+        assert set(bob.state()) == {"u2/work", "u2/new"}
+        assert set(server.state()) == {"u1/family", "u2/work", "u2/new"}
+        assert server.get("u1/family").pinned
+        assert {l.session.peer_identity for l in ns._links.values()} == {"alice", "bob"}
+        assert ns.stats.errors == 0

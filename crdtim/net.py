@@ -376,11 +376,15 @@ class Node:
                 events = session.receive_data(data, now)
                 session.tick(now)  # a peer trickling bytes still meets the handshake deadline
             except RemoteProtocolError as e:
+                refused, events = e, e.events  # frames before the bad one were applied
+            if refused is not None:
                 self.stats.errors += 1
-                log.warning("peer %s: %s; closing", session.peer_id or "?", e.reason)
+                log.warning("peer %s: %s; closing", session.peer_id or "?", refused.reason)
+                self._count(events)
                 with trio.move_on_after(ERROR_GRACE):  # the sender may be stuck in send_all
                     await self._flush(link)
-                return handshook
+                return handshook or any(isinstance(e, HandshakeComplete) for e in events)
+            self._count(events)
             for event in events:
                 if isinstance(event, HandshakeComplete):
                     handshook = True
@@ -388,9 +392,6 @@ class Node:
                         with trio.move_on_after(ERROR_GRACE):
                             await self._flush(link)
                         return handshook
-                elif isinstance(event, DeltaApplied):
-                    self.stats.deltas_received += 1
-                    self.stats.conversations_changed += len(event.changed)
                 elif isinstance(event, StateTransferStarted):
                     log.info("state transfer %s %s", "to" if event.outbound else "from",
                              session.peer_id)
@@ -408,6 +409,12 @@ class Node:
                 await self._flush(link)
             if any(isinstance(e, (PeerAcked, StateTransferFinished)) for e in events):
                 await self._notify_changed()
+
+    def _count(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, DeltaApplied):
+                self.stats.deltas_received += 1
+                self.stats.conversations_changed += len(event.changed)
 
     def _register(self, link: _Link, dialed: bool) -> bool:
         """Keep one link per peer: of two, the one dialed by the replica with the smaller id

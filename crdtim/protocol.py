@@ -91,7 +91,12 @@ class LocalProtocolError(ProtocolError):
 class RemoteProtocolError(ProtocolError):
     """The peer broke the protocol or sent bad data. The session has queued an ERROR frame
     with the reason (take it with data_to_send() and send it before closing) and applied
-    nothing from the offending frame."""
+    nothing from the offending frame. `events` holds what the frames before it in the same
+    `receive_data` call did (they were valid and stay applied)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.events: list[Event] = []
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -608,6 +613,7 @@ class SyncSession:
         except RemoteProtocolError as e:
             if self.state is not State.CLOSED:
                 self.close(e.reason)
+            e.events = events + e.events
             raise
         if not self._decoder.buffered:
             self._partial_since = None
@@ -799,14 +805,20 @@ class SyncSession:
                 # Refused as a whole: apply one by one, so the frames before the refused one
                 # still count (and the peer resumes after them); that one is refused alone.
                 for m in group:
-                    events.extend(self._on_deltas([m]))
+                    try:
+                        events.extend(self._on_deltas([m]))
+                    except RemoteProtocolError as e:
+                        e.events = events + e.events
+                        raise
                 return events
             self._expect_from = end
             self._send(Ack(seq=end))
             events.append(DeltaApplied(start=start, end=end, changed=frozenset(changed),
                                        nbytes=nbytes))
         if error is not None:
-            raise self._fail(error)
+            refusal = self._fail(error)
+            refusal.events = events  # the frames before it were applied
+            raise refusal
         return events
 
     def _on_state_chunk(self, m: StateChunk) -> list[Event]:

@@ -28,6 +28,7 @@ from crdtim.crdt import Conversation, ConversationMap, Stamp
 from crdtim.protocol import (
     PROTOCOL_VERSION,
     Ack,
+    DeltaApplied,
     Delta,
     Error,
     FrameDecoder,
@@ -1036,7 +1037,10 @@ def test_a_refused_delta_in_a_burst_does_not_undo_the_ones_before_it(a, b):
         ConversationMap.bottom().raise_to("g", "last_seq", 4))))
     drifting = encode_frame(Delta(start=1, end=2, payload=codec.encode_map(
         ConversationMap.bottom().set_title("h", "from the future", Stamp(future, 0, b.id)))))
-    with pytest.raises(RemoteProtocolError, match="refused"):
+    with pytest.raises(RemoteProtocolError, match="refused") as refused:
         wire.sessions[0].receive_data(good + drifting)
     assert a.get("g").last_seq == 4 and a.get("h") is None
     assert a.received_from(b.id) == 1
+    # What the good frame did is reported with the refusal (the Node counts it).
+    assert [type(e) for e in refused.value.events] == [DeltaApplied]
+    assert refused.value.events[0].changed == {"g"}

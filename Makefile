@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Long seeded fuzz run of the wire protocol (decoder, session, handshake): INPUTS=, SEED=,
+# JOBS=; then, if atheris installed, ATHERIS= coverage-guided runs (default 20000, 0: none).
+# Crashes are saved in build/fuzz-crashes/; replay one with tests/fuzz_frames.py --replay.
+fuzz: $(STAMP) $(VENV)/.fuzz
+	$(PY) tests/fuzz_frames.py $(if $(INPUTS),--inputs $(INPUTS)) $(if $(SEED),--seed $(SEED)) $(if $(JOBS),--jobs $(JOBS))
+	$(PY) tests/fuzz_frames.py --atheris $(or $(ATHERIS),20000)
+
+$(VENV)/.fuzz: pyproject.toml
+	$(PY) -m pip install --quiet -e '.[fuzz]' || echo "atheris could not be installed: make fuzz runs the seeded fuzzer only"
+	touch $@
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_local $(if $(QUICK),--quick)

@@ -437,6 +437,13 @@ class Replica:
 
         def txn(t: Txn) -> list[tuple[str, frozenset[str]]]:
             w = _Write(self, t)
+            # Bound every counter, not only the largest reading's: whether a delta is refused
+            # must not depend on what else it was joined with (group commit), and a stamp
+            # accepted here must be acceptable where it is forwarded.
+            counter = delta.max_counter()
+            if counter > MAX_REMOTE_COUNTER:
+                raise ClockDriftError(f"remote clock counter {counter} is over the limit "
+                                      f"of {MAX_REMOTE_COUNTER}")
             remote = delta.max_clock()
             if remote is not None:
                 w.observe(remote)

@@ -69,147 +69,17 @@ def test_random_bytes_decode_or_raise_decode_error(data: bytes, schema) -> None:
     decodes_or_refuses(data, schema)
 
 
-@st.composite
-def valid_encodings(draw: Callable, non_empty: bool = False) -> bytes:
-    m = draw(st.one_of(s.conversation_maps(), s.conversation_maps(s.EXTENDED_SCHEMA)))
-    if non_empty and not m.convs:
-        m = ConversationMap({"c1": {"title": Lww(Stamp(1, 0, "A"), "t")}}, m.schema).join(m)
-    if draw(st.booleans()) or not m.convs:
-        return codec.encode_map(m)
-    return codec.encode_fields(m.convs[draw(st.sampled_from(sorted(m.convs)))], m.schema)
-
-
-@st.composite
-def byte_mutants(draw: Callable) -> bytes:
-    data = bytearray(draw(valid_encodings()))
-    for _ in range(draw(st.integers(1, 4))):
-        how = draw(st.sampled_from(("flip", "insert", "delete", "truncate", "duplicate")))
-        i = draw(st.integers(0, max(0, len(data) - 1)))
-        if how == "flip" and data:
-            data[i] ^= draw(st.integers(1, 255))
-        elif how == "insert":
-            data[i:i] = draw(st.binary(min_size=1, max_size=5))
-        elif how == "delete" and data:
-            del data[i : i + draw(st.integers(1, 4))]
-        elif how == "truncate":
-            del data[i:]
-        elif how == "duplicate":
-            data[i:i] = data[i : i + draw(st.integers(1, 8))]
-    return bytes(data)
-
-
 @s.FAST
-@given(data=byte_mutants(), schema=st.sampled_from(SCHEMAS))
+@given(data=s.byte_mutants(), schema=st.sampled_from(SCHEMAS))
 def test_byte_mutated_encodings_decode_or_raise_decode_error(data: bytes, schema) -> None:
     decodes_or_refuses(data, schema)
 
 
 # -- structurally mutated msgpack objects ----------------------------------------------------
 
-_INT_EDGES = [-(2**63), -1, 0, 1, 5, 127, 128, 255, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
-
-nasty_keys = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.sampled_from(_INT_EDGES),
-    st.integers(-3, 130),  # tags just outside and inside the schema's range
-    st.floats(allow_nan=False),
-    st.text(max_size=3),
-    st.binary(max_size=3),
-)
-nasty_values = st.one_of(
-    nasty_keys,
-    st.floats(),
-    st.just([]),
-    st.just({}),
-    st.lists(st.sampled_from(_INT_EDGES), max_size=5),
-    st.lists(st.integers(-1, 8), min_size=2, max_size=8),  # dot-like flat pairs
-    st.dictionaries(st.integers(-1, 130), st.integers(-1, 3), max_size=2),
-    st.lists(st.just([0, 0, 0]), min_size=3, max_size=3),  # flag-shaped, wrong innards
-)
-
-
-def positions(obj: Any, path: tuple = ()) -> list[tuple]:
-    """Every place in a msgpack object tree: list items, dict values and dict keys."""
-    out = [path]
-    if type(obj) is list:
-        for i, item in enumerate(obj):
-            out += positions(item, path + (("item", i),))
-    elif type(obj) is dict:
-        for key, value in obj.items():
-            out.append(path + (("key", key),))
-            out += positions(value, path + (("value", key),))
-    return out
-
-
-def replaced(obj: Any, path: tuple, change: Callable[[Any], Any]) -> Any:
-    """A copy of `obj` with the node at `path` replaced by change(node)."""
-    if not path:
-        return change(obj)
-    (kind, where), rest = path[0], path[1:]
-    if type(obj) is list:
-        out = list(obj)
-        out[where] = replaced(obj[where], rest, change)
-        return out
-    if kind == "key":
-        new_key = change(where)
-        return {(new_key if k == where else k): v for k, v in obj.items()}
-    return {k: (replaced(v, rest, change) if k == where else v) for k, v in obj.items()}
-
-
-@st.composite
-def object_mutants(draw: Callable) -> bytes:
-    obj = codec.unpack(draw(valid_encodings(non_empty=True)))
-    for _ in range(draw(st.integers(1, 3))):
-        # Mostly inside a conversation's fields, where the per-lattice checks live; the
-        # header and the root get their share from the shallower picks.
-        depth = draw(st.sampled_from((3, 3, 3, 1, 0)))
-        everywhere = positions(obj)
-        path = draw(st.sampled_from([p for p in everywhere if len(p) >= depth] or everywhere))
-        how = draw(st.sampled_from(("replace", "drop", "grow", "copy")))
-        if path and path[-1][0] == "key":
-            new_key = draw(nasty_keys)
-            obj = replaced(obj, path, lambda _: new_key)
-        elif how == "replace":
-            new = draw(nasty_values)
-            obj = replaced(obj, path, lambda _: new)
-        elif how == "drop":
-            obj = replaced(obj, path, _drop_one)
-        elif how == "grow":
-            extra_key, extra = draw(nasty_keys), draw(nasty_values)
-            obj = replaced(obj, path, lambda node: _grow(node, extra_key, extra))
-        else:  # put a valid subtree where a different one belongs
-            source = draw(st.sampled_from(positions(obj)))
-            if source and source[-1][0] != "key":
-                subtree = _at(obj, source)
-                obj = replaced(obj, path, lambda _: subtree)
-    return codec.pack(obj)
-
-
-def _at(obj: Any, path: tuple) -> Any:
-    for _, where in path:
-        obj = obj[where]
-    return obj
-
-
-def _drop_one(node: Any) -> Any:
-    if type(node) is list and node:
-        return node[:-1]
-    if type(node) is dict and node:
-        return dict(list(node.items())[1:])
-    return node
-
-
-def _grow(node: Any, key: Any, value: Any) -> Any:
-    if type(node) is list:
-        return node + [value]
-    if type(node) is dict:
-        return {**node, key: value}
-    return node
-
 
 @s.FAST
-@given(data=object_mutants(), schema=st.sampled_from(SCHEMAS))
+@given(data=s.object_mutants(), schema=st.sampled_from(SCHEMAS))
 def test_structurally_mutated_objects_decode_or_raise_decode_error(data: bytes, schema) -> None:
     decodes_or_refuses(data, schema)
 
@@ -219,7 +89,7 @@ def hostile_flags(draw: Callable) -> bytes:
     """A one-flag map whose dots and version vector are drawn freely: replica indexes past the
     table, zero or huge counters, dots outside the context, odd-length pair lists."""
     rids = draw(st.lists(st.sampled_from(s.REPLICA_IDS), min_size=0, max_size=3))
-    pair_lists = st.lists(st.integers(-1, 4) | st.sampled_from(_INT_EDGES), max_size=7)
+    pair_lists = st.lists(st.integers(-1, 4) | st.sampled_from(s.INT_EDGES), max_size=7)
     flag = [draw(pair_lists), draw(pair_lists), draw(pair_lists)]
     return codec.pack([FORMAT_VERSION, rids, {"c": {1: flag}}])
 

@@ -209,6 +209,19 @@ class ConversationMap:
                     best = Hlc(s.stamp.wall, s.stamp.counter)
         return best
 
+    def max_counter(self) -> int:
+        """The largest hybrid-clock counter in the map's clocked fields (0 if none): every
+        reading, not only the largest one, must be bounded, since a forwarded part of this
+        map may be all another replica receives."""
+        best = 0
+        clocked = [f.name for f in self.schema.fields if f.clocked]
+        for fields in self.convs.values():
+            for name in clocked:
+                s = fields.get(name)
+                if s is not None and s.stamp.counter > best:
+                    best = s.stamp.counter
+        return best
+
     def max_wall(self) -> int:
         """The largest wall time in any register stamp of the map (0 if none): a bound on
         it keeps a peer's far-future time from winning a register forever."""

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean fuzz
+.PHONY: demo test bench clean fuzz faults
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ $(VENV)/.fuzz: pyproject.toml
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_local $(if $(QUICK),--quick)
 	$(PY) -m benchmarks.bench_sync $(if $(QUICK),--quick)
+
+# Convergence under faults (specs/faults.md): 10,000 seeded simulation runs, then 5 `crdtim
+# serve` processes behind a fault-injecting proxy for 3 minutes. Report on stdout and in
+# build/faults.json. SIM_RUNS=, REAL_SECONDS=, SEED= to change them.
+faults: $(STAMP)
+	mkdir -p build
+	$(PY) -m crdtim.faults --json build/faults.json $(if $(SIM_RUNS),--sim-runs $(SIM_RUNS)) $(if $(REAL_SECONDS),--real-seconds $(REAL_SECONDS)) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -78,6 +78,31 @@ class InvalidArgument(CrdtimError, ValueError):
     """A caller passed a value crdtim cannot accept (bad id, text too long, negative seq...)."""
 
 
+#: Environment variable: milliseconds added to this process's wall clock (specs/crdt.md §1),
+#: so that a test can run replicas whose clocks disagree, as real machines' do.
+CLOCK_OFFSET_ENV = "CRDTIM_CLOCK_OFFSET_MS"
+#: The largest offset accepted, either way (a week).
+MAX_CLOCK_OFFSET_MS = 7 * 24 * 3600 * 1000
+
+
+def clock_offset_ms() -> int:
+    """$CRDTIM_CLOCK_OFFSET_MS as an integer (0 if unset or empty); InvalidArgument naming
+    the variable for anything else. Read once, when a replica is opened: not on the hot
+    path of every write."""
+    text = os.environ.get(CLOCK_OFFSET_ENV, "").strip()
+    if not text:
+        return 0
+    try:
+        offset = int(text)
+    except ValueError:
+        offset = None
+    if offset is None or not -MAX_CLOCK_OFFSET_MS <= offset <= MAX_CLOCK_OFFSET_MS:
+        raise InvalidArgument(
+            f"{CLOCK_OFFSET_ENV} must be an integer number of milliseconds from "
+            f"-{MAX_CLOCK_OFFSET_MS} to {MAX_CLOCK_OFFSET_MS}, not {text!r:.40}")
+    return offset
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -263,6 +288,9 @@ class Replica:
         Raises NotAReplicaError, FormatVersionError or CorruptStoreError, having written
         nothing, for a path that is not a usable crdtim replica.
         """
+        if now_ms is _now_ms and (offset := clock_offset_ms()):
+            def now_ms() -> int:
+                return time.time_ns() // 1_000_000 + offset
         store = Store(os.fspath(path), durability, create=create)
         try:
             rid, created = store.init_meta(new_replica_id)

@@ -1,0 +1,251 @@
+"""The fault harness (crdtim/faults/, specs/faults.md), in a short version for `make test`.
+
+- the clock offset that the harness gives each process (CRDTIM_CLOCK_OFFSET_MS) and the drift
+  bound `serve` can be given (--max-clock-drift);
+- the checker's rules, and that it flags a lost write, a divergence and a wrong value;
+- a few hundred seeded simulation runs, with every kind of fault actually injected, and a
+  seed that replays exactly;
+- a peer an hour ahead, refused until time catches up, losing nothing;
+- a short run of real `crdtim serve` processes behind the fault-injecting proxy, with kill -9.
+`make faults` runs the long version (10,000 simulation runs, minutes of real processes).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import trio
+
+from crdtim import cli
+from crdtim.crdt import DEFAULT_MAX_DRIFT_MS, ConversationMap, Flag, Stamp
+from crdtim.faults.checker import AckedOp, check, expected_view
+from crdtim.faults.cluster import ClusterConfig, run_cluster
+from crdtim.faults.sim import SESSION_CONFIG, Wire, run_many, run_one
+from crdtim.protocol import RemoteProtocolError, SyncSession
+from crdtim.replica import CLOCK_OFFSET_ENV, InvalidArgument, Replica
+
+HOUR_MS = 3_600_000
+
+
+# -- the clock offset and the drift bound ------------------------------------------------------
+
+
+def test_clock_offset_env_moves_the_wall_clock_of_every_write(tmp_path, monkeypatch):
+    monkeypatch.setenv(CLOCK_OFFSET_ENV, str(-HOUR_MS))
+    with Replica.open(tmp_path / "r", durability="nosync") as r:
+        before = time.time_ns() // 1_000_000
+        r.set_title("c", "t")
+        r.message_arrived("c", 1, "m")
+        after = time.time_ns() // 1_000_000
+        stamp = r.state().fields("c")["title"].stamp
+        assert before - HOUR_MS <= stamp.wall <= after - HOUR_MS
+        assert before - HOUR_MS <= r.get("c").last_at <= after - HOUR_MS
+
+
+@pytest.mark.parametrize("value", ["soon", "1.5", str(8 * 24 * HOUR_MS), "--3"])
+def test_a_bad_clock_offset_is_refused_at_open_naming_the_variable(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(CLOCK_OFFSET_ENV, value)
+    with pytest.raises(InvalidArgument, match=CLOCK_OFFSET_ENV):
+        Replica.open(tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # refused before anything was made
+
+
+def test_a_bad_clock_offset_is_a_usage_error_on_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(CLOCK_OFFSET_ENV, "an hour")
+    assert cli.main(["--data", str(tmp_path / "r"), "init"]) == 2
+    err = capsys.readouterr().err
+    assert CLOCK_OFFSET_ENV in err and "Traceback" not in err
+
+
+def test_serve_takes_a_clock_drift_bound_and_refuses_a_bad_one(capsys):
+    parser, _ = cli.build_parser()
+    args = parser.parse_args(["serve", "--listen", ":0", "--max-clock-drift", "7500000"])
+    assert args.max_clock_drift == 7_500_000
+    assert cli.main(["serve", "--listen", ":0", "--max-clock-drift", "-1"]) == 2
+    assert "max-clock-drift" in capsys.readouterr().err
+
+
+# -- the checker ---------------------------------------------------------------------------------
+
+
+def _acked(r: Replica, kind: str, cid: str, call) -> AckedOp:
+    """Run one op on `r` and return it as the workload records it: with its log entry."""
+    before = r.head
+    call()
+    end, delta = r.delta_interval(before, max_entries=1)
+    assert end == before + 1 and delta is not None
+    return AckedOp(r.id, kind, cid, delta)
+
+
+def _sync(x: Replica, y: Replica) -> None:
+    y.apply_delta(x.delta_since(0))
+    x.apply_delta(y.delta_since(0))
+
+
+def test_the_checker_accepts_converged_replicas_and_follows_the_rules(open_replica):
+    a, b = open_replica("a"), open_replica("b")
+    ops = [_acked(a, "enable", "c", lambda: a.pin("c")),
+           _acked(a, "enable", "c", lambda: a.mute("c"))]
+    _sync(a, b)
+    ops.append(_acked(b, "disable", "c", lambda: b.unpin("c")))  # saw the pin: removes it
+    ops.append(_acked(a, "enable", "c", lambda: a.mute("c")))  # a new mute b has not seen...
+    ops.append(_acked(b, "disable", "c", lambda: b.unmute("c")))  # ...so it wins this unmute
+    ops.append(_acked(a, "title", "c", lambda: a.set_title("c", "first")))
+    ops.append(_acked(b, "title", "c", lambda: b.set_title("c", "second")))
+    ops.append(_acked(a, "arrive", "c", lambda: a.message_arrived("c", 7, "hi", at=5)))
+    ops.append(_acked(b, "read", "c", lambda: b.mark_read("c", 3)))
+    _sync(a, b)
+    want = expected_view("c", ops)
+    titles = sorted((op.delta.fields("c")["title"].stamp, op.delta.fields("c")["title"].value)
+                    for op in ops if op.kind == "title")
+    assert (want.pinned, want.muted, want.title) == (False, True, titles[-1][1])
+    assert (want.last_seq, want.read_seq, want.unread, want.last_preview) == (7, 3, 4, "hi")
+    verdict = check({"a": a.state(), "b": b.state()}, ops)
+    assert verdict.ok, verdict.summary()
+    assert a.get("c") == want
+
+
+def test_the_checker_flags_a_lost_write_and_a_divergence(open_replica):
+    a, b = open_replica("a"), open_replica("b")
+    ops = [_acked(a, "title", "c", lambda: a.set_title("c", "kept")),
+           _acked(b, "read", "d", lambda: b.mark_read("d", 4))]
+    _sync(a, b)
+    ops.append(_acked(a, "enable", "c", lambda: a.pin("c")))  # never reaches b: lost there
+    verdict = check({"a": a.state(), "b": b.state()}, ops)
+    assert not verdict.ok
+    assert verdict.lost_ops == 1
+    assert "enable on c" in verdict.lost[0] and "missing at b" in verdict.lost[0]
+    assert verdict.diverged and "c" in verdict.diverged[0]
+    assert any("pinned=False (expected True)" in w for w in verdict.wrong)
+
+
+def test_the_checker_flags_a_value_no_acknowledged_write_explains(open_replica):
+    # Every acknowledged op is there and the replicas agree, but the title is one nobody
+    # acknowledged writing (say, a write resurrected from a torn log entry): wrong.
+    a = open_replica("a")
+    ops = [_acked(a, "title", "c", lambda: a.set_title("c", "acked"))]
+    stamp = a.state().fields("c")["title"].stamp
+    forged = a.state().join(ConversationMap.bottom().set_title(
+        "c", "never acked", Stamp(stamp.wall + 1, 0, a.id)))
+    verdict = check({"a": forged, "b": forged}, ops)
+    assert not verdict.diverged and not verdict.lost
+    assert verdict.wrong == ["c at a reads title='never acked' (expected 'acked')",
+                             "c at b reads title='never acked' (expected 'acked')"]
+
+
+def test_acked_ops_survive_their_json_round_trip(open_replica):
+    a = open_replica("a")
+    op = _acked(a, "enable", "c", lambda: a.mute("c"))
+    assert AckedOp.from_json(op.to_json()) == op
+
+
+# -- the simulation ------------------------------------------------------------------------------
+
+
+def test_short_simulation_converges_with_every_fault_injected():
+    summary = run_many(150, first_seed=0)
+    assert summary.failing_seeds == [], summary.first_failure
+    assert summary.runs == 150 and summary.acked_ops > 500
+    # A harness that injected nothing would pass vacuously.
+    for kind in ("crash", "drop", "partition", "split_read", "idle_timeout", "clock_refusal",
+                 "clock_step", "state_transfer"):
+        assert summary.faults[kind] > 0, kind
+
+
+def test_the_simulation_flags_an_ack_for_more_than_the_peer_applied(monkeypatch):
+    # A broken acknowledgement (one entry too far) must fail runs, by the safety check made
+    # after every step, before any trim can turn it into a lost write.
+    record_ack = Replica.record_ack
+    monkeypatch.setattr(Replica, "record_ack",
+                        lambda self, peer, seq: record_ack(self, peer, seq + 1))
+    summary = run_many(20, first_seed=0)
+    assert summary.errors > 0 and "holds ack" in summary.first_failure
+
+
+def test_the_simulation_flags_a_join_that_drops_an_enable(monkeypatch):
+    # A flag join that forgets the other side's unseen dots: replicas end up disagreeing.
+    def one_sided_join(self, other):
+        if other.is_bottom() or self.is_bottom():
+            return other if self.is_bottom() else self
+        dots = (self.dots & other.dots) | {d for d in self.dots if not other.context.contains(d)}
+        return Flag(frozenset(dots), self.context.join(other.context))
+
+    monkeypatch.setattr(Flag, "join", one_sided_join)
+    summary = run_many(40, first_seed=0)
+    assert summary.diverged_runs > 0 and summary.wrong_values > 0
+
+
+def test_a_seed_replays_exactly():
+    first, again = run_one(4), run_one(4)
+    assert first.ok and again.ok
+    assert first.ops == again.ops and first.faults == again.faults
+    assert first.final_state == again.final_state
+    assert first.converge_virtual_ms == again.converge_virtual_ms
+    assert first.digest() == again.digest() != run_one(5).digest()
+    # ...and in another process, whose string hashing (set order) differs.
+    for hash_seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-m", "crdtim.faults", "--replay", "4"], capture_output=True,
+            text=True, env={**os.environ, "PYTHONHASHSEED": hash_seed}, check=True).stdout
+        assert f"digest {first.digest()}" in out
+
+
+def _exchange(a: Replica, b: Replica) -> list[str]:
+    """Connect a and b, run to quiescence; the reasons of any refusals."""
+    wire = Wire((0, 1), (SyncSession(a, SESSION_CONFIG), SyncSession(b, SESSION_CONFIG)))
+    for s in wire.sessions:
+        s.initiate(0.0)
+    wire.collect(0.0)
+    refused = []
+    while not wire.quiet() or any(s.pump() for s in wire.sessions):
+        wire.collect(0.0)
+        for k in (0, 1):
+            if wire.queues[k]:
+                data = bytes(wire.queues[k])
+                wire.queues[k].clear()
+                try:
+                    wire.sessions[1 - k].receive_data(data, 0.0)
+                except RemoteProtocolError as e:
+                    refused.append(e.reason)
+                    return refused
+                wire.collect(0.0)
+    return refused
+
+
+def test_a_peer_an_hour_ahead_is_refused_until_time_catches_up_and_nothing_is_lost(tmp_path):
+    true_ms = [1_700_000_000_000]
+    fast = Replica.open(tmp_path / "fast", durability="nosync",
+                        now_ms=lambda: true_ms[0] + HOUR_MS)
+    slow = Replica.open(tmp_path / "slow", durability="nosync", now_ms=lambda: true_ms[0])
+    try:
+        fast.set_title("c", "from the fast clock")
+        fast.pin("c")
+        slow.set_title("c", "from the slow clock")
+        refused = _exchange(fast, slow)
+        assert refused and "ahead of the local wall clock" in refused[0]
+        assert slow.get("c").title == "from the slow clock" and not slow.get("c").pinned
+        true_ms[0] += HOUR_MS - DEFAULT_MAX_DRIFT_MS  # the fast stamp is now just in bounds
+        assert _exchange(fast, slow) == []
+        assert fast.state() == slow.state()
+        assert slow.get("c").title == "from the fast clock" and slow.get("c").pinned
+    finally:
+        fast.close()
+        slow.close()
+
+
+# -- real processes --------------------------------------------------------------------------------
+
+
+def test_real_servers_converge_after_kill_9_cuts_partitions_and_clock_skew():
+    config = ClusterConfig(servers=3, seconds=10.0, round_seconds=5.0, fault_gap=(0.1, 0.6),
+                           converge_deadline=60.0)
+    report = trio.run(run_cluster, 7, config)
+    assert report.ok, report.to_json()
+    assert report.rounds == 2 and len(report.converge_seconds) == 2
+    assert report.acked_ops > 50 and report.faults["kill9"] >= 2
+    assert report.faults["partition"] >= 2
+    assert max(abs(o) for o in report.offsets_ms) > 5 * 60_000  # beyond the default bound

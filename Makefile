@@ -30,9 +30,15 @@ $(VENV)/.fuzz: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[fuzz]' || echo "atheris could not be installed: make fuzz runs the seeded fuzzer only"
 	touch $@
 
-bench: $(STAMP)
-	$(PY) -m benchmarks.bench_local $(if $(QUICK),--quick)
-	$(PY) -m benchmarks.bench_sync $(if $(QUICK),--quick)
+# The whole suite: figures beside their references, goals, JSON + markdown + PNG plots in
+# benchmarks/results/. Automerge is optional (a pre-release): if it does not install, the
+# suite says so and runs without it.
+bench: $(STAMP) $(VENV)/.automerge
+	$(PY) -m benchmarks $(if $(QUICK),--quick)
+
+$(VENV)/.automerge: pyproject.toml
+	$(PY) -m pip install --quiet -e '.[automerge]' || echo "automerge could not be installed: its figures will say so"
+	touch $@
 
 # Convergence under faults (specs/faults.md): 10,000 seeded simulation runs, then 5 `crdtim
 # serve` processes behind a fault-injecting proxy for 3 minutes. Report on stdout and in

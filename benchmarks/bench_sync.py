@@ -839,6 +839,9 @@ def bench_latency(cfg: argparse.Namespace, wd: Workdir, prof: Profiler) -> tuple
                 details.setdefault(f"{durability}-{linger}", []).append(
                     {"p50": percentile(lat, 50), "p90": percentile(lat, 90),
                      "p99": percentile(lat, 99), "max": max(lat), "mean": statistics.fmean(lat)})
+            if run == 0:  # one run's samples, for the latency distribution plot
+                details.setdefault("samples", {})[durability] = {
+                    "raw": raw, "linger=0": lat_by[0.0], "default linger": lat_by[None]}
         print(f"    {durability}: {time.perf_counter() - t_dur:.1f} s", flush=True)
         for linger in (0.0, None):
             lname = "linger=0" if linger == 0.0 else f"default linger ({default_linger * 1000:g} ms)"

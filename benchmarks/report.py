@@ -58,7 +58,7 @@ class Row:
     def stats(xs: list[float] | None) -> dict[str, float] | None:
         if not xs:
             return None
-        return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+        return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
 
     @property
     def value(self) -> float:

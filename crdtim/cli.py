@@ -345,6 +345,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    # The suite lives in benchmarks/ beside the package, not in the installed package: it
+    # runs from a source checkout (pip install -e, or the project directory) only.
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(checkout, "benchmarks", "suite.py")):
+        raise CommandFailed("crdtim bench needs a source checkout of crdtim (the benchmarks/ "
+                            "folder next to the crdtim package); clone the project and run "
+                            "`make bench` or `crdtim bench` there", EXIT_USAGE)
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
+    from benchmarks.suite import main as run_suite  # only here: heavy imports (pycrdt...)
+
+    argv = ["--quick"] if args.quick else []
+    argv += ["--tiny"] if args.tiny else []
+    argv += [f"--out={args.out}"] if args.out else []
+    argv += [f"--dir={args.workdir}"] if args.workdir else []
+    argv += [f"--only={args.only}"] if args.only else []
+    argv += ["--profile"] if args.profile else []
+    return run_suite(argv)
+
+
 def watch_log(
     replica: Replica,
     after: int,
@@ -499,6 +520,19 @@ COMMANDS: dict[str, Subcommand] = {
                  "(default 300000, 5 min)"),
     )),
     "demo": Subcommand(cmd_demo, "three replicas syncing on loopback, step by step"),
+    "bench": Subcommand(cmd_bench, "run the benchmark suite (source checkout only); results "
+                        "in benchmarks/results/", (
+        arg("--quick", action="store_true", help="every benchmark at small sizes (~2 min)"),
+        arg("--tiny", action="store_true", help=argparse.SUPPRESS),
+        arg("--out", metavar="DIR", default=None, help="results directory"),
+        arg("--workdir", metavar="DIR", default=None,
+            help="directory for the benchmark databases (the full run needs ~3 GB)"),
+        arg("--only", metavar="GROUPS", default=None,
+            help="comma-separated groups: hw, local, nosync, session, automerge, sync, "
+                 "curves, big"),
+        arg("--profile", action="store_true",
+            help="write a cProfile summary for every missed goal"),
+    )),
 }
 
 

@@ -31,7 +31,7 @@ from . import __version__
 from .demo import run_demo
 from .errors import ConfigError, CrdtimError
 from .net import Node, NodeConfig, parse_address
-from .protocol import SessionConfig
+from .protocol import MIN_FRAME_BYTES, SessionConfig
 from .security import load_security, load_tls
 from .replica import MAX_SEQ, Change, InvalidArgument, Replica
 
@@ -312,7 +312,23 @@ def _serve_config(args: argparse.Namespace) -> NodeConfig:
             and security.dial_key_id is None):
         raise CommandFailed("the secrets file holds several keys: say with --key-id which "
                             "one to use when dialing --peer", EXIT_USAGE)
+    if args.metrics is not None and not _is_loopback(args.metrics[0]) and not args.insecure:
+        raise CommandFailed(
+            f"refusing to serve metrics on {args.metrics[0]}:{args.metrics[1]}: they are not "
+            "authenticated and name every peer's replica id. Serve them on loopback (and "
+            "scrape through a proxy), or give --insecure if the network itself is trusted",
+            EXIT_USAGE)
     session = SessionConfig()
+    # Peers size their frames to the limit we announce in HELLO, but one conversation's
+    # state must still fit in a frame.
+    if args.max_frame_bytes is not None and args.max_frame_bytes < MIN_FRAME_BYTES:
+        raise CommandFailed(f"--max-frame-bytes {args.max_frame_bytes} is below "
+                            f"{MIN_FRAME_BYTES}: one conversation's state may not fit",
+                            EXIT_USAGE)
+    if args.idle_timeout is not None and args.idle_timeout <= session.ping_interval:
+        raise CommandFailed(f"--idle-timeout {args.idle_timeout:g} must be longer than the "
+                            f"heartbeat interval ({session.ping_interval:g} s), or idle links "
+                            "would be cut between heartbeats", EXIT_USAGE)
     session = dataclasses.replace(
         session,
         max_frame_bytes=args.max_frame_bytes or session.max_frame_bytes,
@@ -507,13 +523,14 @@ COMMANDS: dict[str, Subcommand] = {
         arg("--max-peers", metavar="N", type=_positive, default=None,
             help="connections at once (default 64)"),
         arg("--max-frame-bytes", metavar="N", type=_positive, default=None,
-            help="largest frame accepted (default 8388608)"),
+            help="largest frame accepted (default 8388608, at least 65536)"),
         arg("--idle-timeout", metavar="S", type=_seconds, default=None,
-            help="seconds of peer silence before disconnecting it (default 20)"),
+            help="seconds of peer silence before disconnecting it (default 20, more than "
+                 "the 5 s heartbeat)"),
         arg("--handshake-timeout", metavar="S", type=_seconds, default=None,
             help="seconds for a peer to complete TLS, HELLO and AUTH (default 10)"),
         arg("--metrics", metavar="HOST:PORT", type=_address, default=None,
-            help="serve Prometheus metrics on this address"),
+            help="serve Prometheus metrics on this address (loopback unless --insecure)"),
         arg("--quiet", action="store_true", help="log only warnings and errors"),
         arg("--max-clock-drift", metavar="MS", type=_whole_number, default=None,
             help="refuse peers' clock readings further ahead of ours than this "

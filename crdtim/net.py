@@ -17,6 +17,7 @@ session) and the certificate's subject is handed to the session as the peer's id
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import random
@@ -48,6 +49,9 @@ log = logging.getLogger("crdtim.net")
 #: Seconds a closing connection gets to deliver its ERROR frame before it is cut anyway (the
 #: peer may not be reading at all).
 ERROR_GRACE = 1.0
+#: accept() errors that mean "out of resources for now": wait and accept again.
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_RETRY_DELAY = 0.1  # seconds
 
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -247,7 +251,16 @@ class Node:
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
         async with listener:
             while True:
-                stream = await listener.accept()
+                try:
+                    stream = await listener.accept()
+                except OSError as e:
+                    if e.errno not in _ACCEPT_RETRY_ERRNOS:
+                        raise
+                    # Out of file descriptors or buffers: the peers we serve will free some;
+                    # wait rather than stop accepting for good (as trio.serve_listeners does).
+                    log.error("accept failed (%s); retrying in %g s", e, ACCEPT_RETRY_DELAY)
+                    await trio.sleep(ACCEPT_RETRY_DELAY)
+                    continue
                 if len(self._all_links) + self._tls_handshakes >= self.config.max_peers:
                     log.warning("refusing a connection: %d peers already", len(self._all_links))
                     self.stats.refused += 1
@@ -344,6 +357,12 @@ class Node:
             # (trio's strict exception groups); a lost connection must not end the node.
             log.info("connection to %s lost: %s", session.peer_id or addr or "peer",
                      group.exceptions[0])
+        except* Exception as group:
+            # A bug met on one link (ours, or a case nobody foresaw) ends that link, not the
+            # node and every other peer's link with it.
+            log.error("link to %s failed", session.peer_id or addr or "peer",
+                      exc_info=group.exceptions[0])
+            self.stats.errors += 1
         finally:
             self._all_links.discard(link)
             if session.peer_id is not None and self._links.get(session.peer_id) is link:
@@ -400,7 +419,8 @@ class Node:
                     else:
                         self.stats.state_transfers_received += 1
                 elif isinstance(event, PeerClosed):
-                    log.warning("peer %s closed with error: %s", session.peer_id or "?", event.reason)
+                    # %r: the reason is the peer's text; its newlines must not forge log lines
+                    log.warning("peer %s closed with error: %r", session.peer_id or "?", event.reason)
                     return handshook
             link.poke()
             if session.output_backlog > self.config.session.max_output_backlog:

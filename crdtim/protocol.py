@@ -66,6 +66,9 @@ __all__ = [
 
 PROTOCOL_VERSION = 2
 MAX_REPLICA_ID_BYTES = 255
+#: The smallest max_frame_bytes a replica may set: a conversation's whole state, at the
+#: codec's limits on text, must fit in one frame.
+MIN_FRAME_BYTES = 64 * 1024
 NONCE_BYTES = 32  # a HELLO's fresh random challenge
 MAX_KEY_ID = 64  # code points in a key id
 MIN_SECRET_BYTES = 16  # a shorter pre-shared key could be guessed offline from one handshake
@@ -330,9 +333,10 @@ def _parse_message(body: bytes, max_bytes: int) -> Message:
             raise RemoteProtocolError("HELLO: protocol version is not an integer")
         # A replica id has 1..64 code points (specs/crdt.md); in bytes it must also fit the
         # one-byte length with which a log entry names its origin (specs/storage.md).
+        # Printable: the id is logged, and a newline in it could forge log lines.
         if (type(rid) is not str or not 1 <= len(rid) <= codec.MAX_REPLICA_ID
-                or len(rid.encode()) > MAX_REPLICA_ID_BYTES):
-            raise RemoteProtocolError("HELLO: replica id is not a short string")
+                or len(rid.encode()) > MAX_REPLICA_ID_BYTES or not rid.isprintable()):
+            raise RemoteProtocolError("HELLO: replica id is not a short printable string")
         if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
             raise RemoteProtocolError(f"HELLO: nonce is not {NONCE_BYTES} bytes of binary")
         if key_id is not None and not valid_key_id(key_id):

@@ -24,6 +24,8 @@ __all__ = ["TlsConfig", "load_keys", "load_scopes", "load_security", "load_tls",
 
 #: The key id of a secrets file that holds a single secret and no key id.
 DEFAULT_KEY_ID = "default"
+#: A secrets file larger than this is refused rather than read in part (about 10,000 keys).
+MAX_SECRETS_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +71,9 @@ def certificate_identity(cert: dict[str, Any] | None) -> str | None:
         return None
     pairs = [pair for rdn in cert.get("subject", ()) for pair in rdn]
     for name, value in pairs:
-        if name == "commonName":
+        if name == "commonName" and value:
             return value
-    return ",".join(f"{k}={v}" for k, v in pairs) or None
+    return ",".join(f"{k}={v}" for k, v in pairs if v) or None
 
 
 def load_keys(path: str) -> dict[str, bytes]:
@@ -82,9 +84,12 @@ def load_keys(path: str) -> dict[str, bytes]:
     try:
         with open(path, "rb") as f:
             mode = os.fstat(f.fileno()).st_mode
-            raw = f.read(1 << 20)
+            raw = f.read(MAX_SECRETS_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"secrets file {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_SECRETS_FILE_BYTES:
+        raise ConfigError(f"secrets file {path} is over {MAX_SECRETS_FILE_BYTES} bytes: is it "
+                          "the right file?")
     if os.name == "posix" and mode & (stat.S_IROTH | stat.S_IWOTH):
         raise ConfigError(f"secrets file {path} can be read or written by other users: "
                           f"run `chmod 600 {path}` (or 640 to share it with a service group)")
@@ -136,6 +141,9 @@ def load_scopes(path: str) -> dict[str, tuple[str, ...]]:
         raise ConfigError(f"authorization file {path} has no [scopes] table")
     scopes: dict[str, tuple[str, ...]] = {}
     for identity, prefixes in table.items():
+        if not identity or not identity.isprintable():
+            raise ConfigError(f"authorization file {path}: identity {identity!r:.80} is empty "
+                              "or holds control characters")
         if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
             raise ConfigError(f"authorization file {path}: the scope of {identity!r} must be "
                               'a list of conversation id prefixes, e.g. ["u123/"]')

@@ -127,7 +127,8 @@ def intervals(draw: Callable) -> tuple[int, int]:
 def replica_ids() -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(s.REPLICA_IDS),
                      st.text(min_size=1, max_size=64).filter(
-                         lambda t: len(t.encode()) <= MAX_REPLICA_ID_BYTES))
+                         lambda t: len(t.encode()) <= MAX_REPLICA_ID_BYTES
+                         and t.isprintable()))
 
 
 def well_formed_messages(name: str) -> st.SearchStrategy[Any]:

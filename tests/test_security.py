@@ -585,6 +585,68 @@ async def test_an_unauthenticated_raw_peer_of_a_keyed_node_is_refused(open_repli
         assert len(a) == 0 and na.stats.errors == 1
 
 
+async def test_an_unforeseen_error_on_one_link_ends_that_link_not_the_node(open_replica,
+                                                                         monkeypatch):
+    # Whatever goes wrong while serving one peer (here a replica error nobody foresaw for
+    # the replica id "boom"), the node logs it, drops that link and serves the others.
+    a, b = open_replica("a"), open_replica("b")
+    real = SyncSession.receive_data
+
+    def receive_data(self, data, now=0.0):
+        events = real(self, data, now)
+        if self.peer_id == "boom":
+            raise RuntimeError("unforeseen")
+        return events
+
+    monkeypatch.setattr(SyncSession, "receive_data", receive_data)
+    a.set_title("c", "still served")
+    async with node(a) as na:
+        stream = await trio.open_tcp_stream(LOCAL, na.port)
+        async with stream:
+            await stream.send_all(encode_frame(Hello(version=PROTOCOL_VERSION,
+                                                     replica_id="boom")))
+            await read_to_eof(stream)  # the node closed that link
+        assert na.stats.errors == 1
+        async with node(b, na, listen=False) as nb:
+            await settle((na, 1), (nb, 1))
+        assert b.get("c").title == "still served"
+
+
+async def test_running_out_of_file_descriptors_pauses_accepting_and_does_not_stop_it(
+        open_replica, monkeypatch, autojump_clock):
+    import errno
+
+    class OutOfDescriptors(trio.abc.Listener):
+        """A listener whose first two accepts fail as when the process has no fds left."""
+
+        def __init__(self, real: trio.SocketListener):
+            self.real, self.failures = real, 2
+            self.socket = real.socket
+
+        async def accept(self):
+            if self.failures:
+                self.failures -= 1
+                raise OSError(errno.EMFILE, "Too many open files")
+            return await self.real.accept()
+
+        async def aclose(self):
+            await self.real.aclose()
+
+    real_open = trio.open_tcp_listeners
+
+    async def open_listeners(*args, **kw):
+        return [OutOfDescriptors(listener) for listener in await real_open(*args, **kw)]
+
+    monkeypatch.setattr(trio, "open_tcp_listeners", open_listeners)
+    a, b = open_replica("a"), open_replica("b")
+    a.set_title("c", "served after the shortage")
+    async with node(a) as na:
+        async with node(b, na, listen=False) as nb:
+            await settle((na, 1), (nb, 1))
+    assert b.get("c").title == "served after the shortage"
+    assert all(listener.failures == 0 for listener in na.listeners)
+
+
 async def test_more_than_max_peers_get_an_error_and_the_node_serves_on(open_replica):
     a, b = open_replica("a"), open_replica("b")
     config = dataclasses.replace(FAST, max_peers=2)
@@ -767,6 +829,7 @@ def test_secrets_file_formats(tmp_path):
     ("alice short\n", 0o600, "shorter than 16"),
     ("a 0123456789abcdef0123\na 0123456789abcdef0123\n", 0o600, "appears twice"),
     ("0123456789abcdef0123\n", 0o604, "chmod 600"),
+    ("# padding\n" * 200_000, 0o600, "is over 1048576 bytes"),
 ])
 def test_bad_secrets_files_are_refused_naming_the_problem(tmp_path, text, mode, message):
     with pytest.raises(ConfigError, match=message.replace("`", ".")):
@@ -779,6 +842,8 @@ def test_bad_secrets_files_are_refused_naming_the_problem(tmp_path, text, mode, 
     ('[people]\n', "unknown table"),
     ('scopes = [\n', "not valid TOML"),
     ('', "no \\[scopes\\] table"),
+    ('[scopes]\n"" = ["u1/"]\n', "is empty or holds control characters"),
+    ('[scopes]\n"a\\nb" = ["u1/"]\n', "is empty or holds control characters"),
 ])
 def test_authorization_files(tmp_path, text, message):
     p = tmp_path / "authz.toml"
@@ -820,6 +885,9 @@ def test_serve_refuses_a_non_loopback_listen_without_authentication(serve):
     (["--authz", "a.toml"], "peers have no identity"),
     (["--key-id", "alice"], "--key-id names a key of --secret-file"),
     (["--secret-file", "/nonexistent/secrets"], "secrets file /nonexistent/secrets"),
+    (["--metrics", "0.0.0.0:9100"], "refusing to serve metrics on 0.0.0.0:9100"),
+    (["--max-frame-bytes", "1000"], "is below 65536"),
+    (["--idle-timeout", "5"], "must be longer than the heartbeat interval"),
 ])
 def test_serve_refuses_bad_security_flags(serve, flags, message):
     status, err = serve("--listen", "127.0.0.1:0", *flags)
@@ -830,6 +898,24 @@ def test_serve_refuses_several_keys_without_key_id_when_dialing(serve, tmp_path)
     p = _secret_file(tmp_path, "a 0123456789abcdef0123\nb 0123456789abcdef0123\n")
     status, err = serve("--listen", "127.0.0.1:0", "--secret-file", p, "--peer", "127.0.0.1:1")
     assert status == 2 and "--key-id" in err
+
+
+@pytest.mark.parametrize("rid", ["phone\nWARNING crdtim.net: connected to admin", "a\x1b[2J"])
+def test_a_hello_whose_replica_id_could_forge_log_lines_is_refused(a, rid):
+    s = SyncSession(a, CONFIG)
+    s.initiate()
+    with pytest.raises(RemoteProtocolError, match="replica id is not a short printable"):
+        s.receive_data(encode_frame(Hello(version=PROTOCOL_VERSION, replica_id=rid)))
+    assert s.state is State.CLOSED
+
+
+def test_a_certificate_without_a_usable_name_gives_no_identity():
+    from crdtim.security import certificate_identity
+
+    assert certificate_identity({"subject": ((("commonName", ""),),)}) is None
+    assert certificate_identity({"subject": ((("commonName", ""),), (("organizationName",
+                                                                      "acme"),))}) == "organizationName=acme"
+    assert certificate_identity({"subject": ((("commonName", "phone"),),)}) == "phone"
 
 
 def test_loopback_addresses_are_recognized():

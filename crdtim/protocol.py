@@ -97,8 +97,9 @@ class RemoteProtocolError(ProtocolError):
     nothing from the offending frame. `events` holds what the frames before it in the same
     `receive_data` call did (they were valid and stay applied)."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, told: str | None = None):
         super().__init__(reason)
+        self.told = told or reason  # what the ERROR frame said: less, where reason tells much
         self.events: list[Event] = []
 
 
@@ -569,9 +570,11 @@ class SyncSession:
             self._send(Error(reason=reason))
             self.state = State.CLOSED
 
-    def _fail(self, reason: str) -> RemoteProtocolError:
-        self.close(reason)
-        return RemoteProtocolError(reason)
+    def _fail(self, reason: str, *, told: str | None = None) -> RemoteProtocolError:
+        """Close with ERROR and return the error to raise. `told`: what the peer is told,
+        when the full reason (logged here) would tell an untrusted peer too much."""
+        self.close(told or reason)
+        return RemoteProtocolError(reason, told)
 
     # -- incoming bytes ------------------------------------------------------------------------
 
@@ -680,9 +683,11 @@ class SyncSession:
         if not keys:
             raise self._fail(f"the peer authenticates with key {key_id!r}, but no keys are "
                              "configured here")
-        if key_id not in keys:
-            raise self._fail(f"authentication failed: unknown key id {key_id!r}")
-        self._send(Auth(mac=self._mac(keys[key_id], sent_by_us=True)))
+        # The dialer proves the key first; the acceptor answers only once that verified.
+        # Were the acceptor to answer a HELLO at once, anyone who can reach its port would
+        # get an HMAC under the key to test guessed secrets against offline.
+        if self._dialed:
+            self._send(Auth(mac=self._mac(keys[key_id], sent_by_us=True)))
         self.state = State.AWAIT_AUTH
         return []
 
@@ -702,10 +707,17 @@ class SyncSession:
         return hmac.new(secret, message, hashlib.sha256).digest()
 
     def _on_auth(self, m: Auth) -> list[Event]:
-        expected = self._mac(self._security.keys[self._key_id], sent_by_us=False)
-        if not hmac.compare_digest(m.mac, expected):
-            raise self._fail(f"authentication failed: the peer does not hold key "
-                             f"{self._key_id!r} (or replayed an old handshake)")
+        secret = self._security.keys.get(self._key_id)
+        # The same answer for an unknown key id as for a wrong MAC, so that the key ids a
+        # replica holds cannot be listed by asking.
+        if secret is None or not hmac.compare_digest(
+                m.mac, self._mac(secret, sent_by_us=False)):
+            known = "" if secret is not None else " (no such key here)"
+            raise self._fail(f"authentication failed: the peer does not prove key "
+                             f"{self._key_id!r}{known} (wrong secret, or a replayed "
+                             "handshake)", told="authentication failed")
+        if not self._dialed:
+            self._send(Auth(mac=self._mac(secret, sent_by_us=True)))
         return self._open(self._key_id)
 
     def _open(self, identity: str | None) -> list[Event]:
@@ -727,8 +739,9 @@ class SyncSession:
                 and not (self._dialed and identity == self._key_id)):
             try:
                 self.replica.bind_peer(self.peer_id, identity)
-            except PeerIdentityError as e:
-                raise self._fail(f"not authorized: {e}") from None
+            except PeerIdentityError as e:  # the peer is not told whose id it claimed
+                raise self._fail(f"not authorized: {e}", told="not authorized: replica id "
+                                 f"{self.peer_id} belongs to another identity") from None
         self.peer_identity = identity
         self.state = State.OPEN
         self._decoder.max_frame_bytes = self.config.max_frame_bytes

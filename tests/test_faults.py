@@ -2,11 +2,14 @@
 
 - the clock offset that the harness gives each process (CRDTIM_CLOCK_OFFSET_MS) and the drift
   bound `serve` can be given (--max-clock-drift);
-- the checker's rules, and that it flags a lost write, a divergence and a wrong value;
-- a few hundred seeded simulation runs, with every kind of fault actually injected, and a
-  seed that replays exactly;
+- the checker's rules, from the intents of the calls, and that it flags a lost write, a
+  divergence, a wrong value and an acknowledged call that silently did nothing, and accepts
+  either outcome of a call whose process was killed in the middle of it;
+- a few hundred seeded simulation runs, with every kind of fault actually injected (a crash
+  inside a write transaction too), and a seed that replays exactly;
 - a peer an hour ahead, refused until time catches up, losing nothing;
-- a short run of real `crdtim serve` processes behind the fault-injecting proxy, with kill -9.
+- a short run of real `crdtim serve` processes behind the fault-injecting proxy, with kill -9
+  of servers and of the workload processes that write.
 `make faults` runs the long version (10,000 simulation runs, minutes of real processes).
 """
 
@@ -22,11 +25,13 @@ import trio
 
 from crdtim import cli
 from crdtim.crdt import DEFAULT_MAX_DRIFT_MS, ConversationMap, Flag, Stamp
-from crdtim.faults.checker import AckedOp, check, expected_view
+from crdtim.faults import ops as fault_ops
+from crdtim.faults.checker import AckedOp, Intent, check, expected_view
 from crdtim.faults.cluster import ClusterConfig, run_cluster
 from crdtim.faults.sim import SESSION_CONFIG, Wire, run_many, run_one
 from crdtim.protocol import RemoteProtocolError, SyncSession
 from crdtim.replica import CLOCK_OFFSET_ENV, InvalidArgument, Replica
+from crdtim.store import Store
 
 HOUR_MS = 3_600_000
 
@@ -72,13 +77,12 @@ def test_serve_takes_a_clock_drift_bound_and_refuses_a_bad_one(capsys):
 # -- the checker ---------------------------------------------------------------------------------
 
 
-def _acked(r: Replica, kind: str, cid: str, call) -> AckedOp:
-    """Run one op on `r` and return it as the workload records it: with its log entry."""
-    before = r.head
-    call()
-    end, delta = r.delta_interval(before, max_entries=1)
-    assert end == before + 1 and delta is not None
-    return AckedOp(r.id, kind, cid, delta)
+def _acked(r: Replica, kind: str, cid: str, flag: str = "", text: str = "", seq: int = 0,
+           at: int = 0) -> AckedOp:
+    """Make one call on `r` and record it as both harnesses do: intent, log entry, defect."""
+    op = fault_ops.perform(r, Intent(kind, cid, flag, text, seq, at), exclusive=True)
+    assert op.defect is None, op.defect
+    return op
 
 
 def _sync(x: Replica, y: Replica) -> None:
@@ -88,37 +92,41 @@ def _sync(x: Replica, y: Replica) -> None:
 
 def test_the_checker_accepts_converged_replicas_and_follows_the_rules(open_replica):
     a, b = open_replica("a"), open_replica("b")
-    ops = [_acked(a, "enable", "c", lambda: a.pin("c")),
-           _acked(a, "enable", "c", lambda: a.mute("c"))]
+    ops = [_acked(a, "enable", "c", "pinned"), _acked(a, "enable", "c", "muted")]
     _sync(a, b)
-    ops.append(_acked(b, "disable", "c", lambda: b.unpin("c")))  # saw the pin: removes it
-    ops.append(_acked(a, "enable", "c", lambda: a.mute("c")))  # a new mute b has not seen...
-    ops.append(_acked(b, "disable", "c", lambda: b.unmute("c")))  # ...so it wins this unmute
-    ops.append(_acked(a, "title", "c", lambda: a.set_title("c", "first")))
-    ops.append(_acked(b, "title", "c", lambda: b.set_title("c", "second")))
-    ops.append(_acked(a, "arrive", "c", lambda: a.message_arrived("c", 7, "hi", at=5)))
-    ops.append(_acked(b, "read", "c", lambda: b.mark_read("c", 3)))
+    ops.append(_acked(b, "disable", "c", "pinned"))  # saw the pin: removes it
+    ops.append(_acked(a, "enable", "c", "muted"))  # a new mute b has not seen...
+    ops.append(_acked(b, "disable", "c", "muted"))  # ...so it wins this unmute
+    ops.append(_acked(a, "title", "c", text="first"))
+    ops.append(_acked(b, "title", "c", text="second"))
+    ops.append(_acked(a, "arrive", "c", text="hi", seq=7, at=5))
+    ops.append(_acked(b, "arrive", "c", text="older", seq=2, at=4))
+    ops.append(_acked(b, "read", "c", seq=3))
+    ops.append(_acked(a, "read", "c", seq=1))  # below the marker: logs nothing, still acked
     _sync(a, b)
     want = expected_view("c", ops)
-    titles = sorted((op.delta.fields("c")["title"].stamp, op.delta.fields("c")["title"].value)
+    titles = sorted((op.delta.fields("c")["title"].stamp, op.intent.text)
                     for op in ops if op.kind == "title")
-    assert (want.pinned, want.muted, want.title) == (False, True, titles[-1][1])
-    assert (want.last_seq, want.read_seq, want.unread, want.last_preview) == (7, 3, 4, "hi")
+    assert (want["pinned"], want["muted"], want["title"]) == (False, True, titles[-1][1])
+    assert (want["last_seq"], want["read_seq"], want["unread"]) == (7, 3, 4)
+    assert (want["last_preview"], want["last_at"]) == ("hi", 5)
     verdict = check({"a": a.state(), "b": b.state()}, ops)
     assert verdict.ok, verdict.summary()
-    assert a.get("c") == want
+    got = a.get("c")
+    assert {k: getattr(got, k) for k in ("title", "pinned", "muted", "last_seq", "read_seq",
+                                         "unread", "last_preview", "last_at")} == {
+        k: v for k, v in want.items() if not k.endswith("_stamp")}
 
 
 def test_the_checker_flags_a_lost_write_and_a_divergence(open_replica):
     a, b = open_replica("a"), open_replica("b")
-    ops = [_acked(a, "title", "c", lambda: a.set_title("c", "kept")),
-           _acked(b, "read", "d", lambda: b.mark_read("d", 4))]
+    ops = [_acked(a, "title", "c", text="kept"), _acked(b, "read", "d", seq=4)]
     _sync(a, b)
-    ops.append(_acked(a, "enable", "c", lambda: a.pin("c")))  # never reaches b: lost there
+    ops.append(_acked(a, "enable", "c", "pinned"))  # never reaches b: lost there
     verdict = check({"a": a.state(), "b": b.state()}, ops)
     assert not verdict.ok
     assert verdict.lost_ops == 1
-    assert "enable on c" in verdict.lost[0] and "missing at b" in verdict.lost[0]
+    assert "enable" in verdict.lost[0] and "missing at b" in verdict.lost[0]
     assert verdict.diverged and "c" in verdict.diverged[0]
     assert any("pinned=False (expected True)" in w for w in verdict.wrong)
 
@@ -127,20 +135,71 @@ def test_the_checker_flags_a_value_no_acknowledged_write_explains(open_replica):
     # Every acknowledged op is there and the replicas agree, but the title is one nobody
     # acknowledged writing (say, a write resurrected from a torn log entry): wrong.
     a = open_replica("a")
-    ops = [_acked(a, "title", "c", lambda: a.set_title("c", "acked"))]
+    ops = [_acked(a, "title", "c", text="acked")]
     stamp = a.state().fields("c")["title"].stamp
     forged = a.state().join(ConversationMap.bottom().set_title(
         "c", "never acked", Stamp(stamp.wall + 1, 0, a.id)))
     verdict = check({"a": forged, "b": forged}, ops)
     assert not verdict.diverged and not verdict.lost
-    assert verdict.wrong == ["c at a reads title='never acked' (expected 'acked')",
-                             "c at b reads title='never acked' (expected 'acked')"]
+    assert len(verdict.wrong) == 2 and all("title='never acked' (expected 'acked')" in w
+                                           for w in verdict.wrong)
+
+
+@pytest.mark.parametrize("kind,flag,seq", [("title", "", 0), ("enable", "pinned", 0),
+                                           ("disable", "muted", 0), ("arrive", "", 9),
+                                           ("read", "", 5)])
+def test_the_checker_flags_an_acknowledged_call_that_did_nothing(open_replica, monkeypatch,
+                                                                 kind, flag, seq):
+    # The call returns (acknowledged) but changes nothing and logs nothing: judged from its
+    # intent, that is a lost write at the replica that acknowledged it, and a wrong value.
+    a = open_replica("a")
+    a.mute("c")
+    ops = [_acked(a, "enable", "c", "muted")]
+    name = {"title": "set_title", "enable": "enable", "disable": "disable",
+            "arrive": "message_arrived", "read": "mark_read"}[kind]
+    monkeypatch.setattr(Replica, name, lambda self, *args, **kw: None)
+    op = fault_ops.perform(a, Intent(kind, "c", flag, "x", seq, 1), exclusive=True)
+    assert op.defect is not None
+    verdict = check({"a": a.state()}, [*ops, op])
+    assert not verdict.ok and verdict.lost_ops == 1 and "did nothing" in verdict.lost[0]
+
+
+def test_a_call_killed_in_progress_may_or_may_not_take_effect(open_replica):
+    a, b = open_replica("a"), open_replica("b")
+    ops = [_acked(a, "title", "c", text="acked"), _acked(a, "arrive", "c", text="m", seq=3,
+                                                           at=10), _acked(a, "read", "c", seq=1)]
+    _sync(a, b)
+    killed = [Intent("title", "c", text="killed"), Intent("read", "c", seq=2),
+              Intent("enable", "c", "pinned"), Intent("arrive", "c", text="k", seq=9, at=11)]
+    # The killed calls left nothing: fine.
+    assert check({"a": a.state(), "b": b.state()}, ops, [(a.id, i) for i in killed]).ok
+    # ...or they all took effect before the process died: fine too.
+    for i in killed:
+        fault_ops.call(a, i)
+    _sync(a, b)
+    assert check({"a": a.state(), "b": b.state()}, ops, [(a.id, i) for i in killed]).ok
+    # Not declared as in progress, the same effects are values nobody acknowledged...
+    verdict = check({"a": a.state(), "b": b.state()}, ops)
+    assert not verdict.ok and len(verdict.wrong) == 2
+    # ...and the acknowledged ops are still required: dropping one is caught.
+    verdict = check({"a": a.state(), "b": b.state()},
+                    [*ops, _acked(b, "read", "d", seq=4)], [(a.id, i) for i in killed])
+    assert verdict.lost_ops == 1 and "missing at a" in verdict.lost[0]
+
+
+def test_an_op_whose_log_entry_was_never_read_is_unchecked_and_fails(open_replica):
+    a = open_replica("a")
+    op = _acked(a, "title", "c", text="t")
+    trimmed = AckedOp(op.replica, op.intent, None, None, unrecorded=True)
+    verdict = check({"a": a.state()}, [trimmed])
+    assert not verdict.ok and verdict.unchecked and not verdict.lost
 
 
 def test_acked_ops_survive_their_json_round_trip(open_replica):
     a = open_replica("a")
-    op = _acked(a, "enable", "c", lambda: a.mute("c"))
-    assert AckedOp.from_json(op.to_json()) == op
+    for op in (_acked(a, "enable", "c", "muted"), _acked(a, "read", "c", seq=0),
+               _acked(a, "arrive", "c", text="é", seq=2, at=3)):
+        assert AckedOp.from_json(op.to_json()) == op
 
 
 # -- the simulation ------------------------------------------------------------------------------
@@ -151,8 +210,8 @@ def test_short_simulation_converges_with_every_fault_injected():
     assert summary.failing_seeds == [], summary.first_failure
     assert summary.runs == 150 and summary.acked_ops > 500
     # A harness that injected nothing would pass vacuously.
-    for kind in ("crash", "drop", "partition", "split_read", "idle_timeout", "clock_refusal",
-                 "clock_step", "state_transfer"):
+    for kind in ("crash", "crash_in_write", "drop", "partition", "split_read", "idle_timeout",
+                 "clock_refusal", "clock_step", "state_transfer"):
         assert summary.faults[kind] > 0, kind
 
 
@@ -164,6 +223,42 @@ def test_the_simulation_flags_an_ack_for_more_than_the_peer_applied(monkeypatch)
                         lambda self, peer, seq: record_ack(self, peer, seq + 1))
     summary = run_many(20, first_seed=0)
     assert summary.errors > 0 and "holds ack" in summary.first_failure
+
+
+@pytest.mark.parametrize("broken", ["mark_read", "pin"])
+def test_the_simulation_flags_a_call_that_silently_does_nothing(monkeypatch, broken):
+    # The reviewer's mutation: the call returns (so the op is acknowledged) but does nothing.
+    if broken == "mark_read":
+        monkeypatch.setattr(Replica, "mark_read", lambda self, cid, seq: None)
+    else:
+        enable = Replica.enable
+        monkeypatch.setattr(Replica, "enable", lambda self, cid, flag: None
+                            if flag == "pinned" else enable(self, cid, flag))
+    summary = run_many(20, first_seed=0)
+    assert summary.lost_writes > 0 and len(summary.failing_seeds) > 10
+
+
+def test_the_simulation_flags_a_write_that_a_crash_leaves_half_done(monkeypatch):
+    # A store whose transaction is not all-or-nothing: the work of a write that dies before
+    # its commit is committed anyway. The crash inside a write must show it.
+    write = Store.write
+
+    def leaky_write(self, fn):
+        died = []
+
+        def body(t):
+            try:
+                return fn(t)
+            except Exception as e:
+                died.append(e)
+        result = write(self, body)
+        if died:
+            raise died[0]
+        return result
+
+    monkeypatch.setattr(Store, "write", leaky_write)
+    summary = run_many(20, first_seed=0)
+    assert summary.errors > 0 and "left a trace" in summary.first_failure
 
 
 def test_the_simulation_flags_a_join_that_drops_an_enable(monkeypatch):
@@ -246,6 +341,7 @@ def test_real_servers_converge_after_kill_9_cuts_partitions_and_clock_skew():
     report = trio.run(run_cluster, 7, config)
     assert report.ok, report.to_json()
     assert report.rounds == 2 and len(report.converge_seconds) == 2
-    assert report.acked_ops > 50 and report.faults["kill9"] >= 2
+    assert report.acked_ops > 50 and report.faults["kill9_server"] >= 2
+    assert report.faults["kill9_workload"] >= 1
     assert report.faults["partition"] >= 2
     assert max(abs(o) for o in report.offsets_ms) > 5 * 60_000  # beyond the default bound

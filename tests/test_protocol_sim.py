@@ -47,18 +47,9 @@ from crdtim.protocol import (
     SyncSession,
     encode_frame,
 )
+from crdtim.faults.sim import SESSION_CONFIG as SIM_CONFIG  # the fault simulation's, shared
+from crdtim.faults.sim import START_WALL_MS
 from crdtim.replica import Replica
-
-#: Small batches, chunks and window, so that splitting, back-pressure and multi-chunk state
-#: transfers happen within a few dozen steps.
-SIM_CONFIG = SessionConfig(
-    max_entries_per_delta=3,
-    max_conversations_per_chunk=2,
-    max_unacked_frames=2,
-    ping_interval=5.0,
-    idle_timeout=20.0,
-)
-START_WALL_MS = 1_700_000_000_000
 
 
 # -- harness ----------------------------------------------------------------------------------

@@ -71,41 +71,54 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_report(report: dict[str, Any]) -> str:
     lines = ["", "crdtim fault report", "==================="]
-    sim = report.get("simulation")
-    if sim:
-        lines += [
-            f"simulation ({sim['wall_seconds']} s): {sim['runs']} runs, "
-            f"{sim['acked_ops']} operations acknowledged",
-            "  faults: " + ", ".join(f"{k} {v}" for k, v in sim["faults"].items()),
-            f"  longest convergence after heal: {sim['max_converge_virtual_ms_after_heal']} ms "
-            f"of virtual time; by clock spread (runs, longest ms): " + ", ".join(
-                f"{k} ({sim['runs_by_clock_spread'][k]}, {v})"
-                for k, v in sim["max_converge_virtual_ms_by_clock_spread"].items()),
-            "  (synced: +-50 ms, skewed: +-2.5 min, wild: +-1 h; beyond the 5 min drift bound "
-            "a peer's deltas wait for time to pass)",
-            f"  diverged runs {sim['diverged_runs']}, lost writes {sim['lost_writes']}, "
-            f"wrong values {sim['wrong_values']}, errors {sim['errors']}",
-        ]
-        if sim["failing_seeds"]:
-            lines.append(f"  FAILING SEEDS {sim['failing_seeds']} (replay: python -m "
-                         f"crdtim.faults --replay SEED): {sim['first_failure']}")
-    real = report.get("real")
-    if real:
-        lines += [
-            f"real processes: {real['servers']} servers, {real['seconds_under_faults']} s under "
-            f"faults, {real['rounds']} heals, clock offsets (ms) {real['clock_offsets_ms']}",
-            "  faults: " + ", ".join(f"{k} {v}" for k, v in real["faults"].items()),
-            f"  operations acknowledged {real['acked_ops']} (unrecorded {real['unrecorded_ops']})",
-            f"  convergence after heal (s): {real['converge_seconds_after_heal']}; "
-            f"longest {real['max_converge_seconds_after_heal']} s; not converged "
-            f"{real['not_converged']}",
-            f"  diverged {real['diverged']}, lost writes {real['lost_writes']}, wrong values "
-            f"{real['wrong_values']}",
-        ]
-        if real["first_problem"]:
-            lines.append(f"  PROBLEM: {real['first_problem']} (logs in {real['logs']})")
+    if report.get("simulation"):
+        lines += _sim_lines(report["simulation"])
+    if report.get("real"):
+        lines += _real_lines(report["real"])
     lines.append("result: " + ("OK" if report["ok"] else "FAILED"))
     return "\n".join(lines)
+
+
+def _sim_lines(sim: dict[str, Any]) -> list[str]:
+    spread = ", ".join(f"{k} ({sim['runs_by_clock_spread'][k]}, {v})"
+                       for k, v in sim["max_converge_virtual_ms_by_clock_spread"].items())
+    lines = [f"simulation ({sim['wall_seconds']} s): {sim['runs']} runs, "
+             f"{sim['acked_ops']} operations acknowledged", _faults(sim["faults"])]
+    lines.append(f"  longest convergence after heal: {sim['max_converge_virtual_ms_after_heal']}"
+                 f" ms of virtual time; by clock spread (runs, longest ms): {spread}")
+    lines.append("  (synced: +-50 ms, skewed: +-2.5 min, wild: +-1 h; beyond the 5 min drift "
+                 "bound a peer's deltas wait for time to pass)")
+    lines.append(_outcome(sim, "diverged_runs", "errors"))
+    if sim["failing_seeds"]:
+        lines.append(f"  FAILING SEEDS {sim['failing_seeds']} (replay: python -m "
+                     f"crdtim.faults --replay SEED): {sim['first_failure']}")
+    return lines
+
+
+def _real_lines(real: dict[str, Any]) -> list[str]:
+    lines = [f"real processes: {real['servers']} servers, {real['seconds_under_faults']} s "
+             f"under faults, {real['rounds']} heals, clock offsets (ms) "
+             f"{real['clock_offsets_ms']}", _faults(real["faults"])]
+    lines.append(f"  operations acknowledged {real['acked_ops']} (unrecorded "
+                 f"{real['unrecorded_ops']}); in progress when their workload was killed "
+                 f"{real['maybe_ops']}")
+    lines.append(f"  convergence after heal (s): {real['converge_seconds_after_heal']}; longest "
+                 f"{real['max_converge_seconds_after_heal']} s; not converged "
+                 f"{real['not_converged']}")
+    lines.append(_outcome(real, "diverged", "not_converged"))
+    if real["first_problem"]:
+        lines.append(f"  PROBLEM: {real['first_problem']} (logs in {real['logs']})")
+    return lines
+
+
+def _outcome(part: dict[str, Any], diverged: str, errors: str) -> str:
+    return (f"  {diverged.replace('_', ' ')} {part[diverged]}, lost writes "
+            f"{part['lost_writes']}, wrong values {part['wrong_values']}, unchecked "
+            f"{part['unchecked_ops']}, {errors.replace('_', ' ')} {part[errors]}")
+
+
+def _faults(counts: dict[str, int]) -> str:
+    return "  faults: " + ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
 def _replay(seed: int) -> int:
@@ -118,7 +131,7 @@ def _replay(seed: int) -> int:
         print(result.error)
     elif result.verdict is not None:
         v = result.verdict
-        for line in v.diverged + v.lost + v.wrong:
+        for line in v.diverged + v.lost + v.wrong + v.unchecked:
             print(line)
         print("ok" if v.ok else "FAILED")
     return 0 if result.ok else 1

@@ -4,7 +4,8 @@ Each server is a `python -m crdtim serve` subprocess with its own data directory
 clock offset (CRDTIM_CLOCK_OFFSET_MS, up to +-1 h), dialing every other server through its
 own proxy link. A workload child per server (workload.py, same clock offset) writes into that
 server's directory and reports every acknowledged operation. The run is a series of rounds:
-faults for `round_seconds` -- kill -9 and restart of servers, connections cut, partitions,
+faults for `round_seconds` -- kill -9 and restart of servers and of workloads (a call in
+progress then may or may not have happened: the checker is told), connections cut, partitions,
 delays, all at random times drawn from the seed -- then the heal: workloads paused, faults
 lifted, dead servers restarted, and the time until every directory holds the same state is
 measured; then the checker judges the states against every operation acknowledged so far.
@@ -30,7 +31,7 @@ from typing import Any
 import trio
 
 from ..replica import CLOCK_OFFSET_ENV, Replica
-from .checker import AckedOp, Verdict, check
+from .checker import AckedOp, Intent, Verdict, check
 from .proxy import Proxy
 from .sim import scratch_root
 
@@ -60,6 +61,7 @@ class ClusterReport:
     faults: Counter = field(default_factory=Counter)
     acked_ops: int = 0
     unrecorded_ops: int = 0  # acknowledged, but the log entry was trimmed before it was read
+    maybe_ops: int = 0  # calls in progress when their workload was killed: effect optional
     converge_seconds: list[float] = field(default_factory=list)  # per heal
     not_converged: int = 0  # heals after which the deadline passed
     verdict: Verdict | None = None
@@ -68,8 +70,9 @@ class ClusterReport:
 
     @property
     def ok(self) -> bool:
+        # verdict.ok also requires that every acknowledged op was checked (none unrecorded)
         return (self.error is None and self.not_converged == 0 and self.verdict is not None
-                and self.verdict.ok)
+                and self.verdict.ok and self.unrecorded_ops == 0)
 
     def to_json(self) -> dict[str, Any]:
         v = self.verdict or Verdict()
@@ -77,11 +80,12 @@ class ClusterReport:
             "servers": self.servers, "seconds_under_faults": round(self.seconds, 1),
             "rounds": self.rounds, "clock_offsets_ms": self.offsets_ms,
             "faults": dict(sorted(self.faults.items())), "acked_ops": self.acked_ops,
-            "unrecorded_ops": self.unrecorded_ops,
+            "unrecorded_ops": self.unrecorded_ops, "maybe_ops": self.maybe_ops,
             "converge_seconds_after_heal": [round(s, 3) for s in self.converge_seconds],
             "max_converge_seconds_after_heal": round(max(self.converge_seconds, default=0), 3),
             "not_converged": self.not_converged,
             "diverged": len(v.diverged), "lost_writes": v.lost_ops, "wrong_values": len(v.wrong),
+            "unchecked_ops": len(v.unchecked),
             "first_problem": self.error or (None if v.ok else v.summary()),
             "logs": self.logs,
         }
@@ -154,29 +158,42 @@ class _Server:
 
 
 class _Workload:
-    """One workload child and the operations it reported acknowledged."""
+    """One workload child (restarted after each kill -9) and what it reported: operations
+    acknowledged, and the calls in progress when it was killed (their effect is optional)."""
 
-    def __init__(self, index: int, path: str, offset_ms: int, seed: int, interval: float):
-        self.index, self.path, self.offset_ms = index, path, offset_ms
-        self.seed, self.interval = seed, interval
+    def __init__(self, index: int, path: str, replica_id: str, offset_ms: int,
+                 rng: random.Random, interval: float):
+        self.index, self.path, self.replica_id, self.offset_ms = index, path, replica_id, offset_ms
+        self.rng, self.interval = rng, interval
         self.ops: list[AckedOp] = []
-        self.unrecorded = 0
+        self.maybe: list[tuple[str, Intent]] = []  # (replica id, intent) killed in the call
+        self.incarnation = 0
+        self.pending: Intent | None = None  # announced, not yet acknowledged
         self.paused = trio.Event()
         self.done = trio.Event()
         self.process: trio.Process | None = None
+        self.killed = False
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
 
     async def start(self, nursery: trio.Nursery, log_path: str) -> None:
+        self.incarnation += 1
+        self.killed = False
+        self.pending = None
+        self.done = trio.Event()
         argv = [sys.executable, "-m", "crdtim.faults.workload", "--data", self.path,
-                "--seed", str(self.seed), "--name", f"w{self.index}",
-                "--interval", str(self.interval)]
+                "--seed", str(self.rng.getrandbits(32)),
+                "--name", f"w{self.index}.{self.incarnation}", "--interval", str(self.interval)]
         with open(log_path, "ab") as log:
             self.process = await trio.lowlevel.open_process(
                 argv, env=_child_env(self.offset_ms), stdin=-1, stdout=-1, stderr=log)
-        nursery.start_soon(self._read_reports)
+        nursery.start_soon(self._read_reports, self.process)
 
-    async def _read_reports(self) -> None:
+    async def _read_reports(self, process: trio.Process) -> None:
         buf = b""
-        async for chunk in self.process.stdout:
+        async for chunk in process.stdout:
             buf += chunk
             *lines, buf = buf.split(b"\n")
             for line in lines:
@@ -184,12 +201,28 @@ class _Workload:
                 if "paused" in obj:
                     self.paused.set()
                 elif "done" in obj:
-                    self.done.set()
-                elif "unrecorded" in obj:
-                    self.unrecorded += 1
+                    pass
+                elif "calling" in obj:
+                    self.pending = Intent.from_json(obj["calling"])
                 else:
                     self.ops.append(AckedOp.from_json(obj))
+                    self.pending = None
+        # EOF: a line cut short by a kill was never printed whole, so it does not count.
         self.done.set()
+
+    async def kill9(self) -> bool:
+        """kill -9; True if it died in the middle of a call (announced, not acknowledged)."""
+        if not self.alive:
+            return False
+        self.killed = True
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+        await self.done.wait()  # every whole line it printed has been read
+        if self.pending is None:
+            return False
+        self.maybe.append((self.replica_id, self.pending))
+        self.pending = None
+        return True
 
     async def command(self, cmd: str) -> None:
         await self.process.stdin.send_all(cmd.encode() + b"\n")
@@ -230,8 +263,10 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
     report = ClusterReport(servers=config.servers)
     root = scratch_root()
     paths = [os.path.join(root, f"s{i}") for i in range(config.servers)]
+    ids = []
     for path in paths:
-        Replica.open(path).close()
+        with Replica.open(path) as r:
+            ids.append(r.id)
     # Server 0 keeps true time; the others are spread over +-max_offset_ms.
     offsets = [0] + [rng.randint(-config.max_offset_ms, config.max_offset_ms)
                      for _ in range(config.servers - 1)]
@@ -241,8 +276,8 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
     port_rng = random.Random()
     servers = [_Server(i, paths[i], _free_port(port_rng), offsets[i])
                for i in range(config.servers)]
-    workloads = [_Workload(i, paths[i], offsets[i], rng.getrandbits(32), config.op_interval)
-                 for i in range(config.servers)]
+    workloads = [_Workload(i, paths[i], ids[i], offsets[i], random.Random(rng.getrandbits(32)),
+                           config.op_interval) for i in range(config.servers)]
     proxy = Proxy(rng)
 
     def log_of(kind: str, i: int) -> str:
@@ -259,21 +294,29 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
                 report.faults["clock_jump"] += 1
             await start_server(s)
 
+    async def start_workload(w: _Workload) -> None:
+        await w.start(nursery, log_of("workload", w.index))
+
+    async def workload_restart_later(w: _Workload, delay: float) -> None:
+        await trio.sleep(delay)
+        if not w.alive:
+            await start_workload(w)
+
     try:
         async with trio.open_nursery() as nursery:
             await proxy.start(nursery, {s.index: ("127.0.0.1", s.port) for s in servers})
             for s in servers:
                 await start_server(s)
             for w in workloads:
-                await w.start(nursery, log_of("workload", w.index))
+                await start_workload(w)
             rounds = max(1, round(config.seconds / config.round_seconds))
             for n in range(rounds):
                 if n:
                     for w in workloads:
                         await w.command("resume")
                 async with trio.open_nursery() as restarts:
-                    await _fault_phase(rng, config, proxy, servers, report, restarts,
-                                       restart_later)
+                    await _fault_phase(rng, config, proxy, servers, workloads, report,
+                                       restarts, restart_later, workload_restart_later)
                     restarts.cancel_scope.cancel()
                 report.seconds += config.round_seconds
                 # Every round ends under a partition and with a server killed, so that the
@@ -286,26 +329,26 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
                 victim = rng.choice(servers)
                 if victim.alive:
                     await victim.kill9()
-                    report.faults["kill9"] += 1
+                    report.faults["kill9_server"] += 1
                 # The heal: no writes, no faults, every server up; wait for one state.
+                # A process that exits without being killed is a failure, not a fault.
                 for w in workloads:
+                    if not w.alive:
+                        _died_unkilled(w, "workload", log_of("workload", w.index))
+                        await start_workload(w)
                     await w.pause()
                 proxy.heal()
                 for s in servers:
                     if not s.alive:
-                        if not s.killed:
-                            raise RuntimeError(
-                                f"server {s.index} exited with status {s.process.returncode} "
-                                f"(see {log_of('serve', s.index)})")
+                        _died_unkilled(s, "server", log_of("serve", s.index))
                         await start_server(s)
                 healed = trio.current_time()
                 took = None
                 while trio.current_time() - healed < config.converge_deadline:
-                    for s in servers:  # one that exits by itself is a failure, not a fault
+                    for s in servers:
                         if not s.alive:
-                            raise RuntimeError(
-                                f"server {s.index} exited with status {s.process.returncode} "
-                                f"(see {log_of('serve', s.index)})")
+                            _died_unkilled(s, "server", log_of("serve", s.index))
+                            raise RuntimeError(f"server {s.index} is down during the heal")
                     states = read_states(paths)
                     first = next(iter(states.values()))
                     if all(st == first for st in states.values()):
@@ -316,7 +359,8 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
                 else:
                     report.not_converged += 1
                 ops = [op for w in workloads for op in w.ops]
-                report.verdict = check(read_states(paths), ops)
+                maybe = [m for w in workloads for m in w.maybe]
+                report.verdict = check(read_states(paths), ops, maybe)
                 report.rounds += 1
                 if progress is not None:
                     progress(f"round {n + 1}/{rounds}: {len(ops)} ops acknowledged, "
@@ -342,7 +386,8 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
             if s.alive:
                 s.process.kill()
     report.acked_ops = sum(len(w.ops) for w in workloads)
-    report.unrecorded_ops = sum(w.unrecorded for w in workloads)
+    report.unrecorded_ops = sum(op.unrecorded for w in workloads for op in w.ops)
+    report.maybe_ops = sum(len(w.maybe) for w in workloads)
     if report.ok:
         shutil.rmtree(root, ignore_errors=True)
     else:
@@ -351,20 +396,32 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
 
 
 async def _fault_phase(rng: random.Random, config: ClusterConfig, proxy: Proxy,
-                       servers: list[_Server], report: ClusterReport, restarts: trio.Nursery,
-                       restart_later: Any) -> None:
+                       servers: list[_Server], workloads: list[_Workload],
+                       report: ClusterReport, restarts: trio.Nursery, restart_later: Any,
+                       workload_restart_later: Any) -> None:
     end = trio.current_time() + config.round_seconds
     while True:
         await trio.sleep(rng.uniform(*config.fault_gap))
         if trio.current_time() >= end:
             return
-        kind = rng.choices(["kill9", "cut", "partition", "heal", "delay"], [3, 4, 1, 2, 1])[0]
-        if kind == "kill9":
+        kind = rng.choices(["kill9_server", "kill9_workload", "cut", "partition", "heal",
+                            "delay"], [3, 2, 4, 1, 2, 1])[0]
+        if kind == "kill9_server":
             s = rng.choice(servers)
             if not s.alive:
                 continue
             await s.kill9()
             restarts.start_soon(restart_later, s, rng.uniform(0.1, 2.0))
+        elif kind == "kill9_workload":
+            w = rng.choice(workloads)
+            # Half of the kills wait for the call in progress, so that some die inside one.
+            if rng.random() < 0.5:
+                await _until_in_call(w)
+            if not w.alive:
+                continue
+            if await w.kill9():
+                report.faults["kill9_workload_mid_call"] += 1
+            restarts.start_soon(workload_restart_later, w, rng.uniform(0.1, 1.0))
         elif kind == "cut":
             proxy.cut_random()
         elif kind == "partition":
@@ -376,3 +433,17 @@ async def _fault_phase(rng: random.Random, config: ClusterConfig, proxy: Proxy,
         else:
             proxy.set_delay(rng.uniform(0.001, 0.05))
         report.faults[kind] += 1
+
+
+async def _until_in_call(w: _Workload) -> None:
+    """Wait (briefly) until the workload has announced a call it has not yet acknowledged."""
+    with trio.move_on_after(0.5):
+        while w.alive and w.pending is None:
+            await trio.sleep(0.0005)
+
+
+def _died_unkilled(p: _Server | _Workload, what: str, log_path: str) -> None:
+    """Raise if the process `p`, found dead, was not killed by the harness."""
+    if not p.killed:
+        raise RuntimeError(f"{what} {p.index} exited with status {p.process.returncode} "
+                           f"(see {log_path})")

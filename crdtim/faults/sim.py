@@ -2,7 +2,8 @@
 
 In the manner of FoundationDB's simulation testing: one `random.Random(seed)` makes every
 choice -- which replica writes what, which connection delivers how many bytes, when a
-connection drops, a partition cuts, a replica crashes, time moves -- and every clock is
+connection drops, a partition cuts, a replica crashes (between calls, or inside a write
+transaction before its commit), time moves -- and every clock is
 virtual, so a seed replays exactly (`python -m crdtim.faults --replay SEED`). The replicas
 are real LMDB replicas (durability nosync, in /dev/shm when there is one) driven only through
 their public and replication APIs, and the sessions are the sans-IO `SyncSession`s that
@@ -32,6 +33,7 @@ from ..crdt import DEFAULT_MAX_DRIFT_MS, Flag
 from ..protocol import RemoteProtocolError, SessionConfig, StateTransferStarted, SyncSession
 from ..replica import DEFAULT_LOG_RETENTION, Replica
 from ..store import Store
+from . import ops
 from .checker import AckedOp, Verdict, check
 
 __all__ = ["SimConfig", "SimResult", "run_one", "run_many", "scratch_root"]
@@ -47,7 +49,6 @@ SESSION_CONFIG = SessionConfig(
 )
 START_WALL_MS = 1_700_000_000_000
 CIDS = ("c0", "c1", "c2")
-FLAGS = ("pinned", "muted")
 TEXTS = ("", "a", "b", "résumé")
 HOUR_MS = 3_600_000
 
@@ -88,7 +89,8 @@ class SimResult:
                                        for name, state in m.fields(cid).items()))
                           for cid in m.convs)
         fingerprint = (sorted(self.faults.items()), self.converge_virtual_ms,
-                       [(op.replica, op.kind, op.cid, canon(op.delta)) for op in self.ops],
+                       [(op.replica, op.intent, op.defect,
+                         None if op.delta is None else canon(op.delta)) for op in self.ops],
                        None if self.final_state is None else canon(self.final_state))
         return hashlib.sha256(repr(fingerprint).encode()).hexdigest()[:16]
 
@@ -97,6 +99,10 @@ def _canonical(state: Any) -> Any:
     if isinstance(state, Flag):
         return (sorted(state.dots), sorted(state.context.vv.items()), sorted(state.context.cloud))
     return repr(state)
+
+
+class _Killed(Exception):
+    """The process died here (the simulation's kill -9 inside a write transaction)."""
 
 
 def scratch_root() -> str:
@@ -180,7 +186,8 @@ class Simulation:
         steps = rng.randint(self.config.min_steps, self.config.max_steps)
         actions = [(self.local_op, 20), (self.connect, 8), (self.deliver, 45), (self.pump, 4),
                    (self.drop, 3), (self.partition, 1.5), (self.heal_partition, 1.5),
-                   (self.crash, 2.5), (self.trim, 2), (self.tick, 4)]
+                   (self.crash, 2.5), (self.crash_in_write, 1), (self.trim, 2),
+                   (self.tick, 4)]
         funcs = [a for a, _ in actions]
         weights = [w for _, w in actions]
         for _ in range(steps):
@@ -194,25 +201,9 @@ class Simulation:
         rng = self.rng
         i = rng.randrange(len(self.replicas))
         r = self.replicas[i]
-        cid = rng.choice(CIDS)
-        kind = rng.choice(["title", "enable", "disable", "arrive", "read"])
-        before = r.head
-        if kind == "title":
-            r.set_title(cid, rng.choice(TEXTS))
-        elif kind == "enable":
-            r.enable(cid, rng.choice(FLAGS))
-        elif kind == "disable":
-            r.disable(cid, rng.choice(FLAGS))
-        elif kind == "arrive":
-            r.message_arrived(cid, rng.randint(1, 6), rng.choice(TEXTS))
-        else:
-            r.mark_read(cid, rng.randint(0, 6))
-        # The call returned: the op is acknowledged. Its exact effect is its log entry.
-        if r.head > before:
-            end, delta = r.delta_interval(before, max_entries=1)
-            assert end == before + 1 and delta is not None
-            self.ops.append(AckedOp(r.id, kind, cid, delta))
-            self.result.acked_ops += 1
+        intent = ops.draw(rng, CIDS, rng.choice(TEXTS), 6, self.wall_ms + self.offsets[i])
+        self.ops.append(ops.perform(r, intent, exclusive=True))
+        self.result.acked_ops += 1
         if rng.random() < 0.7:  # a Node pushes a local write at once
             for wire in self.wires:
                 if i in wire.ends:
@@ -220,6 +211,42 @@ class Simulation:
                     wire.collect(self.now)
         if rng.random() < 0.1:
             self.trim()
+
+    def crash_in_write(self) -> None:
+        """kill -9 in the middle of a local write: the transaction has done all its work
+        but not committed when the process dies. The call never returned, so the operation
+        is not acknowledged; after the restart nothing of it may be visible."""
+        rng = self.rng
+        i = rng.randrange(len(self.replicas))
+        r = self.replicas[i]
+        intent = ops.draw(rng, CIDS, rng.choice(TEXTS), 6, self.wall_ms + self.offsets[i])
+        head, state = r.head, r.state()
+        store = r.store
+        write = store.write
+
+        def dying(fn: Callable) -> Any:
+            store.write = write  # one write only
+
+            def body(t: Any) -> Any:
+                fn(t)
+                raise _Killed()
+            return write(body)
+
+        store.write = dying
+        try:
+            ops.call(r, intent)
+        except _Killed:
+            pass
+        else:
+            raise AssertionError("the dying write was never made")
+        finally:
+            store.write = write
+        self.result.faults["crash_in_write"] += 1
+        self._restart(i)
+        r = self.replicas[i]
+        if r.head != head or r.state() != state:
+            raise AssertionError(f"a {intent.kind} killed before its commit left a trace "
+                                 f"(head {head} -> {r.head})")
 
     def _across_cut(self, i: int, j: int) -> bool:
         return self.cut is not None and ((i in self.cut) != (j in self.cut))
@@ -302,10 +329,12 @@ class Simulation:
         self.cut = None
 
     def crash(self) -> None:
-        """kill -9 and restart: what was committed stays, what was only in memory (acks
-        noted by record_ack and not yet written) is gone, connections are dropped."""
-        i = self.rng.randrange(len(self.replicas))
+        """kill -9 and restart between calls: what was committed stays, what was only in
+        memory (acks noted by record_ack and not yet written) is gone, connections drop."""
         self.result.faults["crash"] += 1
+        self._restart(self.rng.randrange(len(self.replicas)))
+
+    def _restart(self, i: int) -> None:
         for wire in list(self.wires):
             if i in wire.ends:
                 self._drop(wire)
@@ -425,6 +454,7 @@ class SimSummary:
     diverged_runs: int = 0
     lost_writes: int = 0
     wrong_values: int = 0
+    unchecked_ops: int = 0
     errors: int = 0
     failing_seeds: list[int] = field(default_factory=list)
     first_failure: str | None = None
@@ -442,6 +472,7 @@ class SimSummary:
             self.diverged_runs += bool(v.diverged)
             self.lost_writes += v.lost_ops
             self.wrong_values += len(v.wrong)
+            self.unchecked_ops += len(v.unchecked)
         self.errors += r.error is not None
         if not r.ok:
             self.failing_seeds.append(r.seed)
@@ -460,6 +491,7 @@ class SimSummary:
         self.diverged_runs += other.diverged_runs
         self.lost_writes += other.lost_writes
         self.wrong_values += other.wrong_values
+        self.unchecked_ops += other.unchecked_ops
         self.errors += other.errors
         self.failing_seeds += other.failing_seeds
         self.first_failure = self.first_failure or other.first_failure
@@ -473,7 +505,8 @@ class SimSummary:
             "max_converge_virtual_ms_by_clock_spread": dict(sorted(
                 self.max_converge_by_skew.items())),
             "diverged_runs": self.diverged_runs, "lost_writes": self.lost_writes,
-            "wrong_values": self.wrong_values, "errors": self.errors,
+            "wrong_values": self.wrong_values, "unchecked_ops": self.unchecked_ops,
+            "errors": self.errors,
             "failing_seeds": self.failing_seeds[:20], "first_failure": self.first_failure,
         }
 

@@ -3,8 +3,10 @@
 Run by cluster.py as `python -m crdtim.faults.workload --data DIR --seed N --name NAME`, in
 the environment of its server (same CRDTIM_CLOCK_OFFSET_MS), beside the running server
 (other processes may write to a directory `serve` uses: specs/storage.md §7). Each operation
-is a call of the Replica API; when it returns, the operation is acknowledged, and its log
-entry -- exactly what it changed -- goes to stdout as one JSON line (checker.AckedOp).
+(ops.draw: the mix the simulation uses) goes to stdout as a `{"calling": intent}` line
+*before* its call is made, and as one `checker.AckedOp` line once the call has returned --
+only then is it acknowledged. The harness may kill -9 this process at any moment: an intent
+with no acknowledgement after it is a call that may or may not have taken effect.
 Commands on stdin, one per line: `pause` (answered by a `{"paused": true}` line once no
 operation is in progress), `resume`, `stop` (also EOF).
 """
@@ -18,11 +20,10 @@ import sys
 import threading
 import time
 
-from ..replica import Replica
-from .checker import AckedOp
+from ..replica import Replica, clock_offset_ms
+from . import ops
 
 CIDS = tuple(f"c{i}" for i in range(6))
-FLAGS = ("pinned", "muted")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=commands, daemon=True).start()
     n = 0
+    offset_ms = clock_offset_ms()
     with Replica.open(args.data, create=False) as r:
         while not stopped.is_set():
             running.wait()
@@ -69,36 +71,13 @@ def main(argv: list[str] | None = None) -> int:
                 if not running.is_set():
                     continue
                 n += 1
-                op = _one_op(r, rng, f"{args.name}-{n}")
-                if op is not None:
-                    emit(op)
+                now_ms = time.time_ns() // 1_000_000 + offset_ms
+                intent = ops.draw(rng, CIDS, f"{args.name}-{n}", 10_000, now_ms)
+                emit({"calling": intent.to_json()})  # before the call: it may die in it
+                emit(ops.perform(r, intent, exclusive=False).to_json())
             time.sleep(rng.uniform(0, 2 * args.interval))
     emit({"done": True})
     return 0
-
-
-def _one_op(r: Replica, rng: random.Random, text: str) -> dict | None:
-    cid = rng.choice(CIDS)
-    kind = rng.choice(["title", "enable", "disable", "arrive", "read"])
-    before = r.head
-    if kind == "title":
-        r.set_title(cid, text)
-    elif kind == "enable":
-        r.enable(cid, rng.choice(FLAGS))
-    elif kind == "disable":
-        r.disable(cid, rng.choice(FLAGS))
-    elif kind == "arrive":
-        r.message_arrived(cid, rng.randint(1, 10_000), text)
-    else:
-        r.mark_read(cid, rng.randint(0, 10_000))
-    # Acknowledged. The server may have logged remote deltas meanwhile: ours is the entry
-    # after `before` whose origin is this replica (only this process writes locally here).
-    own = r.store.read(lambda t: [p for _, origin, p in t.log_entries(before) if origin == r.id])
-    if not own:
-        # Changed nothing (a disable of an unset flag, a lower read marker), or -- only if
-        # the log was trimmed past `before` meanwhile -- maybe already dropped: say so.
-        return {"unrecorded": kind} if r.log_floor > before else None
-    return AckedOp(r.id, kind, cid, r._decode_log(own[0])).to_json()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,10 @@ __all__ = [
     "DEFAULT_LIMITS",
     "encode_map",
     "decode_map",
+    "decode_map_as_received",
+    "Received",
+    "store_received",
+    "encode_stored_map",
     "encode_fields",
     "decode_fields",
     "pack",
@@ -251,6 +255,12 @@ _set_lww_stamp, _set_lww_value = _slot_setters(Lww, "stamp", "value")
 (_set_maxreg_value,) = _slot_setters(MaxReg, "value")
 _set_flag_dots, _set_flag_context = _slot_setters(Flag, "dots", "context")
 _set_ctx_vv, _set_ctx_cloud = _slot_setters(CausalContext, "vv", "cloud")
+
+
+def trusted_map(convs: dict[str, Fields], schema: Schema) -> ConversationMap:
+    """ConversationMap(convs, schema) for convs with no bottom field and no empty
+    conversation, without the normalizing copy."""
+    return _new_map(convs, schema)
 
 
 def _new_map(convs: dict[str, Fields], schema: Schema) -> ConversationMap:
@@ -480,6 +490,47 @@ def encode_map(m: ConversationMap) -> bytes:
 def decode_map(
     data: bytes, schema: Schema = DEFAULT_SCHEMA, limits: Limits = DEFAULT_LIMITS
 ) -> ConversationMap:
+    return decode_map_as_received(data, schema, limits)[0]
+
+
+class Received:
+    """A map as it came: the bytes, and the replica table and per-conversation field maps
+    that the decoder checked, so that a receiver can store or log them without encoding the
+    decoded states again (store_received, and a log entry of `payload` itself)."""
+
+    __slots__ = ("payload", "rids", "body")
+
+    def __init__(self, payload: bytes, rids: list[str], body: dict):
+        self.payload = payload
+        self.rids = rids
+        self.body = body
+
+
+#: A received conversation is stored with the message's whole replica table (in place of a
+#: table of just the ids it uses) only when that table is this short: the bytes it saves
+#: encoding cost at most this many unused ids in the stored value.
+MAX_SHARED_TABLE = 4
+
+
+def store_received(received: Received, cid: str) -> bytes | None:
+    """Stored bytes (as encode_fields would make, but for the replica table) of conversation
+    `cid` of a map decode_map_as_received accepted; None when its table is too long to share
+    (encode the decoded fields instead).
+
+    Safe because the decoder accepted exactly this field map against exactly this table:
+    decoding the result gives the same fields (bottom fields in it are dropped on every
+    read, as they were on receipt), and stored values are read with limits at least as wide
+    as a peer's.
+    """
+    if len(received.rids) > MAX_SHARED_TABLE:
+        return None
+    return pack([FORMAT_VERSION, received.rids, received.body[cid]])
+
+
+def decode_map_as_received(
+    data: bytes, schema: Schema = DEFAULT_SCHEMA, limits: Limits = DEFAULT_LIMITS
+) -> tuple[ConversationMap, Received]:
+    """decode_map, and the checked parts of the message (Received)."""
     obj = unpack(data, limits.max_bytes)
     header = _header(obj, limits)
     rids, body = _dec_header(obj, limits, "delta") if header is None else header
@@ -497,7 +548,58 @@ def decode_map(
         fields = _fields(x, rids, schema, limits, cid)
         if fields:
             convs[cid] = fields
-    return _new_map(convs, schema)
+    return _new_map(convs, schema), Received(data, rids, body)
+
+
+def encode_stored_map(stored: list[tuple[str, bytes]], schema: Schema = DEFAULT_SCHEMA) -> bytes:
+    """encode_map of the conversations whose stored values (encode_fields or store_received
+    bytes) are given, in order: the bytes a replica sends of its state.
+
+    A stored value whose replica table is a prefix of the message's table so far (or extends
+    it with new ids) has its field map copied as it is, with no decoding; any other is
+    decoded and encoded against the message's table. The receiver checks everything, as it
+    does every map (a damaged value copied as it is is refused there). DecodeError, naming
+    the conversation, for a stored value that is not even shaped like one.
+    """
+    table: list[str] = []
+    ids: dict[str, int] = {}
+    body: dict[str, Any] = {}
+    for cid, raw in stored:
+        try:
+            obj = unpack(raw, 2**62)
+        except DecodeError as e:
+            raise DecodeError(f"stored conversation {cid!r}: {e}") from None
+        if type(obj) is list and len(obj) == 3 and obj[0] == FORMAT_VERSION \
+                and type(obj[0]) is int and type(obj[1]) is list and type(obj[2]) is dict:
+            rids, x = obj[1], obj[2]
+            n = len(rids)
+            if n <= len(table):
+                if rids == table[:n]:
+                    body[cid] = x
+                    continue
+            elif rids[:len(table)] == table and _new_ids(rids[len(table):], ids):
+                for rid in rids[len(table):]:
+                    ids[rid] = len(table)
+                    table.append(rid)
+                body[cid] = x
+                continue
+        # Another table order (or a damaged value): through the decoder, which names the fault.
+        header = _header(obj, _STORED)
+        if header is None:
+            header = _dec_header(obj, _STORED, f"stored conversation {cid!r}")
+        fields = _fields(header[1], header[0], schema, _STORED, cid)
+        body[cid] = _enc_fields(fields, ids, schema)
+        table.extend(list(ids)[len(table):])
+    return pack([FORMAT_VERSION, table, body])
+
+
+def _new_ids(rids: list, ids: dict[str, int]) -> bool:
+    """True if `rids` are distinct strings none of which is in `ids`."""
+    return (all(type(r) is str for r in rids) and len(set(rids)) == len(rids)
+            and not any(r in ids for r in rids))
+
+
+_STORED = Limits(max_bytes=2**62, max_conversations=2**62, max_replicas=2**62, max_dots=2**62)
 
 
 def encode_fields(fields: Fields, schema: Schema = DEFAULT_SCHEMA) -> bytes:

@@ -202,6 +202,11 @@ class ReplicaPort(Protocol):
     def received_from(self, peer: str) -> int: ...
     def bind_peer(self, peer: str, identity: str) -> None:
         """Raises PeerIdentityError when `peer` is bound to another identity."""
+    # Optional fast paths of a state transfer, used when the replica has them (crdtim.Replica
+    # does); each must do exactly what the required method next to it does:
+    #   encoded_state_chunk(after, max_conversations, max_bytes, scope)
+    #       -> (codec.encode_map of state_chunk's map within scope, or None if empty; after)
+    #   apply_state_chunk(chunk, wire: codec.Received, origin) -> apply_map(chunk, origin)
 
 
 # -- wire messages: [type tag, fields...] ---------------------------------------------------------
@@ -770,12 +775,6 @@ class SyncSession:
         return (f"{what}: conversation {cid!r:.80} is outside the scope of "
                 f"{self.peer_identity!r} ({', '.join(map(repr, self.scope or ()))})")
 
-    def _decode(self, payload: bytes, what: str) -> ConversationMap:
-        try:
-            return codec.decode_map(payload, self.replica.schema, self.config.limits)
-        except DecodeError as e:
-            raise self._fail(f"{what}: {e}") from None
-
     def _apply(self, delta: ConversationMap, received: tuple[str, int] | None) -> set[str]:
         try:
             return self.replica.apply_map(delta, self.peer_id, received=received)
@@ -791,7 +790,7 @@ class SyncSession:
         if self._in is not _In.DELTAS:
             raise self._fail("DELTA during a state transfer")
         start = end = self._expect_from
-        joined: ConversationMap | None = None
+        deltas: list[ConversationMap] = []
         nbytes = 0
         error = None
         for m in group:
@@ -807,10 +806,12 @@ class SyncSession:
             if outside is not None:  # refused whole: nothing of this frame is applied
                 error = self._scope_refusal("DELTA", outside)
                 break
-            joined = delta if joined is None else joined.join(delta)
+            deltas.append(delta)
             end, nbytes = m.end, nbytes + len(m.payload)
         events: list[Event] = []
-        if joined is not None:
+        if deltas:
+            # One pass over the group (folding join would copy the growing map per frame).
+            joined = deltas[0] if len(deltas) == 1 else deltas[0].join_all(deltas[1:])
             try:
                 # apply_map records the resume point only if it moves forward: a second
                 # connection to the same peer (net.py keeps one, but two overlap for a
@@ -844,11 +845,22 @@ class SyncSession:
             self._in = _In.STATE
             self._chunks_received = 0
             events.append(StateTransferStarted(outbound=False))
-        chunk = self._decode(m.payload, "STATE_CHUNK")
+        try:
+            chunk, wire = codec.decode_map_as_received(m.payload, self.replica.schema,
+                                                       self.config.limits)
+        except DecodeError as e:
+            raise self._fail(f"STATE_CHUNK: {e}") from None
         outside = self._outside_scope(chunk)
         if outside is not None:
             raise self._fail(self._scope_refusal("STATE_CHUNK", outside))
-        changed = self._apply(chunk, None)
+        apply_state_chunk = getattr(self.replica, "apply_state_chunk", None)
+        if apply_state_chunk is None:
+            changed = self._apply(chunk, None)
+        else:
+            try:
+                changed = apply_state_chunk(chunk, wire, self.peer_id)
+            except (ClockDriftError, DecodeError) as e:
+                raise self._fail(f"refused: {e}") from None
         self._chunks_received += 1
         self._send(ChunkAck(count=self._chunks_received))
         events.append(DeltaApplied(start=self._expect_from, end=self._expect_from,
@@ -910,11 +922,19 @@ class SyncSession:
         cfg = self.config
         while self.unacked_frames < cfg.max_unacked_frames:
             if self._out is _Out.STATE_TRANSFER:
-                chunk, after = self.replica.state_chunk(
-                    self._transfer_after, cfg.max_conversations_per_chunk, cfg.max_delta_bytes)
-                chunk = self._within_scope(chunk)
-                if not chunk.is_bottom():
-                    self._send(StateChunk(payload=codec.encode_map(chunk)))
+                encoded_state_chunk = getattr(self.replica, "encoded_state_chunk", None)
+                if encoded_state_chunk is not None:  # the stored bytes, not decoded first
+                    payload, after = encoded_state_chunk(
+                        self._transfer_after, cfg.max_conversations_per_chunk,
+                        cfg.max_delta_bytes, self.scope)
+                else:
+                    chunk, after = self.replica.state_chunk(
+                        self._transfer_after, cfg.max_conversations_per_chunk,
+                        cfg.max_delta_bytes)
+                    chunk = self._within_scope(chunk)
+                    payload = None if chunk.is_bottom() else codec.encode_map(chunk)
+                if payload is not None:
+                    self._send(StateChunk(payload=payload))
                     self._chunks_sent += 1
                     queued += 1
                 self._transfer_after = after

@@ -177,7 +177,8 @@ class Subscription:
 class _Write:
     """The changes of one write transaction, accumulated before they are written."""
 
-    __slots__ = ("replica", "txn", "old", "new", "delta", "clock", "clock_moved")
+    __slots__ = ("replica", "txn", "old", "new", "delta", "clock", "clock_moved", "stored",
+                 "log_payload")
 
     def __init__(self, replica: Replica, txn: Txn):
         self.replica = replica
@@ -187,6 +188,8 @@ class _Write:
         self.delta: dict[str, Fields] = {}
         self.clock: Hlc | None = None
         self.clock_moved = False
+        self.stored: dict[str, bytes] = {}  # cid -> its new state's bytes, when known already
+        self.log_payload: bytes | None = None  # the log entry's bytes, when known already
 
     def fields(self, cid: str) -> Fields:
         state = self.new.get(cid)
@@ -224,15 +227,30 @@ class _Write:
         self.new[cid] = join_fields(self.fields(cid), part)
         self.delta[cid] = join_fields(self.delta.get(cid, {}), part)
 
+    def adopt(self, cid: str, fields: Fields, stored: bytes | None) -> None:
+        """A conversation with no state here (fields(cid) was {}, or the caller knows it has
+        none) takes `fields` as its state, all of it novel; `stored`:
+        its bytes as received (codec.store_received), or None to encode them."""
+        self.old[cid] = {}
+        self.new[cid] = self.delta[cid] = fields
+        if stored is not None:
+            self.stored[cid] = stored
+
     def finish(self, origin: str) -> list[tuple[str, frozenset[str]]]:
         """Write states, index, log entry and clock; return what changed."""
         t, schema = self.txn, self.replica.schema
+        stored = self.stored
         for cid in self.delta:
             state = self.new[cid]
-            t.put_conversation(cid, codec.encode_fields(state, schema))
+            raw = stored.get(cid) if stored else None
+            t.put_conversation(cid, codec.encode_fields(state, schema) if raw is None else raw)
             t.replace_order_key(_order_key_of(cid, self.old[cid]), _order_key_of(cid, state))
         if self.delta:
-            t.append_log(origin, codec.encode_map(ConversationMap(self.delta, schema)))
+            if self.log_payload is None:
+                # Every part joined here is non-bottom (a normalized map's, or a mutator's
+                # non-empty delta), so the map needs no normalizing pass.
+                self.log_payload = codec.encode_map(codec.trusted_map(self.delta, schema))
+            t.append_log(origin, self.log_payload)
         if self.clock_moved:
             t.put_clock(*self.clock)
         return [(cid, frozenset(part)) for cid, part in self.delta.items()]
@@ -456,6 +474,18 @@ class Replica:
         """apply_delta for a decoded map; `received=(peer, seq)` records, in the same
         transaction, that the peer's log up to `seq` is now applied here (if that is
         further than recorded)."""
+        return self._apply_remote(delta, origin, received, None)
+
+    def apply_state_chunk(self, chunk: ConversationMap, wire: codec.Received,
+                          origin: str | None = None) -> set[str]:
+        """apply_map for a map decoded with codec.decode_map_as_received (a STATE_CHUNK):
+        the same result, cheaper when conversations are new here. A new conversation is
+        stored from its bytes as received; when every conversation of the chunk is new,
+        the novel part is the whole chunk, and the payload as received is the log entry."""
+        return self._apply_remote(chunk, origin, None, wire)
+
+    def _apply_remote(self, delta: ConversationMap, origin: str | None,
+                      received: tuple[str, int] | None, wire: codec.Received | None) -> set[str]:
         if origin is not None and (type(origin) is not str
                                    or not _storable(origin, MAX_ORIGIN_BYTES)):
             raise InvalidArgument(f"origin must be a replica id, not {origin!r:.80}")
@@ -468,21 +498,38 @@ class Replica:
             # Bound every counter, not only the largest reading's: whether a delta is refused
             # must not depend on what else it was joined with (group commit), and a stamp
             # accepted here must be acceptable where it is forwarded.
-            counter = delta.max_counter()
+            remote, counter, latest = delta.stamp_bounds()
             if counter > MAX_REMOTE_COUNTER:
                 raise ClockDriftError(f"remote clock counter {counter} is over the limit "
                                       f"of {MAX_REMOTE_COUNTER}")
-            remote = delta.max_clock()
             if remote is not None:
                 w.observe(remote)
-            latest = delta.max_wall()  # message times are not clocked, but bounded alike
+            # `latest`: message times are not clocked, but bounded alike.
             if latest > self._now() + self.max_clock_drift_ms:
                 raise ClockDriftError(f"a register stamp of {latest} ms is more than "
                                       f"{self.max_clock_drift_ms} ms in the future")
+            whole = wire is not None
+            # A state chunk's ids come in order, and a newcomer holds none of them: one cursor
+            # probe then says that none is here, for a lookup per conversation. And only a
+            # message whose replica table names this replica can claim one of its dots.
+            fresh = wire is not None and bool(delta.convs) and not t.has_conversation_between(
+                min(delta.convs), max(delta.convs))
+            check_dots = wire is None or self.id in wire.rids
             for cid, fields in delta.convs.items():
-                current = w.fields(cid)
-                self._refuse_forged_dots(cid, current, fields)
-                w.join(cid, novel_fields(current, fields))
+                current = {} if fresh else w.fields(cid)
+                if check_dots:
+                    self._refuse_forged_dots(cid, current, fields)
+                if not current and wire is not None:
+                    w.adopt(cid, fields, codec.store_received(wire, cid))
+                else:
+                    part = novel_fields(current, fields)
+                    whole = whole and part == fields
+                    w.join(cid, part)
+            if whole and w.delta:
+                # All of the chunk was novel: the novel part is what was received. (Parts
+                # the decoder dropped, bottom fields or empty conversations, decode away
+                # again when the entry is read.)
+                w.log_payload = wire.payload
             # Resume points only move forward: two overlapping connections to one peer may
             # deliver an older interval after a newer one.
             if received is not None and received[1] > t.received(received[0]):
@@ -641,6 +688,37 @@ class Replica:
                 last = cid
             return ConversationMap(convs, self.schema), None
         return self.store.read(read)
+
+    def encoded_state_chunk(self, after: str | None, max_conversations: int = 1000,
+                            max_bytes: int | None = None, scope: tuple[str, ...] | None = None
+                            ) -> tuple[bytes | None, str | None]:
+        """state_chunk, encoded (codec.encode_map), of the conversations in `scope` (id
+        prefixes; None: all): the stored values go into the message without being decoded
+        and encoded again (codec.encode_stored_map). None for a chunk with none in scope."""
+        def read(t: Txn) -> tuple[list[tuple[str, bytes]], str | None]:
+            stored = []
+            last = None
+            count = size = 0
+            for cid, raw in t.conversations(after):
+                size += len(raw)
+                if count == max_conversations or (
+                        max_bytes is not None and size > max_bytes and count):
+                    return stored, last
+                if scope is None or cid.startswith(scope):
+                    stored.append((cid, raw))
+                count += 1
+                last = cid
+            return stored, None
+
+        stored, after = self.store.read(read)
+        if not stored:
+            return None, after
+        try:
+            return codec.encode_stored_map(stored, self.schema), after
+        except DecodeError as e:
+            raise CorruptStoreError(f"{self.store.path}: cannot read a stored conversation "
+                                    f"({e}): the file is damaged, or was written with a "
+                                    f"schema that has more fields") from None
 
     def peer_ack(self, peer: str) -> int | None:
         """Highest sequence of this replica's log that `peer` acknowledged (None: unknown)."""

@@ -104,6 +104,12 @@ class Txn:
     def conversation_count(self) -> int:
         return self._t.stat(self._s._convs)["entries"]
 
+    def has_conversation_between(self, first: str, last: str) -> bool:
+        """True if a conversation with first <= id <= last is stored (ids compare as their
+        UTF-8 bytes do, which is code point order)."""
+        with self._t.cursor(db=self._s._convs) as cur:
+            return cur.set_range(first.encode()) and cur.key() <= last.encode()
+
     def conversations(self, after: str | None = None) -> Iterator[tuple[str, bytes]]:
         """Conversations in id order, starting after `after`."""
         with self._t.cursor(db=self._s._convs) as cur:

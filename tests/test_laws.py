@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import strategies as s
 from crdtim import codec
-from crdtim.crdt import CausalContext, ConversationMap, Flag, Lww, MaxReg, Stamp
+from crdtim.crdt import CausalContext, ConversationMap, Flag, Lww, MaxReg, Stamp, join_fields
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,27 @@ def test_join_is_an_upper_bound(case: LatticeCase, data: st.DataObject) -> None:
     assert a.join(ab) == ab
     assert b.join(ab) == ab
 
+
+@pytest.mark.parametrize("schema", [s.DEFAULT_SCHEMA, s.EXTENDED_SCHEMA], ids=["default", "archived"])
+@s.FAST
+@given(data=st.data())
+def test_join_all_is_the_fold_of_join(schema, data: st.DataObject) -> None:
+    # a.join_all([b1, ..., bn]) = (((a ⊔ b1) ⊔ b2) ... ⊔ bn), and it leaves its inputs alone;
+    # the many maps share conversations often, so that joins inside one id are exercised.
+    maps = s.conversation_maps(schema)
+    a = data.draw(maps, "a")
+    bs = data.draw(st.lists(maps, max_size=6), "bs")
+    before = [ConversationMap(dict(m.convs), schema) for m in [a, *bs]]
+    # The fold, by the field-level join (ConversationMap.join is join_all of one map).
+    folded_convs = dict(a.convs)
+    for b in bs:
+        for cid, fields in b.convs.items():
+            folded_convs[cid] = join_fields(folded_convs.get(cid, {}), fields)
+    folded = ConversationMap(folded_convs, schema)
+    joined = a.join_all(bs)
+    assert joined == folded
+    assert joined.convs == ConversationMap(joined.convs, schema).convs  # normalized
+    assert [a, *bs] == before
 
 # -- delta mutators ------------------------------------------------------------------------
 #
@@ -345,3 +366,10 @@ def test_novel_part_is_no_larger_than_the_delta(pair) -> None:
 def test_novel_part_of_old_news_is_bottom(state: ConversationMap, data: st.DataObject) -> None:
     # d ⊑ x  ⇒  novel(x, d) = ⊥
     assert state.novel(data.draw(s.sub_maps(state))).is_bottom()
+
+
+@s.FAST
+@given(m=st.one_of(s.conversation_maps(), s.conversation_maps(s.EXTENDED_SCHEMA)))
+def test_stamp_bounds_are_the_three_maxima(m: ConversationMap) -> None:
+    # The one-pass bounds a receiver checks are exactly the three separate maxima.
+    assert m.stamp_bounds() == (m.max_clock(), m.max_counter(), m.max_wall())

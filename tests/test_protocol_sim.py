@@ -1035,3 +1035,50 @@ def test_a_refused_delta_in_a_burst_does_not_undo_the_ones_before_it(a, b):
     # What the good frame did is reported with the refusal (the Node counts it).
     assert [type(e) for e in refused.value.events] == [DeltaApplied]
     assert refused.value.events[0].changed == {"g"}
+
+
+def test_a_state_transfer_to_a_newcomer_logs_the_chunks_as_received_and_forwards_them(
+        open_replica):
+    # A newcomer holds none of a chunk: the novel part is the chunk, so its log entry is the
+    # payload as it came (no decode and encode again); a third replica then gets it from the
+    # newcomer as DELTAs, and everyone ends with the same state.
+    a = open_replica("a", log_retention=0)
+    other = open_replica("other")
+    for i in range(5):
+        other.set_title(f"c{i}", f"by other {i}")
+    a.apply_delta(other.delta_since(0), other.id)
+    a.pin("c1")
+    a.message_arrived("c4", 7, "hi", at=START_WALL_MS)
+    a.set_title("c9", "only a")
+    assert a.trim_log() > 0
+    b, c = open_replica("b"), open_replica("c")
+    wire = connect(a, b)
+    wire.run_until_quiet()
+    chunks = [m.payload for m in wire.frames[0] if isinstance(m, StateChunk)]
+    assert len(chunks) > 1
+    logged = b.store.read(lambda t: list(t.log_entries(0)))
+    assert [(origin, payload) for _, origin, payload in logged] == [(a.id, p) for p in chunks]
+    assert b.state() == a.state()
+    connect(b, c).run_until_quiet()
+    assert c.state() == a.state()
+
+
+def test_a_state_chunk_partly_known_logs_only_its_novel_part(open_replica):
+    a = open_replica("a", log_retention=0)
+    b = open_replica("b")
+    for i in range(4):
+        a.set_title(f"c{i}", f"t{i}")
+    b.apply_delta(a.delta_since(0), a.id)  # B holds c0..c3 already
+    a.set_title("c1", "renamed")
+    a.set_title("c5", "new")
+    assert a.trim_log() > 0
+    before, head = b.state(), b.head
+    wire = connect(a, b)
+    wire.run_until_quiet()
+    assert any(isinstance(m, StateChunk) for m in wire.frames[0])
+    assert b.state() == a.state()
+    logged = ConversationMap.bottom()
+    for _, _, payload in b.store.read(lambda t: list(t.log_entries(head))):
+        logged = logged.join(codec.decode_map(payload))
+    assert logged == before.novel(a.state())
+    assert set(logged.convs) == {"c1", "c5"}

@@ -30,11 +30,12 @@ import struct
 import subprocess
 import sys
 import tempfile
+import unittest.mock
 from pathlib import Path
 
 import lmdb
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -45,6 +46,7 @@ from hypothesis.stateful import (
 )
 
 import crdtim.store
+import strategies
 from crdtim import (
     Change,
     ClockDriftError,
@@ -1163,3 +1165,52 @@ def test_own_records_over_the_wire_limits_still_read_back(tmp_path):
         assert len(codec.decode_map(r.delta_since(0), limits=codec.Limits(max_bytes=2**30))) == 200
         end, delta = r.delta_interval(0)
         assert end == 1 and len(delta) == 200
+
+
+# -- a state chunk's shortcuts ------------------------------------------------------------------
+
+
+def _log_after(r: Replica, seq: int) -> list[tuple[str, ConversationMap]]:
+    return [(origin, codec.decode_map(payload, r.schema, codec.Limits(2**40, 2**40, 2**40)))
+            for _, origin, payload in r.store.read(lambda t: list(t.log_entries(seq)))]
+
+
+@strategies.FAST
+@given(before=strategies.conversation_maps(), chunk=strategies.conversation_maps(),
+       shared_ids=st.booleans())
+def test_apply_state_chunk_does_what_apply_map_does(before, chunk, shared_ids):
+    # Whether the receiver holds none, some or all of the chunk: the same states (stored
+    # from the bytes as received where new), the same changes, the same log entry (the
+    # payload itself when all of it was novel).
+    with tempfile.TemporaryDirectory() as tmp:
+        far = 2**50  # every generated stamp is in the past
+        # One replica id for both, so that the same chunk claims (or not) each one's dots.
+        with unittest.mock.patch("crdtim.replica.new_replica_id", lambda: "receiver"):
+            by_map = Replica.open(Path(tmp) / "m", durability="nosync", now_ms=lambda: far)
+            by_chunk = Replica.open(Path(tmp) / "c", durability="nosync", now_ms=lambda: far)
+        try:
+            if shared_ids:  # the receiver's own id in the chunk's table: dots checked
+                chunk = chunk.join(ConversationMap.bottom().enable("own", "pinned", by_chunk.id))
+            for r in (by_map, by_chunk):
+                r.apply_map(before, "earlier")
+            head = by_map.head
+            payload = codec.encode_map(chunk)
+            decoded, wire = codec.decode_map_as_received(payload)
+            outcomes = []
+            for r, apply in ((by_map, lambda: by_map.apply_map(decoded, "peer")),
+                             (by_chunk, lambda: by_chunk.apply_state_chunk(decoded, wire, "peer"))):
+                try:
+                    outcomes.append(apply())
+                except (ClockDriftError, DecodeError) as e:
+                    outcomes.append(type(e))
+            assert outcomes[0] == outcomes[1]
+            assert by_chunk.state() == by_map.state()
+            assert _log_after(by_chunk, head) == _log_after(by_map, head)
+            entries = by_chunk.store.read(lambda t: list(t.log_entries(head)))
+            if entries and before.novel(decoded) == decoded:
+                assert [p for _, _, p in entries] == [payload]
+            for cid, fields in by_chunk.state().convs.items():
+                assert by_chunk.get(cid) == by_map.get(cid)
+        finally:
+            by_map.close()
+            by_chunk.close()

@@ -69,6 +69,8 @@ MAX_REPLICA_ID_BYTES = 255
 #: The smallest max_frame_bytes a replica may set: a conversation's whole state, at the
 #: codec's limits on text, must fit in one frame.
 MIN_FRAME_BYTES = 64 * 1024
+MAX_FRAME_BYTES = 2**32 - 1  # what the 4-byte length prefix can say
+_LEAST_FRAME = 1024  # a frame limit a peer may announce: smaller could not carry a DELTA
 NONCE_BYTES = 32  # a HELLO's fresh random challenge
 MAX_KEY_ID = 64  # code points in a key id
 MIN_SECRET_BYTES = 16  # a shorter pre-shared key could be guessed offline from one handshake
@@ -219,6 +221,9 @@ class Hello:
     # A fresh random challenge: the peer's AUTH must cover it, so no recorded AUTH verifies.
     nonce: bytes = field(default_factory=lambda: secrets.token_bytes(NONCE_BYTES))
     key_id: str | None = None  # the pre-shared key the dialing side authenticates with
+    # The largest frame the sender accepts: its peer sizes DELTAs and STATE_CHUNKs to it, so
+    # that replicas with different limits still replicate.
+    max_frame_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,13 +277,13 @@ Message = Union[Hello, Auth, Delta, Ack, StateChunk, StateEnd, Ping, Pong, Error
 
 _TAGS: dict[type, int] = {Hello: 1, Delta: 2, Ack: 3, StateChunk: 4, StateEnd: 5, Ping: 6, Pong: 7,
                           Error: 8, ChunkAck: 9, Auth: 10}
-_ARITY = {1: 4, 2: 3, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1, 9: 1, 10: 1}
+_ARITY = {1: 5, 2: 3, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1, 9: 1, 10: 1}
 _MAX_SEQ = codec.MAX_INT
 
 
 def _message_fields(m: Message) -> list[Any]:
     if isinstance(m, Hello):
-        return [m.version, m.replica_id, m.nonce, m.key_id]
+        return [m.version, m.replica_id, m.nonce, m.key_id, m.max_frame_bytes]
     if isinstance(m, Auth):
         return [m.mac]
     if isinstance(m, Delta):
@@ -334,7 +339,7 @@ def _parse_message(body: bytes, max_bytes: int) -> Message:
     if len(args) != arity:
         raise RemoteProtocolError(f"message type {tag}: expected {arity} fields, got {len(args)}")
     if tag == 1:
-        version, rid, nonce, key_id = args
+        version, rid, nonce, key_id, max_frame = args
         if type(version) is not int:
             raise RemoteProtocolError("HELLO: protocol version is not an integer")
         # A replica id has 1..64 code points (specs/crdt.md); in bytes it must also fit the
@@ -347,7 +352,11 @@ def _parse_message(body: bytes, max_bytes: int) -> Message:
             raise RemoteProtocolError(f"HELLO: nonce is not {NONCE_BYTES} bytes of binary")
         if key_id is not None and not valid_key_id(key_id):
             raise RemoteProtocolError("HELLO: key id is not a short printable string")
-        return Hello(version=version, replica_id=rid, nonce=nonce, key_id=key_id)
+        if type(max_frame) is not int or not _LEAST_FRAME <= max_frame <= MAX_FRAME_BYTES:
+            raise RemoteProtocolError(f"HELLO: frame limit {max_frame!r:.40} is not a number "
+                                      f"from {_LEAST_FRAME} to {MAX_FRAME_BYTES}")
+        return Hello(version=version, replica_id=rid, nonce=nonce, key_id=key_id,
+                     max_frame_bytes=max_frame)
     if tag == 10:
         mac = _bytes(args[0], "AUTH")
         if len(mac) != hashlib.sha256().digest_size:
@@ -521,6 +530,8 @@ class SyncSession:
             raise LocalProtocolError("several keys and no SecurityConfig.key_id: which one "
                                      "should the dialing side name?")
         self._hello_nonce = secrets.token_bytes(NONCE_BYTES)
+        self._peer_frame_bytes = self.config.max_frame_bytes  # until the peer's HELLO says
+        self._frame_budget = self.config.max_delta_bytes
         self._peer_nonce = b""
         self._partial_since: float | None = None  # when the frame now buffered began
         self._decoder = FrameDecoder(min(self.config.max_frame_bytes,
@@ -567,7 +578,8 @@ class SyncSession:
             raise LocalProtocolError("initiate() after the handshake")
         self._last_sent = self._last_received = self._started = now
         self._send(Hello(version=PROTOCOL_VERSION, replica_id=self.replica.id,
-                         nonce=self._hello_nonce, key_id=self._key_id))
+                         nonce=self._hello_nonce, key_id=self._key_id,
+                         max_frame_bytes=self.config.max_frame_bytes))
 
     def close(self, reason: str) -> None:
         """Queue an ERROR frame telling the peer why we close (no-op once closed)."""
@@ -673,6 +685,10 @@ class SyncSession:
             raise self._fail(f"connected to itself (replica {m.replica_id})")
         self.peer_id = m.replica_id
         self._peer_nonce = m.nonce
+        # What we send must fit the peer's frame limit as well as our own budget per frame.
+        self._frame_budget = min(self.config.max_delta_bytes,
+                                 m.max_frame_bytes - _DELTA_OVERHEAD)
+        self._peer_frame_bytes = m.max_frame_bytes
         keys = self._security.keys
         if self._dialed:
             if m.key_id is not None:
@@ -926,11 +942,11 @@ class SyncSession:
                 if encoded_state_chunk is not None:  # the stored bytes, not decoded first
                     payload, after = encoded_state_chunk(
                         self._transfer_after, cfg.max_conversations_per_chunk,
-                        cfg.max_delta_bytes, self.scope)
+                        self._frame_budget, self.scope)
                 else:
                     chunk, after = self.replica.state_chunk(
                         self._transfer_after, cfg.max_conversations_per_chunk,
-                        cfg.max_delta_bytes)
+                        self._frame_budget)
                     chunk = self._within_scope(chunk)
                     payload = None if chunk.is_bottom() else codec.encode_map(chunk)
                 if payload is not None:
@@ -948,7 +964,7 @@ class SyncSession:
             try:
                 end, delta = self.replica.delta_interval(
                     self._sent_upto, skip_origin=self.peer_id,
-                    max_entries=cfg.max_entries_per_delta, max_bytes=cfg.max_delta_bytes)
+                    max_entries=cfg.max_entries_per_delta, max_bytes=self._frame_budget)
                 if end == self._sent_upto:
                     break
                 if delta is not None:
@@ -956,8 +972,8 @@ class SyncSession:
                     # covers the whole interval, as for entries left out as its own.
                     delta = self._within_scope(delta)
                 payload = codec.encode_map(delta or ConversationMap.bottom(self.replica.schema))
-                if len(payload) > cfg.max_frame_bytes - _DELTA_OVERHEAD:
-                    raise LogTrimmedError("one log entry is larger than a frame")
+                if len(payload) > self._peer_frame_bytes - _DELTA_OVERHEAD:
+                    raise LogTrimmedError("one log entry is larger than the peer's frames")
             except LogTrimmedError:
                 # Entries not yet sent were dropped meanwhile (the retention bound), or one is
                 # too large for a frame: a DELTA would skip them silently and its ACK cover

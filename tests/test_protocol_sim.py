@@ -955,6 +955,27 @@ def test_a_log_entry_larger_than_a_frame_is_sent_as_a_state_transfer(open_replic
     assert wire.sessions[0].caught_up
 
 
+def test_a_sender_sizes_its_frames_to_the_limit_the_receiver_announced(open_replica):
+    # Regression (review): frames were sized by the sender's own limits only, so a replica
+    # set to accept smaller frames than its peer sends refused them on every reconnect and
+    # never received anything. HELLO now carries each side's limit.
+    a, b = open_replica("a"), open_replica("b")
+    for i in range(20):
+        a.set_title(f"c{i:02}", "y" * 8000)  # ~160 KB of log, in entries of ~8 KB
+    with a.batch():  # and one entry larger than b's frames: a state transfer
+        for i in range(12):
+            a.set_title(f"big{i:02}", "z" * 8000)
+    small = SessionConfig(max_frame_bytes=64 * 1024)
+    wire = Wire((a, b), (SyncSession(a), SyncSession(b, small)))
+    for s in wire.sessions:
+        s.initiate()
+    wire.run_until_quiet()
+    assert all(s.state is State.OPEN for s in wire.sessions)
+    sent = [len(encode_frame(f)) for f in wire.frames[0]]
+    assert max(sent) <= small.max_frame_bytes and sum(sent) > 3 * small.max_frame_bytes
+    assert b.state() == a.state()
+
+
 def test_deltas_and_state_chunks_are_bounded_in_bytes(open_replica):
     a, b = open_replica("a"), open_replica("b")
     for i in range(40):

@@ -175,6 +175,15 @@ class SecurityConfig:
         return next(iter(self.keys)) if len(self.keys) == 1 else None
 
 
+def _covers(old: tuple[str, ...] | None, new: tuple[str, ...] | None) -> bool:
+    """True if every conversation id in scope `new` was in scope `old` (None: everything)."""
+    if old is None:
+        return True
+    if new is None:
+        return False
+    return all(p.startswith(old) for p in new)
+
+
 def valid_key_id(kid: object) -> bool:
     return (type(kid) is str and 1 <= len(kid) <= MAX_KEY_ID and kid.isprintable()
             and not any(c.isspace() for c in kid))
@@ -204,8 +213,10 @@ class ReplicaPort(Protocol):
     def received_from(self, peer: str) -> int: ...
     def bind_peer(self, peer: str, identity: str) -> None:
         """Raises PeerIdentityError when `peer` is bound to another identity."""
-    # Optional fast paths of a state transfer, used when the replica has them (crdtim.Replica
-    # does); each must do exactly what the required method next to it does:
+    # Optional, used when the replica has them (crdtim.Replica does): the scope a peer's acks
+    # were earned under, sent_scope(peer) -> prefixes | None and set_sent_scope(peer, scope)
+    # (without them a widened scope is not noticed); and fast paths of a state transfer,
+    # each doing exactly what the required method next to it does:
     #   encoded_state_chunk(after, max_conversations, max_bytes, scope)
     #       -> (codec.encode_map of state_chunk's map within scope, or None if empty; after)
     #   apply_state_chunk(chunk, wire: codec.Received, origin) -> apply_map(chunk, origin)
@@ -531,6 +542,7 @@ class SyncSession:
                                      "should the dialing side name?")
         self._hello_nonce = secrets.token_bytes(NONCE_BYTES)
         self._peer_frame_bytes = self.config.max_frame_bytes  # until the peer's HELLO says
+        self._widened = False  # the peer's scope is wider than its acks were earned under
         self._frame_budget = self.config.max_delta_bytes
         self._peer_nonce = b""
         self._partial_since: float | None = None  # when the frame now buffered began
@@ -764,12 +776,32 @@ class SyncSession:
                 raise self._fail(f"not authorized: {e}", told="not authorized: replica id "
                                  f"{self.peer_id} belongs to another identity") from None
         self.peer_identity = identity
+        self._check_sent_scope()
         self.state = State.OPEN
         self._decoder.max_frame_bytes = self.config.max_frame_bytes
         # Our first ACK tells the peer where to resume streaming its log to us.
         self._expect_from = self.replica.received_from(self.peer_id)
         self._send(Ack(seq=self._expect_from))
         return [HandshakeComplete(peer_id=self.peer_id, identity=identity, scope=self.scope)]
+
+    def _check_sent_scope(self) -> None:
+        """Compare the peer's scope with the one its acknowledgements were earned under.
+
+        A DELTA to a scoped peer still covers its whole interval, so what the peer has
+        acknowledged left out everything outside its scope at the time. If the scope is now
+        wider, resuming from that ack would never send what was left out: the peer gets a
+        state transfer (within its new scope) instead, and the new scope is recorded once it
+        has acknowledged the transfer. A narrower or equal scope is recorded at once.
+        """
+        sent_scope = getattr(self.replica, "sent_scope", None)
+        if sent_scope is None:  # a ReplicaPort without scope records: nothing to compare
+            return
+        earned = sent_scope(self.peer_id)
+        if _covers(earned, self.scope):
+            if earned != self.scope:
+                self.replica.set_sent_scope(self.peer_id, self.scope)
+        else:
+            self._widened = True
 
     def _outside_scope(self, delta: ConversationMap) -> str | None:
         """A conversation id of `delta` the peer may not replicate, or None."""
@@ -902,11 +934,16 @@ class SyncSession:
         if seq > self._acked:
             self._acked = seq
             self.replica.record_ack(self.peer_id, seq)
+        if self._widened and self._out is _Out.DELTAS and seq >= self._transfer_head:
+            # The peer holds everything in its new scope as of the transfer: acks are now
+            # earned under that scope.
+            self._widened = False
+            self.replica.set_sent_scope(self.peer_id, self.scope)
         return [PeerAcked(seq=seq)]
 
     def _resume_from(self, seq: int) -> list[Event]:
         head, floor = self.replica.head, self.replica.log_floor
-        if floor <= seq <= head:
+        if floor <= seq <= head and not self._widened:
             self._out = _Out.DELTAS
             self._sent_upto = self._acked = seq
             self.replica.record_ack(self.peer_id, seq)

@@ -11,6 +11,7 @@ bytes mean. Not thread-safe: use a replica from one thread (trio task or plain c
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import secrets
@@ -780,6 +781,31 @@ class Replica:
         if bound != identity:
             raise PeerIdentityError(f"replica id {peer} belongs to identity {bound!r}, "
                                     f"not {identity!r}")
+
+    def sent_scope(self, peer: str) -> tuple[str, ...] | None:
+        """The conversation id prefixes `peer` was limited to when it acknowledged what it
+        has of our log (None: it was sent everything). See set_sent_scope."""
+        _check_peer(peer)
+        raw = self.store.read(lambda t: t.sent_scope(peer))
+        if raw is None:
+            return None
+        try:
+            prefixes = json.loads(raw)
+        except ValueError:
+            prefixes = None
+        if type(prefixes) is not list or not all(type(p) is str for p in prefixes):
+            raise CorruptStoreError(f"the recorded scope of peer {peer} is damaged")
+        return tuple(prefixes)
+
+    def set_sent_scope(self, peer: str, scope: tuple[str, ...] | None) -> None:
+        """Record that what `peer` acknowledges of our log from now on was filtered to
+        `scope` (None: not filtered). A session compares it with the peer's scope at the
+        next handshake: a wider scope needs a state transfer, since the acknowledged
+        entries left out what was outside the old one."""
+        _check_peer(peer)
+        raw = None if scope is None else json.dumps(list(scope)).encode()
+        if raw != self.store.read(lambda t: t.sent_scope(peer)):
+            self.store.write(lambda t: t.put_sent_scope(peer, raw))
 
     def unbind_peer(self, peer: str) -> None:
         """Forget which identity `peer`'s replica id is bound to (after an operator moved

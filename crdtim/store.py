@@ -8,7 +8,8 @@ One environment per replica directory, with named databases (layout in specs/sto
     log    local sequence (8-byte big end.) -> origin length, origin, encoded delta
     acks   b"a" + peer id -> highest local sequence the peer acknowledged;
            b"r" + peer id -> highest sequence of the peer's log applied here;
-           b"i" + peer id -> the identity the peer first authenticated as (utf-8)
+           b"i" + peer id -> the identity the peer first authenticated as (utf-8);
+           b"s" + peer id -> the scope the peer's ack was earned under (absent: everything)
 
 Every mutation runs as one write transaction through `Store.write`, which re-runs it after
 growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here knows what
@@ -192,6 +193,16 @@ class Txn:
 
     def put_identity(self, peer: str, identity: str) -> None:
         self._t.put(b"i" + peer.encode(), identity.encode(), db=self._s._acks)
+
+    def sent_scope(self, peer: str) -> bytes | None:
+        raw = self._t.get(b"s" + peer.encode(), db=self._s._acks)
+        return None if raw is None else bytes(raw)
+
+    def put_sent_scope(self, peer: str, scope: bytes | None) -> None:
+        if scope is None:
+            self._t.delete(b"s" + peer.encode(), db=self._s._acks)
+        else:
+            self._t.put(b"s" + peer.encode(), scope, db=self._s._acks)
 
     def delete_identity(self, peer: str) -> None:
         self._t.delete(b"i" + peer.encode(), db=self._s._acks)

@@ -368,6 +368,38 @@ def test_a_scoped_peer_behind_the_log_floor_gets_only_its_scope_by_state_transfe
     assert "u1/after" in set(phone.state()) and "u2/after" not in set(phone.state())
 
 
+def test_widening_a_scope_delivers_what_was_filtered_out_before(open_replica):
+    # Regression (review): DELTAs to a scoped peer cover whole intervals, so its ack passed
+    # entries it was never sent. Once its scope was widened, nothing resent them: the peer
+    # lacked shared/x for good. A wider scope now gets a state transfer first.
+    server, phone = open_replica("server"), open_replica("phone")
+    server.set_title("u1/a", "mine")
+    server.set_title("shared/x", "not yet mine")
+    narrow = {"alice": ("u1/",)}
+    assert serve_alice(server, phone, scopes=narrow).run().open
+    assert set(phone.state()) == {"u1/a"} and server.peer_ack(phone.id) == server.head
+    assert server.sent_scope(phone.id) == ("u1/",)
+    wide = {"alice": ("u1/", "shared/")}
+    # The transfer reaches the phone, but the connection is cut before its ACK of the
+    # transfer's end reaches the server: nothing is recorded, the next connection transfers
+    # again.
+    dialer, acceptor = serve_alice(server, phone, scopes=wide).sessions
+    for src, dst in [(dialer, acceptor), (acceptor, dialer)] * 3:
+        src.pump()
+        if data := src.data_to_send():
+            dst.receive_data(data)
+    assert set(phone.state()) == {"u1/a", "shared/x"}
+    assert server.sent_scope(phone.id) == ("u1/",)
+    pipe = serve_alice(server, phone, scopes=wide).run()
+    assert any(isinstance(f, StateChunk) for f in pipe.frames[1])
+    assert server.sent_scope(phone.id) == ("u1/", "shared/")
+    # Same or narrower scope: no transfer, and the narrower one is what is recorded.
+    for scopes, recorded in ((wide, ("u1/", "shared/")), (narrow, ("u1/",))):
+        pipe = serve_alice(server, phone, scopes=scopes).run()
+        assert not any(isinstance(f, StateChunk) for f in pipe.frames[1])
+        assert server.sent_scope(phone.id) == recorded
+
+
 def test_a_delta_with_any_conversation_out_of_scope_is_refused_whole(open_replica):
     server, phone = open_replica("server"), open_replica("phone")
     pipe = serve_alice(server, phone).run()

@@ -37,3 +37,13 @@ def open_replica(tmp_path: Path):
     yield open_
     for r in opened:
         r.close()
+
+
+@pytest.fixture
+def a(open_replica) -> Replica:
+    return open_replica("a")
+
+
+@pytest.fixture
+def b(open_replica) -> Replica:
+    return open_replica("b")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import trio
@@ -23,53 +22,13 @@ from crdtim.protocol import (
     Ack,
     Delta,
     Error,
-    FrameDecoder,
     Hello,
     SessionConfig,
     encode_frame,
 )
 from crdtim.replica import Replica
-
-FAST = NodeConfig(poll_interval=0.01, linger=0)
-GUARD = 10  # seconds: only a guard against a hang; each test takes far less
-LOCAL = "127.0.0.1"
-
-
-async def settle(*nodes: tuple[Node, int]) -> None:
-    """Until each (node, links) has `links` peers connected and caught up, and no replica's
-    log grew while we checked."""
-    with trio.fail_after(GUARD):
-        while True:
-            heads = [n.replica.head for n, _ in nodes]
-            for n, links in nodes:
-                await n.wait_caught_up(links)
-            if heads == [n.replica.head for n, _ in nodes]:
-                return
-
-
-async def wait_until(node: Node, predicate: Callable[[], bool]) -> None:
-    """Until `predicate()` holds, re-checked whenever the node's links change."""
-    with trio.fail_after(GUARD):
-        async with node._changed:
-            while not predicate():
-                await node._changed.wait()
-
-
-def frames_of(data: bytes) -> list:
-    dec = FrameDecoder(2**31)
-    dec.feed(data)
-    out = []
-    while (m := dec.next_message()) is not None:
-        out.append(m)
-    return out
-
-
-async def read_to_eof(stream: trio.abc.Stream) -> bytes:
-    data = bytearray()
-    with trio.fail_after(GUARD):
-        while chunk := await stream.receive_some(1 << 16):
-            data += chunk
-    return bytes(data)
+from frames import frames_of
+from nodes import FAST, GUARD, LOCAL, read_to_eof, settle, wait_until
 
 
 def node(replica: Replica, *peers: Node, listen: bool = True, config: NodeConfig = FAST) -> Node:

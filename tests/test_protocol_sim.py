@@ -50,6 +50,7 @@ from crdtim.protocol import (
 from crdtim.faults.sim import SESSION_CONFIG as SIM_CONFIG  # the fault simulation's, shared
 from crdtim.faults.sim import START_WALL_MS
 from crdtim.replica import Replica
+from frames import frames_of
 
 
 # -- harness ----------------------------------------------------------------------------------
@@ -117,26 +118,6 @@ def connect(a: Replica, b: Replica, config: SessionConfig = SIM_CONFIG, now: flo
         s.initiate(now)
     wire.collect(now)
     return wire
-
-
-def frames_of(data: bytes) -> list:
-    dec = FrameDecoder(2**31)
-    dec.feed(data)
-    out = []
-    while (m := dec.next_message()) is not None:
-        out.append(m)
-    assert dec.buffered == 0
-    return out
-
-
-@pytest.fixture
-def a(open_replica) -> Replica:
-    return open_replica("a")
-
-
-@pytest.fixture
-def b(open_replica) -> Replica:
-    return open_replica("b")
 
 
 def handshaken(a: Replica, b: Replica) -> Wire:

@@ -50,14 +50,13 @@ from crdtim.protocol import (
     encode_frame,
 )
 from crdtim.replica import Replica
+from frames import frames_of
+from nodes import FAST, GUARD, LOCAL, read_to_eof, settle, wait_until
 from crdtim.security import load_keys, load_scopes, load_tls
 
 SECRET = b"correct horse battery staple 42"
 OTHER_SECRET = b"a different secret of some length"
 CONFIG = SessionConfig(max_unacked_frames=4)
-FAST = NodeConfig(poll_interval=0.01, linger=0)
-GUARD = 10  # seconds: only a guard against a hang
-LOCAL = "127.0.0.1"
 
 
 # -- harness: two sessions, bytes moved by hand -------------------------------------------------
@@ -110,15 +109,6 @@ def snapshot(r: Replica) -> tuple[int, ConversationMap]:
     return r.head, r.state()
 
 
-def frames_of(data: bytes) -> list:
-    dec = FrameDecoder(2**31)
-    dec.feed(data)
-    out = []
-    while (m := dec.next_message()) is not None:
-        out.append(m)
-    return out
-
-
 def delta_frame(start: int, end: int, m: ConversationMap) -> bytes:
     return encode_frame(Delta(start=start, end=end, payload=codec.encode_map(m)))
 
@@ -128,16 +118,6 @@ def titled(*cids: str) -> ConversationMap:
     for cid in cids:
         m = m.raise_to(cid, "last_seq", 3)
     return m
-
-
-@pytest.fixture
-def a(open_replica) -> Replica:
-    return open_replica("a")
-
-
-@pytest.fixture
-def b(open_replica) -> Replica:
-    return open_replica("b")
 
 
 # -- pre-shared keys ------------------------------------------------------------------------------
@@ -556,34 +536,6 @@ def test_frames_that_complete_in_time_never_trip_the_frame_timeout(a, b):
 def node(replica: Replica, *peers: Node, listen: bool = True, config: NodeConfig = FAST) -> Node:
     return Node(replica, listen=(LOCAL, 0) if listen else None,
                 peers=[(LOCAL, p.port) for p in peers], config=config)
-
-
-async def settle(*nodes: tuple[Node, int]) -> None:
-    with trio.fail_after(GUARD):
-        while True:
-            heads = [n.replica.head for n, _ in nodes]
-            for n, links in nodes:
-                await n.wait_caught_up(links)
-            if heads == [n.replica.head for n, _ in nodes]:
-                return
-
-
-async def wait_until(n: Node, predicate) -> None:
-    with trio.fail_after(GUARD):
-        async with n._changed:
-            while not predicate():
-                await n._changed.wait()
-
-
-async def read_to_eof(stream: trio.abc.Stream, guard: float = GUARD) -> bytes:
-    data = bytearray()
-    with trio.fail_after(guard):
-        try:
-            while chunk := await stream.receive_some(1 << 16):
-                data += chunk
-        except trio.BrokenResourceError:
-            pass  # a reset after the ERROR: what was read still counts
-    return bytes(data)
 
 
 async def test_nodes_with_a_shared_key_replicate_and_a_wrong_key_gets_nothing(open_replica):

@@ -251,6 +251,21 @@ def bench_batched(cfg: argparse.Namespace, wd: Workdir) -> list[Row]:
 # -- c, d. remote deltas, and bytes per change ------------------------------------------------
 
 
+def plan_of(n: int, n_convs: int) -> list[tuple[str, int, Any]]:
+    """The n single-field changes of the remote-apply figures: half set_title, half
+    mark_read, spread over the conversations."""
+    read_at = [0] * n_convs
+    plan: list[tuple[str, int, Any]] = []
+    for k in range(n):
+        i = (k * 7919) % n_convs
+        if k % 2 == 0:
+            plan.append(("title", i, f"Weekend plans {k}"))
+        else:
+            read_at[i] += 1
+            plan.append(("read_seq", i, read_at[i]))
+    return plan
+
+
 def make_deltas(cfg: argparse.Namespace, wd: Workdir) -> dict[str, Any]:
     """The same n single-field changes made on a crdtim replica and on a pycrdt Doc."""
     n_convs, n = 1000, cfg.deltas
@@ -260,15 +275,7 @@ def make_deltas(cfg: argparse.Namespace, wd: Workdir) -> dict[str, Any]:
     init_delta = a.delta_since(0)
     first = a.head
     kinds, deltas = [], []
-    read_at = [0] * n_convs
-    plan = []
-    for k in range(n):
-        i = (k * 7919) % n_convs
-        if k % 2 == 0:
-            plan.append(("title", i, f"Weekend plans {k}"))
-        else:
-            read_at[i] += 1
-            plan.append(("read_seq", i, read_at[i]))
+    plan = plan_of(n, n_convs)
     t = time.perf_counter()
     for what, i, arg in plan:
         if what == "title":

@@ -204,19 +204,17 @@ def keyed(prefix: str, rows: list[Row]) -> list[Row]:
     return rows
 
 
-def plan_of(n: int, n_convs: int) -> list[tuple[str, int, Any]]:
-    """The single-field changes of the remote-apply figures (as in bench_local.make_deltas):
-    half set_title, half mark_read, spread over the conversations."""
-    read_at = [0] * n_convs
-    plan = []
-    for k in range(n):
-        i = (k * 7919) % n_convs
-        if k % 2 == 0:
-            plan.append(("title", i, f"Weekend plans {k}"))
-        else:
-            read_at[i] += 1
-            plan.append(("read_seq", i, read_at[i]))
-    return plan
+plan_of = bench_local.plan_of
+
+
+def pycrdt_convs(n_convs: int) -> tuple[pycrdt.Doc, list[pycrdt.Map]]:
+    """A pycrdt Doc holding n_convs conversations as Maps (the fields the plans change)."""
+    doc = pycrdt.Doc()
+    root = doc.get("convs", type=pycrdt.Map)
+    with doc.transaction():
+        for i in range(n_convs):
+            root[cid(i)] = pycrdt.Map({"title": f"Conversation {i}", "read_seq": 0})
+    return doc, [root[cid(i)] for i in range(n_convs)]
 
 
 # == hw: the hardware ==========================================================================
@@ -390,12 +388,7 @@ def bench_nosync(sz: dict[str, Any], wd: Workdir, hw: dict[str, Row]) -> list[Ro
         batched.append(n / timed(crdtim_batched))
         r.close()
         rm(d)
-        doc = pycrdt.Doc()
-        root = doc.get("convs", type=pycrdt.Map)
-        with doc.transaction():
-            for i in range(n_convs):
-                root[cid(i)] = pycrdt.Map({"title": f"Conversation {i}", "read_seq": 0})
-        convs = [root[cid(i)] for i in range(n_convs)]
+        doc, convs = pycrdt_convs(n_convs)
 
         def pycrdt_ops() -> None:
             for what, i, arg in plan:
@@ -442,19 +435,14 @@ def make_remote(sz: dict[str, Any], wd: Workdir, n: int) -> dict[str, Any]:
     state, a_id = a.state(), a.id
     a.close()
     rm(adir)
-    doc = pycrdt.Doc()
-    root = doc.get("convs", type=pycrdt.Map)
-    with doc.transaction():
-        for i in range(n_convs):
-            root[cid(i)] = pycrdt.Map({"title": f"Conversation {i}", "read_seq": 0})
+    doc, convs = pycrdt_convs(n_convs)
     init_update = doc.get_update()
     updates: list[bytes] = []
     sub = doc.observe(lambda e: updates.append(e.update))
-    convs = [root[cid(i)] for i in range(n_convs)]
     for what, i, arg in plan:
         convs[i][what] = arg
     doc.unobserve(sub)
-    final = {c: dict(m) for c, m in root.items()}
+    final = {c: dict(m) for c, m in doc.get("convs", type=pycrdt.Map).items()}
     return {"frames": frames, "state": state, "a_id": a_id, "init_update": init_update,
             "updates": updates, "final": final, "n": n, "n_convs": n_convs}
 

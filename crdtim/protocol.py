@@ -18,7 +18,8 @@ specs/protocol.md.
 
 Authentication (specs/security.md) is part of the handshake: with a pre-shared key, each side
 proves it holds the key by an HMAC-SHA256 over both sides' fresh nonces, replica ids and roles
-(AUTH), and nothing but AUTH or ERROR is accepted before the peer's AUTH verifies. The
+(AUTH) -- the dialer first, the acceptor only once the dialer's verified -- and nothing but
+AUTH or ERROR is accepted before the peer's AUTH verifies. The
 transport may also have authenticated the peer (mutual TLS, net.py) and passes in the
 identity it verified. Once the peer's identity is known, `SecurityConfig.scopes` limits what
 is sent to it and what it may send to conversation id prefixes.
@@ -26,9 +27,11 @@ is sent to it and what it may send to conversation id prefixes.
 State table (one per session; each direction's sub-state is noted beside it):
 
     AWAIT_HELLO --HELLO ok, no key named--> OPEN --ERROR / bad input / close()--> CLOSED
-    AWAIT_HELLO --HELLO ok, key named (AUTH sent)--> AWAIT_AUTH --AUTH verifies--> OPEN
+    AWAIT_HELLO --HELLO ok, key named (the dialer sends AUTH)--> AWAIT_AUTH
+    AWAIT_AUTH --AUTH verifies (the acceptor sends AUTH)--> OPEN
     AWAIT_HELLO, AWAIT_AUTH --anything else--> CLOSED (error)
-    OPEN: outbound  WAIT_RESUME --first ACK--> DELTAS | STATE_TRANSFER --STATE_END sent--> DELTAS
+    OPEN: outbound  WAIT_RESUME --first ACK--> DELTAS | STATE_TRANSFER (behind the log floor,
+                    or the peer's scope widened) --STATE_END sent--> DELTAS
                     DELTAS --entries not yet sent were trimmed, nothing in flight--> STATE_TRANSFER
           inbound   DELTAS --STATE_CHUNK--> STATE --STATE_END--> DELTAS
 """

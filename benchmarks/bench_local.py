@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
-import json
 import os
 import random
 import statistics
@@ -46,6 +45,9 @@ import pycrdt
 from crdtim import Replica, codec
 
 from .report import (
+    announce,
+    answer_child,
+    common_args,
     Row,
     Workdir,
     cid,
@@ -266,6 +268,14 @@ def plan_of(n: int, n_convs: int) -> list[tuple[str, int, Any]]:
     return plan
 
 
+def apply_op(r: Replica, what: str, i: int, arg: Any) -> None:
+    """One step of plan_of, on a crdtim replica."""
+    if what == "title":
+        r.set_title(cid(i), arg)
+    else:
+        r.mark_read(cid(i), arg)
+
+
 def make_deltas(cfg: argparse.Namespace, wd: Workdir) -> dict[str, Any]:
     """The same n single-field changes made on a crdtim replica and on a pycrdt Doc."""
     n_convs, n = 1000, cfg.deltas
@@ -278,10 +288,7 @@ def make_deltas(cfg: argparse.Namespace, wd: Workdir) -> dict[str, Any]:
     plan = plan_of(n, n_convs)
     t = time.perf_counter()
     for what, i, arg in plan:
-        if what == "title":
-            a.set_title(cid(i), arg)
-        else:
-            a.mark_read(cid(i), arg)
+        apply_op(a, what, i, arg)
         deltas.append(a.delta_since(a.head - 1))
         kinds.append(what)
     produce_s = time.perf_counter() - t
@@ -615,17 +622,9 @@ def bench_million(cfg: argparse.Namespace, wd: Workdir) -> tuple[list[Row], dict
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes, 3 runs (under a minute)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--dir", help="working directory for the databases (default: system temp)")
-    p.add_argument("--only", default="a,b,c,d,e", help="comma-separated figures to run")
-    p.add_argument("--runs", type=int, help="runs per timed figure (default 5, 3 with --quick)")
-    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    common_args(p, "a,b,c,d,e")
     cfg = p.parse_args(argv)
-    if cfg.child:
-        kind, spec = cfg.child
-        fn = {"build": child_build, "raw": child_raw, "reopen": child_reopen}[kind]
-        print(json.dumps(fn(json.loads(spec))))
+    if answer_child(cfg, {"build": child_build, "raw": child_raw, "reopen": child_reopen}):
         return 0
 
     q = cfg.quick
@@ -642,12 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     fs = filesystem_of(wd.root)
     meta = run_meta(MODULE, argv, quick=q, runs=cfg.runs, workdir=fs, lmdb=lmdb.__version__,
                     lmdb_lib=".".join(map(str, lmdb.version())), pycrdt=pycrdt.__version__)
-    print(f"crdtim local benchmark ({'quick' if q else 'full'}, {cfg.runs} runs per figure); "
-          f"databases in {fs['path']} ({fs['fstype']} on {fs['device']}); load average "
-          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    if fs["fstype"] in ("tmpfs", "ramfs"):
-        print("  WARNING: the working directory is in memory; durable (sync) figures are "
-              "meaningless here. Pass --dir on a real disk.")
+    announce("local", q, cfg.runs, fs)
     rows: list[Row] = []
     details: dict[str, Any] = {}
     t_all = time.perf_counter()

@@ -88,6 +88,9 @@ from crdtim.protocol import (
 )
 
 from .report import (
+    announce,
+    answer_child,
+    common_args,
     PROJECT,
     Row,
     Workdir,
@@ -1085,19 +1088,12 @@ def bench_bootstrap(cfg: argparse.Namespace, wd: Workdir, prof: Profiler
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes, 3 runs (under a minute)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--dir", help="working directory for the databases (default: system temp)")
-    p.add_argument("--only", default="a,b,c,d", help="comma-separated figures to run")
-    p.add_argument("--runs", type=int, help="runs per figure (default 5, 3 with --quick)")
+    common_args(p, "a,b,c,d")
     p.add_argument("--profile", metavar="DIR",
                    help="cProfile the crdtim side of each figure's first run into DIR")
-    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     cfg = p.parse_args(argv)
-    if cfg.child:
-        kind, spec = cfg.child
-        fn = {"build": child_build, "serve": child_serve, "rawserve": child_rawserve}[kind]
-        print(json.dumps(fn(json.loads(spec))))
+    if answer_child(cfg, {"build": child_build, "serve": child_serve,
+                          "rawserve": child_rawserve}):
         return 0
 
     q = cfg.quick
@@ -1114,12 +1110,7 @@ def main(argv: list[str] | None = None) -> int:
     fs = filesystem_of(wd.root)
     meta = run_meta(MODULE, argv, quick=q, runs=cfg.runs, workdir=fs, lmdb=lmdb.__version__,
                     pycrdt=pycrdt.__version__, trio=trio.__version__)
-    print(f"crdtim sync benchmark ({'quick' if q else 'full'}, {cfg.runs} runs per figure); "
-          f"databases in {fs['path']} ({fs['fstype']} on {fs['device']}); load average "
-          f"{meta['loadavg_start'][0]:.2f} on {meta['cpus']} CPUs")
-    if fs["fstype"] in ("tmpfs", "ramfs"):
-        print("  WARNING: the working directory is in memory; sync figures are meaningless "
-              "here. Pass --dir on a real disk.")
+    announce("sync", q, cfg.runs, fs)
     rows: list[Row] = []
     details: dict[str, Any] = {}
     t_all = time.perf_counter()

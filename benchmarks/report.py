@@ -11,6 +11,7 @@ the conversation ids both scripts use (`cid`).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -99,7 +100,7 @@ def value_at_most(x: float) -> Callable[[Row], bool]:
     return lambda row: row.value <= x
 
 
-def _spread(xs: list[float] | None, fmt: str) -> str:
+def spread(xs: list[float] | None, fmt: str) -> str:
     """'median [min..max]', or the median alone when there is one sample or all are equal."""
     if not xs:
         return "-"
@@ -117,8 +118,8 @@ def print_table(rows: list[Row], key_width: int = 4) -> None:
     for row in rows:
         ref = "-" if not row.refs else f"{row.fmt.format(statistics.median(row.refs))} {row.unit}"
         table.append((
-            row.key, row.figure, f"{_spread(row.values, row.fmt)} {row.unit}", ref,
-            _spread(row.ratios, "{:.2f}x") if row.ratios else "-", row.goal or "-",
+            row.key, row.figure, f"{spread(row.values, row.fmt)} {row.unit}", ref,
+            spread(row.ratios, "{:.2f}x") if row.ratios else "-", row.goal or "-",
             {True: "yes", False: "NO", None: "-"}[row.met],
         ))
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
@@ -214,3 +215,34 @@ def run_child(module: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     if p.returncode != 0:
         raise RuntimeError(f"child {kind} failed ({p.returncode}):\n{p.stderr[-4000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def common_args(p: argparse.ArgumentParser, figures: str) -> None:
+    """The options every benchmark script takes (`figures`: the default of --only)."""
+    p.add_argument("--quick", action="store_true", help="small sizes, 3 runs (under a minute)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--dir", help="working directory for the databases (default: system temp)")
+    p.add_argument("--only", default=figures, help="comma-separated figures to run")
+    p.add_argument("--runs", type=int, help="runs per timed figure (default 5, 3 with --quick)")
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+
+
+def answer_child(cfg: argparse.Namespace, children: dict[str, Callable[[Any], Any]]) -> bool:
+    """If this process was started by run_child (--child KIND SPEC): run that child, print
+    its result as JSON and say True."""
+    if not cfg.child:
+        return False
+    kind, spec = cfg.child
+    print(json.dumps(children[kind](json.loads(spec))))
+    return True
+
+
+def announce(title: str, quick: bool, runs: int, fs: dict[str, Any]) -> None:
+    """The first lines of a benchmark script's output: what runs where, and a warning when
+    the databases are in memory (durable figures would mean nothing)."""
+    print(f"crdtim {title} benchmark ({'quick' if quick else 'full'}, {runs} runs per figure); "
+          f"databases in {fs['path']} ({fs['fstype']} on {fs['device']}); load average "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    if fs["fstype"] in ("tmpfs", "ramfs"):
+        print("  WARNING: the working directory is in memory; durable (sync) figures are "
+              "meaningless here. Pass --dir on a real disk.")

@@ -68,8 +68,7 @@ import msgpack
 import pycrdt
 import trio
 
-import crdtim
-from crdtim import Node, NodeConfig, Replica, codec
+from crdtim import Node, Replica, codec
 from crdtim.protocol import PROTOCOL_VERSION, Delta, Hello, SyncSession, encode_frame
 
 from . import bench_local, bench_sync
@@ -84,6 +83,7 @@ from .report import (
     ratio_at_least,
     rm,
     run_child,
+    spread,
     value_at_most,
 )
 
@@ -510,11 +510,8 @@ async def node_stream(n: int, wd: Workdir) -> float:
                 async with Node(b, peers=[("127.0.0.1", na.port)]):
                     await bench_sync._wait_until(lambda: b.received_from(a.id) >= a.head)
                     t = time.perf_counter()
-                    for what, i, arg in plan:
-                        if what == "title":
-                            a.set_title(cid(i), arg)
-                        else:
-                            a.mark_read(cid(i), arg)
+                    for op in plan:
+                        bench_local.apply_op(a, *op)
                         await trio.sleep(0)
                     await bench_sync._wait_until(lambda: b.received_from(a.id) >= a.head, 600)
                     out.append(n / (time.perf_counter() - t))
@@ -612,13 +609,16 @@ def bench_automerge(sz: dict[str, Any], wd: Workdir, by_key: dict[str, Row]
                 objs.append(o)
         init = a.save()
 
+        def put(doc: Any, what: str, i: int, arg: Any) -> None:
+            with doc.transaction() as tx:
+                if what == "title":
+                    tx.put(objs[i], "title", S.Str, arg)
+                else:
+                    tx.put(objs[i], "read_seq", S.Uint, arg)
+
         def local_ops() -> None:
-            for what, i, arg in plan:
-                with a.transaction() as tx:
-                    if what == "title":
-                        tx.put(objs[i], "title", S.Str, arg)
-                    else:
-                        tx.put(objs[i], "read_seq", S.Uint, arg)
+            for op in plan:
+                put(a, *op)
 
         local.append(n / timed(local_ops))
         # The same changes again on a fresh source, shipped to a shadow peer through the sync
@@ -643,11 +643,7 @@ def bench_automerge(sz: dict[str, Any], wd: Workdir, by_key: dict[str, Row]
         msgs: list[list[bytes]] = []
         heads = a.get_heads()
         for what, i, arg in plan:
-            with a.transaction() as tx:
-                if what == "title":
-                    tx.put(objs[i], "title", S.Str, arg)
-                else:
-                    tx.put(objs[i], "read_seq", S.Uint, arg)
+            put(a, what, i, arg)
             if run == 0 and what == "title":
                 change_bytes.extend(len(c.bytes) for c in a.get_changes(heads))
             heads = a.get_heads()
@@ -1204,9 +1200,9 @@ def markdown(doc: dict[str, Any], rows: list[Row]) -> str:
             "| key | figure | value | runs | reference | ratio | goal |",
             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        val = bench_spread(r.values, r.fmt)
+        val = spread(r.values, r.fmt)
         ref = "-" if not r.refs else f"{r.fmt.format(statistics.median(r.refs))} {r.unit}"
-        ratio = bench_spread(r.ratios, "{:.2f}x") if r.ratios else "-"
+        ratio = spread(r.ratios, "{:.2f}x") if r.ratios else "-"
         fig = r.figure.strip().replace("|", "/")
         out.append(f"| {r.key} | {fig} | {val} {r.unit} | {len(r.values)} | {ref} | {ratio} | "
                    f"{r.goal or '-'} |")
@@ -1219,15 +1215,6 @@ def markdown(doc: dict[str, Any], rows: list[Row]) -> str:
     if am and not am.get("ran"):
         out.append(f"- **automerge**: did not run: {am['reason']}")
     return "\n".join(out) + "\n"
-
-
-def bench_spread(xs: list[float] | None, fmt: str) -> str:
-    if not xs:
-        return "-"
-    med = fmt.format(statistics.median(xs))
-    if len(xs) == 1 or min(xs) == max(xs):
-        return med
-    return f"{med} [{fmt.format(min(xs))}..{fmt.format(max(xs))}]"
 
 
 if __name__ == "__main__":

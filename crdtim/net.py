@@ -31,7 +31,6 @@ from .protocol import (
     HandshakeComplete,
     PeerAcked,
     PeerClosed,
-    ProtocolError,
     RemoteProtocolError,
     SecurityConfig,
     SessionConfig,

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean fuzz faults
+.PHONY: demo test lint bench clean fuzz faults
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Types (mypy --strict) and style (ruff) of the package, as configured in pyproject.toml.
+lint: $(STAMP) $(VENV)/.lint
+	$(PY) -m ruff check crdtim
+	$(PY) -m mypy
+
+$(VENV)/.lint: pyproject.toml
+	$(PY) -m pip install --quiet -e '.[lint]'
+	touch $@
 
 # Long seeded fuzz run of the wire protocol (decoder, session, handshake): INPUTS=, SEED=,
 # JOBS=; then, if atheris installed, ATHERIS= coverage-guided runs (default 20000, 0: none).

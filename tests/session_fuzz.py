@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from crdtim import codec, protocol
+from crdtim.protocol import _session
 from crdtim.crdt import ConversationMap, Stamp
 from crdtim.protocol import (
     DeltaApplied,
@@ -224,16 +225,16 @@ SCENARIOS = [(f"{security}-{kind}", security, kind)
 def _fixed_nonces(seed: str) -> Iterator[None]:
     """Sessions made inside draw their HELLO nonces from a seeded generator, so that the
     recorded handshakes (hence the inputs made from them) are reproducible."""
-    saved = getattr(protocol, "secrets", None)
+    saved = getattr(_session, "secrets", None)
     if saved is None:
         yield
         return
     rng = random.Random(seed)
-    protocol.secrets = types.SimpleNamespace(token_bytes=rng.randbytes)  # type: ignore
+    _session.secrets = types.SimpleNamespace(token_bytes=rng.randbytes)  # type: ignore
     try:
         yield
     finally:
-        protocol.secrets = saved  # type: ignore
+        _session.secrets = saved  # type: ignore
 
 
 @contextlib.contextmanager

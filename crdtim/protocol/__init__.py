@@ -1,0 +1,83 @@
+"""The sans-IO sync protocol: a `SyncSession` is fed bytes and returns events and bytes to
+send (specs/protocol.md, specs/security.md).
+
+This is the public face; the code lives in private modules, one concern each: `_messages`
+(wire messages and framing), `_auth` (keys, scopes, the handshake MAC), `_events`,
+`_errors`, `_port` (the replica contract) and `_session` (the state machine). Nothing in this
+package touches a socket, a database, trio or the clock.
+"""
+
+from ._auth import MAX_KEY_ID, MIN_SECRET_BYTES, SecurityConfig, valid_key_id
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._events import (
+    DeltaApplied,
+    Event,
+    HandshakeComplete,
+    PeerAcked,
+    PeerClosed,
+    PongReceived,
+    StateTransferFinished,
+    StateTransferStarted,
+)
+from ._messages import (
+    MAX_FRAME_BYTES,
+    MAX_REPLICA_ID_BYTES,
+    MIN_FRAME_BYTES,
+    NONCE_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    Auth,
+    ChunkAck,
+    Delta,
+    Error,
+    FrameDecoder,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    StateChunk,
+    StateEnd,
+    encode_frame,
+)
+from ._port import ReplicaPort
+from ._session import SessionConfig, State, SyncSession
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "MAX_KEY_ID",
+    "MAX_REPLICA_ID_BYTES",
+    "MIN_FRAME_BYTES",
+    "MIN_SECRET_BYTES",
+    "NONCE_BYTES",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Auth",
+    "ChunkAck",
+    "Delta",
+    "DeltaApplied",
+    "Error",
+    "Event",
+    "FrameDecoder",
+    "HandshakeComplete",
+    "Hello",
+    "LocalProtocolError",
+    "Message",
+    "PeerAcked",
+    "PeerClosed",
+    "Ping",
+    "Pong",
+    "PongReceived",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ReplicaPort",
+    "SecurityConfig",
+    "SessionConfig",
+    "State",
+    "StateChunk",
+    "StateEnd",
+    "StateTransferFinished",
+    "StateTransferStarted",
+    "SyncSession",
+    "encode_frame",
+    "valid_key_id",
+]

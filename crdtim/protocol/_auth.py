@@ -1,0 +1,71 @@
+"""Authentication and authorization settings of a session: the pre-shared keys, the scopes,
+key id validation and the handshake MAC (specs/security.md).
+
+Pure: no I/O, no clock; a MAC is computed from what the caller passes in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["MAX_KEY_ID", "MIN_SECRET_BYTES", "SecurityConfig", "valid_key_id"]
+
+MAX_KEY_ID = 64  # code points in a key id
+MIN_SECRET_BYTES = 16  # a shorter pre-shared key could be guessed offline from one handshake
+_AUTH_LABEL = b"crdtim AUTH v2\x00"  # domain separation: this MAC means nothing elsewhere
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityConfig:
+    """Who may connect and what each may replicate (specs/security.md).
+
+    `keys` maps key id -> pre-shared secret: when it is not empty, every peer must prove one
+    of them in the handshake. The dialing side names the key: `key_id`, or the only key if
+    there is one. `scopes` maps a peer identity (the key id it proved, else the subject of its
+    TLS certificate) to the conversation id prefixes it may replicate ("" is everything); a
+    peer whose identity is not listed is refused. None: every authenticated peer may
+    replicate everything.
+    """
+
+    keys: Mapping[str, bytes] = field(default_factory=dict)
+    key_id: str | None = None
+    scopes: Mapping[str, tuple[str, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        for kid, secret in self.keys.items():
+            if not valid_key_id(kid):
+                raise ValueError(f"key id {kid!r:.80} is not 1..{MAX_KEY_ID} printable "
+                                 "characters without spaces")
+            if type(secret) is not bytes or len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(f"the secret of key {kid!r} is shorter than "
+                                 f"{MIN_SECRET_BYTES} bytes")
+        if self.key_id is not None and self.key_id not in self.keys:
+            raise ValueError(f"key id {self.key_id!r} is not among the keys")
+        if self.scopes is not None:
+            for identity, prefixes in self.scopes.items():
+                if (type(identity) is not str or type(prefixes) is not tuple
+                        or not all(type(p) is str for p in prefixes)):
+                    raise ValueError(f"scope of {identity!r:.80}: expected a tuple of prefixes")
+
+    @property
+    def dial_key_id(self) -> str | None:
+        """The key named when we dial: `key_id`, else the only key, else None."""
+        if self.key_id is not None:
+            return self.key_id
+        return next(iter(self.keys)) if len(self.keys) == 1 else None
+
+
+def _covers(old: tuple[str, ...] | None, new: tuple[str, ...] | None) -> bool:
+    """True if every conversation id in scope `new` was in scope `old` (None: everything)."""
+    if old is None:
+        return True
+    if new is None:
+        return False
+    return all(p.startswith(old) for p in new)
+
+
+def valid_key_id(kid: object) -> bool:
+    return (type(kid) is str and 1 <= len(kid) <= MAX_KEY_ID and kid.isprintable()
+            and not any(c.isspace() for c in kid))
+

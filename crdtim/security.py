@@ -2,9 +2,10 @@
 authorization file and the TLS certificates (specs/security.md).
 
 This is the configuration edge: it reads files and builds `protocol.SecurityConfig` and
-`TlsConfig`; the handshake itself is in protocol.py (pre-shared keys) and net.py (TLS). Every
-problem with a file is a `ConfigError` naming the file and what is wrong with it, never a
-traceback.
+`TlsConfig`; the handshake itself is in the protocol package (pre-shared keys) and net.py
+(TLS). It must never reach into a session: it imports only the settings of
+`protocol._auth`. Every problem with a file is a `ConfigError` naming the file and what is
+wrong with it, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .protocol import MIN_SECRET_BYTES, SecurityConfig, valid_key_id
+from .protocol._auth import MIN_SECRET_BYTES, SecurityConfig, valid_key_id
 
 __all__ = ["TlsConfig", "load_keys", "load_scopes", "load_security", "load_tls",
            "certificate_identity", "DEFAULT_KEY_ID"]

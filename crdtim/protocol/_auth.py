@@ -6,14 +6,19 @@ Pure: no I/O, no clock; a MAC is computed from what the caller passes in.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_KEY_ID", "MIN_SECRET_BYTES", "SecurityConfig", "valid_key_id"]
+__all__ = ["MAC_BYTES", "MAX_KEY_ID", "MIN_SECRET_BYTES", "SecurityConfig", "covers",
+           "handshake_mac", "valid_key_id"]
 
 MAX_KEY_ID = 64  # code points in a key id
 MIN_SECRET_BYTES = 16  # a shorter pre-shared key could be guessed offline from one handshake
 _AUTH_LABEL = b"crdtim AUTH v2\x00"  # domain separation: this MAC means nothing elsewhere
+MAC_BYTES = hashlib.sha256().digest_size  # what an AUTH carries
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,7 +61,7 @@ class SecurityConfig:
         return next(iter(self.keys)) if len(self.keys) == 1 else None
 
 
-def _covers(old: tuple[str, ...] | None, new: tuple[str, ...] | None) -> bool:
+def covers(old: tuple[str, ...] | None, new: tuple[str, ...] | None) -> bool:
     """True if every conversation id in scope `new` was in scope `old` (None: everything)."""
     if old is None:
         return True
@@ -69,3 +74,20 @@ def valid_key_id(kid: object) -> bool:
     return (type(kid) is str and 1 <= len(kid) <= MAX_KEY_ID and kid.isprintable()
             and not any(c.isspace() for c in kid))
 
+
+
+def handshake_mac(secret: bytes, *, key_id: str, sender: str, receiver: str,
+                  sender_dialed: bool, sender_nonce: bytes, receiver_nonce: bytes) -> bytes:
+    """HMAC-SHA256(secret, label, key id, sender id, receiver id, sender role, sender
+    nonce, receiver nonce), as specs/security.md §3 spells it out: bound to the connection's
+    two fresh nonces (a recorded AUTH never verifies again), to its direction and to the
+    sender's role (an AUTH cannot be reflected back, nor relayed from a connection on which
+    the sender accepted to one on which it must have dialed)."""
+    text = b"".join(_length_prefixed(x.encode()) for x in (key_id, sender, receiver))
+    message = (_AUTH_LABEL + text + (b"D" if sender_dialed else b"A")
+               + sender_nonce + receiver_nonce)
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def _length_prefixed(b: bytes) -> bytes:
+    return struct.pack(">H", len(b)) + b

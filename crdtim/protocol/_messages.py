@@ -8,20 +8,22 @@ reason. No I/O, no clock, no session state here.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from operator import attrgetter
+from typing import Any, cast
 
 from .. import codec
 from ..errors import DecodeError
-from ._auth import valid_key_id
+from ._auth import MAC_BYTES, valid_key_id
 from ._errors import RemoteProtocolError
 
 __all__ = ["MAX_FRAME_BYTES", "MAX_REPLICA_ID_BYTES", "MIN_FRAME_BYTES", "NONCE_BYTES",
            "PROTOCOL_VERSION", "Ack", "Auth", "ChunkAck", "Delta", "Error", "FrameDecoder",
-           "Hello", "Message", "Ping", "Pong", "StateChunk", "StateEnd", "encode_frame"]
+           "Hello", "Message", "Ping", "Pong", "StateChunk", "StateEnd", "encode_frame",
+           "message_name"]
 
 PROTOCOL_VERSION = 2
 MAX_REPLICA_ID_BYTES = 255
@@ -93,46 +95,145 @@ class ChunkAck:
     count: int  # STATE_CHUNKs of the current transfer applied so far
 
 
-Message = Union[Hello, Auth, Delta, Ack, StateChunk, StateEnd, Ping, Pong, Error, ChunkAck]
+Message = Hello | Auth | Delta | Ack | StateChunk | StateEnd | Ping | Pong | Error | ChunkAck
 
-_TAGS: dict[type, int] = {Hello: 1, Delta: 2, Ack: 3, StateChunk: 4, StateEnd: 5, Ping: 6, Pong: 7,
-                          Error: 8, ChunkAck: 9, Auth: 10}
-_ARITY = {1: 5, 2: 3, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1, 9: 1, 10: 1}
 _MAX_SEQ = codec.MAX_INT
+_MAX_ERROR_REASON = 1000  # characters of a peer's ERROR reason kept
 
-def _message_fields(m: Message) -> list[Any]:
-    if isinstance(m, Hello):
-        return [m.version, m.replica_id, m.nonce, m.key_id, m.max_frame_bytes]
-    if isinstance(m, Auth):
-        return [m.mac]
-    if isinstance(m, Delta):
-        return [m.start, m.end, m.payload]
-    if isinstance(m, (Ack, StateEnd)):
-        return [m.seq]
-    if isinstance(m, ChunkAck):
-        return [m.count]
-    if isinstance(m, StateChunk):
-        return [m.payload]
-    if isinstance(m, (Ping, Pong)):
-        return [m.nonce]
-    return [m.reason]
+
+# -- field parsers: each takes what msgpack decoded and returns the field's value, or raises
+# RemoteProtocolError naming the field, so the peer learns exactly what was wrong.
+
+_Parse = Callable[[Any], Any]
+
+
+def _seq(what: str) -> _Parse:
+    def parse(x: Any) -> int:
+        if type(x) is not int or not 0 <= x <= _MAX_SEQ:
+            raise RemoteProtocolError(f"{what}: expected a sequence number, got {x!r:.40}")
+        return x
+    return parse
+
+
+def _binary(what: str) -> _Parse:
+    def parse(x: Any) -> bytes:
+        if type(x) is not bytes:
+            raise RemoteProtocolError(f"{what}: expected binary, got {type(x).__name__}")
+        return x
+    return parse
+
+
+def _version(x: Any) -> int:
+    if type(x) is not int:
+        raise RemoteProtocolError("HELLO: protocol version is not an integer")
+    return x
+
+
+def _replica_id(x: Any) -> str:
+    # A replica id has 1..64 code points (specs/crdt.md); in bytes it must also fit the
+    # one-byte length with which a log entry names its origin (specs/storage.md).
+    # Printable: the id is logged, and a newline in it could forge log lines.
+    if (type(x) is not str or not 1 <= len(x) <= codec.MAX_REPLICA_ID
+            or len(x.encode()) > MAX_REPLICA_ID_BYTES or not x.isprintable()):
+        raise RemoteProtocolError("HELLO: replica id is not a short printable string")
+    return x
+
+
+def _nonce(x: Any) -> bytes:
+    if type(x) is not bytes or len(x) != NONCE_BYTES:
+        raise RemoteProtocolError(f"HELLO: nonce is not {NONCE_BYTES} bytes of binary")
+    return x
+
+
+def _key_id(x: Any) -> str | None:
+    if x is not None and not valid_key_id(x):
+        raise RemoteProtocolError("HELLO: key id is not a short printable string")
+    return cast("str | None", x)
+
+
+def _frame_limit(x: Any) -> int:
+    if type(x) is not int or not _LEAST_FRAME <= x <= MAX_FRAME_BYTES:
+        raise RemoteProtocolError(f"HELLO: frame limit {x!r:.40} is not a number "
+                                  f"from {_LEAST_FRAME} to {MAX_FRAME_BYTES}")
+    return x
+
+
+def _mac(x: Any) -> bytes:
+    mac: bytes = _binary("AUTH")(x)
+    if len(mac) != MAC_BYTES:
+        raise RemoteProtocolError("AUTH: not an HMAC-SHA256 (32 bytes)")
+    return mac
+
+
+def _reason(x: Any) -> str:
+    # Never refused: a peer's ERROR is reported whatever it holds, cut to a loggable size.
+    return x[:_MAX_ERROR_REASON] if type(x) is str else repr(x)[:_MAX_ERROR_REASON]
+
+
+# -- checks of a whole message, or of a HELLO before its fields
+
+def _interval(m: Message) -> None:
+    assert isinstance(m, Delta)
+    if m.end <= m.start:
+        raise RemoteProtocolError(f"DELTA: empty or reversed interval ({m.start}, {m.end}]")
+
+
+def _hello_version_first(args: list[Any]) -> None:
+    # The version is read before the rest: a HELLO of another version may have other
+    # fields, and its sender deserves to be told the version, not a field count.
+    if args and type(args[0]) is int and args[0] != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"protocol version {args[0]} is not supported (this is {PROTOCOL_VERSION})")
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One message type on the wire: [tag, *fields], each field parsed in order."""
+
+    tag: int
+    kind: Callable[..., Message]  # the message class
+    name: str  # as specs/protocol.md §2 names it, and as errors name it
+    fields: tuple[tuple[str, _Parse], ...]  # (attribute, parser) in wire order
+    check: Callable[[Message], None] | None = None  # a rule across fields
+    before_fields: Callable[[list[Any]], None] | None = None  # run before the field count
+    values: Callable[[Message], tuple[Any, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        get = attrgetter(*(attribute for attribute, _ in self.fields))
+        single = len(self.fields) == 1
+        object.__setattr__(self, "values", (lambda m: (get(m),)) if single else get)
+
+
+# The wire format of every message (specs/protocol.md §2): adding a message is adding a row.
+_ROWS = (
+    _Row(1, Hello, "HELLO", (("version", _version), ("replica_id", _replica_id),
+                             ("nonce", _nonce), ("key_id", _key_id),
+                             ("max_frame_bytes", _frame_limit)),
+         before_fields=_hello_version_first),
+    _Row(2, Delta, "DELTA", (("start", _seq("DELTA start")), ("end", _seq("DELTA end")),
+                             ("payload", _binary("DELTA payload"))), check=_interval),
+    _Row(3, Ack, "ACK", (("seq", _seq("ACK")),)),
+    _Row(4, StateChunk, "STATE_CHUNK", (("payload", _binary("STATE_CHUNK payload")),)),
+    _Row(5, StateEnd, "STATE_END", (("seq", _seq("STATE_END")),)),
+    _Row(6, Ping, "PING", (("nonce", _seq("PING nonce")),)),
+    _Row(7, Pong, "PONG", (("nonce", _seq("PONG nonce")),)),
+    _Row(8, Error, "ERROR", (("reason", _reason),)),
+    _Row(9, ChunkAck, "CHUNK_ACK", (("count", _seq("CHUNK_ACK")),)),
+    _Row(10, Auth, "AUTH", (("mac", _mac),)),
+)
+_BY_TAG = {row.tag: row for row in _ROWS}
+_BY_KIND: dict[object, _Row] = {row.kind: row for row in _ROWS}
+
+
+def message_name(m: Message) -> str:
+    """The message's name as specs/protocol.md writes it (DELTA, STATE_CHUNK, ...)."""
+    return _BY_KIND[type(m)].name
 
 
 def encode_frame(m: Message) -> bytes:
-    body = codec.pack([_TAGS[type(m)], *_message_fields(m)])
+    row = _BY_KIND[type(m)]
+    body = codec.pack([row.tag, *row.values(m)])
     return _LEN.pack(len(body)) + body
-
-
-def _seq(x: Any, what: str) -> int:
-    if type(x) is not int or not 0 <= x <= _MAX_SEQ:
-        raise RemoteProtocolError(f"{what}: expected a sequence number, got {x!r:.40}")
-    return x
-
-
-def _bytes(x: Any, what: str) -> bytes:
-    if type(x) is not bytes:
-        raise RemoteProtocolError(f"{what}: expected binary, got {type(x).__name__}")
-    return x
 
 
 def _parse_message(body: bytes, max_bytes: int) -> Message:
@@ -143,58 +244,19 @@ def _parse_message(body: bytes, max_bytes: int) -> Message:
     if type(obj) is not list or not obj or type(obj[0]) is not int:
         raise RemoteProtocolError("malformed frame: expected [type, fields...]")
     tag, args = obj[0], obj[1:]
-    arity = _ARITY.get(tag)
-    if arity is None:
+    row = _BY_TAG.get(tag)
+    if row is None:
         raise RemoteProtocolError(f"unknown message type {tag}")
-    if tag == 1 and args and type(args[0]) is int and args[0] != PROTOCOL_VERSION:
-        # The version is read before the rest: a HELLO of another version may have other
-        # fields, and its sender deserves to be told the version, not a field count.
+    if row.before_fields is not None:
+        row.before_fields(args)
+    if len(args) != len(row.fields):
         raise RemoteProtocolError(
-            f"protocol version {args[0]} is not supported (this is {PROTOCOL_VERSION})")
-    if len(args) != arity:
-        raise RemoteProtocolError(f"message type {tag}: expected {arity} fields, got {len(args)}")
-    if tag == 1:
-        version, rid, nonce, key_id, max_frame = args
-        if type(version) is not int:
-            raise RemoteProtocolError("HELLO: protocol version is not an integer")
-        # A replica id has 1..64 code points (specs/crdt.md); in bytes it must also fit the
-        # one-byte length with which a log entry names its origin (specs/storage.md).
-        # Printable: the id is logged, and a newline in it could forge log lines.
-        if (type(rid) is not str or not 1 <= len(rid) <= codec.MAX_REPLICA_ID
-                or len(rid.encode()) > MAX_REPLICA_ID_BYTES or not rid.isprintable()):
-            raise RemoteProtocolError("HELLO: replica id is not a short printable string")
-        if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
-            raise RemoteProtocolError(f"HELLO: nonce is not {NONCE_BYTES} bytes of binary")
-        if key_id is not None and not valid_key_id(key_id):
-            raise RemoteProtocolError("HELLO: key id is not a short printable string")
-        if type(max_frame) is not int or not _LEAST_FRAME <= max_frame <= MAX_FRAME_BYTES:
-            raise RemoteProtocolError(f"HELLO: frame limit {max_frame!r:.40} is not a number "
-                                      f"from {_LEAST_FRAME} to {MAX_FRAME_BYTES}")
-        return Hello(version=version, replica_id=rid, nonce=nonce, key_id=key_id,
-                     max_frame_bytes=max_frame)
-    if tag == 10:
-        mac = _bytes(args[0], "AUTH")
-        if len(mac) != hashlib.sha256().digest_size:
-            raise RemoteProtocolError("AUTH: not an HMAC-SHA256 (32 bytes)")
-        return Auth(mac=mac)
-    if tag == 2:
-        start, end = _seq(args[0], "DELTA start"), _seq(args[1], "DELTA end")
-        if end <= start:
-            raise RemoteProtocolError(f"DELTA: empty or reversed interval ({start}, {end}]")
-        return Delta(start=start, end=end, payload=_bytes(args[2], "DELTA payload"))
-    if tag == 3:
-        return Ack(seq=_seq(args[0], "ACK"))
-    if tag == 4:
-        return StateChunk(payload=_bytes(args[0], "STATE_CHUNK payload"))
-    if tag == 5:
-        return StateEnd(seq=_seq(args[0], "STATE_END"))
-    if tag == 9:
-        return ChunkAck(count=_seq(args[0], "CHUNK_ACK"))
-    if tag in (6, 7):
-        nonce = _seq(args[0], "PING/PONG nonce")
-        return Ping(nonce=nonce) if tag == 6 else Pong(nonce=nonce)
-    reason = args[0]
-    return Error(reason=reason[:1000] if type(reason) is str else repr(reason)[:1000])
+            f"message type {tag}: expected {len(row.fields)} fields, got {len(args)}")
+    m = row.kind(**{attribute: parse(x)
+                    for (attribute, parse), x in zip(row.fields, args, strict=True)})
+    if row.check is not None:
+        row.check(m)
+    return m
 
 
 class FrameDecoder:
@@ -222,7 +284,8 @@ class FrameDecoder:
             return None
         (n,) = _LEN.unpack_from(self._buf)
         if n > self.max_frame_bytes:
-            raise RemoteProtocolError(f"frame of {n} bytes is over the limit of {self.max_frame_bytes}")
+            raise RemoteProtocolError(
+                f"frame of {n} bytes is over the limit of {self.max_frame_bytes}")
         if len(self._buf) < 4 + n:
             return None
         body = bytes(self._buf[4 : 4 + n])

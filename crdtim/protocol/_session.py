@@ -39,22 +39,20 @@ State table (one per session; each direction's sub-state is noted beside it):
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import secrets
-import struct
 from dataclasses import dataclass, field
 
 from .. import codec
 from ..crdt import ConversationMap
 from ..errors import ClockDriftError, DecodeError, LogTrimmedError, PeerIdentityError
-from ._auth import _AUTH_LABEL, SecurityConfig, _covers
+from ._auth import SecurityConfig, covers, handshake_mac
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (DeltaApplied, Event, HandshakeComplete, PeerAcked, PeerClosed,
                       PongReceived, StateTransferFinished, StateTransferStarted)
 from ._messages import (NONCE_BYTES, PROTOCOL_VERSION, Ack, Auth, ChunkAck, Delta, Error,
                         FrameDecoder, Hello, Message, Ping, Pong, StateChunk, StateEnd,
-                        encode_frame)
+                        encode_frame, message_name)
 from ._port import ReplicaPort
 
 __all__ = ["SessionConfig", "State", "SyncSession"]
@@ -89,10 +87,6 @@ class SessionConfig:
     frame_timeout: float = 60.0
     limits: codec.Limits = field(default_factory=lambda: codec.DEFAULT_LIMITS)
 
-
-
-def _length_prefixed(b: bytes) -> bytes:
-    return struct.pack(">H", len(b)) + b
 
 
 
@@ -273,7 +267,7 @@ class SyncSession:
 
     def _handle(self, m: Message, now: float) -> list[Event]:
         if not isinstance(m, _ACCEPTS[self.state]):
-            raise self._fail(f"unexpected {type(m).__name__.upper()} in state {self.state.value}")
+            raise self._fail(f"unexpected {message_name(m)} in state {self.state.value}")
         if isinstance(m, Error):
             self.state = State.CLOSED
             return [PeerClosed(reason=m.reason)]
@@ -339,19 +333,15 @@ class SyncSession:
         return []
 
     def _mac(self, secret: bytes, *, sent_by_us: bool) -> bytes:
-        """HMAC-SHA256(secret, label, key id, sender id, receiver id, sender role, sender
-        nonce, receiver nonce), as specs/security.md §3 spells it out: bound to this connection's two fresh nonces (a recorded AUTH
-        never verifies again), to its direction and to the sender's role (an AUTH cannot be
-        reflected back, nor relayed from a connection on which the sender accepted to one
-        on which it must have dialed)."""
+        """The AUTH MAC of this connection: ours (`sent_by_us`) or the one the peer owes."""
+        assert self.peer_id is not None and self._key_id is not None  # set by the HELLO
         ours = (self.replica.id, self._hello_nonce, self._dialed)
         theirs = (self.peer_id, self._peer_nonce, not self._dialed)
         (sender, sender_nonce, sender_dialed), (receiver, receiver_nonce, _) = (
             (ours, theirs) if sent_by_us else (theirs, ours))
-        text = b"".join(_length_prefixed(x.encode()) for x in (self._key_id, sender, receiver))
-        message = (_AUTH_LABEL + text + (b"D" if sender_dialed else b"A")
-                   + sender_nonce + receiver_nonce)
-        return hmac.new(secret, message, hashlib.sha256).digest()
+        return handshake_mac(secret, key_id=self._key_id, sender=sender, receiver=receiver,
+                             sender_dialed=sender_dialed, sender_nonce=sender_nonce,
+                             receiver_nonce=receiver_nonce)
 
     def _on_auth(self, m: Auth) -> list[Event]:
         secret = self._security.keys.get(self._key_id)
@@ -411,7 +401,7 @@ class SyncSession:
         if sent_scope is None:  # a ReplicaPort without scope records: nothing to compare
             return
         earned = sent_scope(self.peer_id)
-        if _covers(earned, self.scope):
+        if covers(earned, self.scope):
             if earned != self.scope:
                 self.replica.set_sent_scope(self.peer_id, self.scope)
         else:

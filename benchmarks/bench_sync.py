@@ -258,6 +258,27 @@ class MemReplica:
     def received_from(self, peer: str) -> int:
         return self._received.get(peer, 0)
 
+    # The rest of the ReplicaPort contract, trivial here: the mesh runs unauthenticated.
+    def encoded_state_chunk(self, after: str | None, max_conversations: int = 1000,
+                            max_bytes: int | None = None, scope: tuple[str, ...] | None = None
+                            ) -> tuple[bytes | None, str | None]:
+        assert scope is None, "the mesh has no scopes"
+        chunk, after = self.state_chunk(after, max_conversations, max_bytes)
+        return (None if chunk.is_bottom() else codec.encode_map(chunk)), after
+
+    def apply_state_chunk(self, chunk: ConversationMap, wire: codec.Received,
+                          origin: str | None = None) -> set[str]:
+        return self.apply_map(chunk, origin)
+
+    def sent_scope(self, peer: str) -> tuple[str, ...] | None:
+        return None
+
+    def set_sent_scope(self, peer: str, scope: tuple[str, ...] | None) -> None:
+        assert scope is None, "the mesh has no scopes"
+
+    def bind_peer(self, peer: str, identity: str) -> None:
+        raise AssertionError("the mesh authenticates nobody")
+
 
 _FRAME_KIND = {Hello: "HELLO", Delta: "DELTA", Ack: "ACK", StateChunk: "STATE_CHUNK",
                StateEnd: "STATE_END", ChunkAck: "CHUNK_ACK"}

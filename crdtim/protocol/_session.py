@@ -397,10 +397,7 @@ class SyncSession:
         state transfer (within its new scope) instead, and the new scope is recorded once it
         has acknowledged the transfer. A narrower or equal scope is recorded at once.
         """
-        sent_scope = getattr(self.replica, "sent_scope", None)
-        if sent_scope is None:  # a ReplicaPort without scope records: nothing to compare
-            return
-        earned = sent_scope(self.peer_id)
+        earned = self.replica.sent_scope(self.peer_id)
         if covers(earned, self.scope):
             if earned != self.scope:
                 self.replica.set_sent_scope(self.peer_id, self.scope)
@@ -505,14 +502,10 @@ class SyncSession:
         outside = self._outside_scope(chunk)
         if outside is not None:
             raise self._fail(self._scope_refusal("STATE_CHUNK", outside))
-        apply_state_chunk = getattr(self.replica, "apply_state_chunk", None)
-        if apply_state_chunk is None:
-            changed = self._apply(chunk, None)
-        else:
-            try:
-                changed = apply_state_chunk(chunk, wire, self.peer_id)
-            except (ClockDriftError, DecodeError) as e:
-                raise self._fail(f"refused: {e}") from None
+        try:
+            changed = self.replica.apply_state_chunk(chunk, wire, self.peer_id)
+        except (ClockDriftError, DecodeError) as e:
+            raise self._fail(f"refused: {e}") from None
         self._chunks_received += 1
         self._send(ChunkAck(count=self._chunks_received))
         events.append(DeltaApplied(start=self._expect_from, end=self._expect_from,
@@ -579,17 +572,10 @@ class SyncSession:
         cfg = self.config
         while self.unacked_frames < cfg.max_unacked_frames:
             if self._out is _Out.STATE_TRANSFER:
-                encoded_state_chunk = getattr(self.replica, "encoded_state_chunk", None)
-                if encoded_state_chunk is not None:  # the stored bytes, not decoded first
-                    payload, after = encoded_state_chunk(
-                        self._transfer_after, cfg.max_conversations_per_chunk,
-                        self._frame_budget, self.scope)
-                else:
-                    chunk, after = self.replica.state_chunk(
-                        self._transfer_after, cfg.max_conversations_per_chunk,
-                        self._frame_budget)
-                    chunk = self._within_scope(chunk)
-                    payload = None if chunk.is_bottom() else codec.encode_map(chunk)
+                # The stored bytes go out as they are, filtered to the peer's scope.
+                payload, after = self.replica.encoded_state_chunk(
+                    self._transfer_after, cfg.max_conversations_per_chunk,
+                    self._frame_budget, self.scope)
                 if payload is not None:
                     self._send(StateChunk(payload=payload))
                     self._chunks_sent += 1

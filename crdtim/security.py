@@ -20,8 +20,8 @@ from typing import Any
 from .errors import ConfigError
 from .protocol._auth import MIN_SECRET_BYTES, SecurityConfig, valid_key_id
 
-__all__ = ["TlsConfig", "load_keys", "load_scopes", "load_security", "load_tls",
-           "certificate_identity", "DEFAULT_KEY_ID"]
+__all__ = ["DEFAULT_KEY_ID", "TlsConfig", "certificate_identity", "load_keys", "load_scopes",
+           "load_security", "load_tls"]
 
 #: The key id of a secrets file that holds a single secret and no key id.
 DEFAULT_KEY_ID = "default"
@@ -55,7 +55,8 @@ def load_tls(cert: str, key: str, ca: str) -> TlsConfig:
         try:
             ctx.load_verify_locations(cafile=ca)
         except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"--tls-ca {ca}: cannot load the CA certificate ({_why(e)})") from None
+            raise ConfigError(f"--tls-ca {ca}: cannot load the CA certificate "
+                              f"({_why(e)})") from None
         try:
             ctx.load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as e:
@@ -72,7 +73,7 @@ def certificate_identity(cert: dict[str, Any] | None) -> str | None:
         return None
     pairs = [pair for rdn in cert.get("subject", ()) for pair in rdn]
     for name, value in pairs:
-        if name == "commonName" and value:
+        if name == "commonName" and isinstance(value, str) and value:
             return value
     return ",".join(f"{k}={v}" for k, v in pairs if v) or None
 

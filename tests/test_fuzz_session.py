@@ -41,6 +41,7 @@ from crdtim.protocol import (
     StateEnd,
     encode_frame,
 )
+from crdtim.protocol._inbound import Inbound
 
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -320,13 +321,13 @@ def test_the_checks_catch_a_session_that_applies_a_refused_frame(monkeypatch) ->
     # A test that cannot fail is a defect: make the session apply a bad STATE_CHUNK's
     # conversations before refusing it, and the property must say so.
     sc = lab().by_name["open-transfer"]
-    real = protocol.SyncSession._on_state_chunk
+    real = Inbound.on_state_chunk
 
     def leaky(self, m):
         self.replica.apply_map(ConversationMap.bottom().raise_to("leak", "last_seq", 1))
         return real(self, m)
 
-    monkeypatch.setattr(protocol.SyncSession, "_on_state_chunk", leaky)
+    monkeypatch.setattr(Inbound, "on_state_chunk", leaky)
     bad_chunk = encode_frame(StateChunk(payload=b"\x93\x01"))
     with pytest.raises(fz.FuzzFailure, match="changed the replica|differs"):
         fz.check_session_input(lab(), sc, bad_chunk, [])

@@ -1,7 +1,7 @@
-"""Authentication and authorization settings of a session: the pre-shared keys, the scopes,
-key id validation and the handshake MAC (specs/security.md).
+"""Authentication and authorization of a session: the pre-shared keys and scopes
+(SecurityConfig), key id validation, the handshake MAC and scope filters (specs/security.md).
 
-Pure: no I/O, no clock; a MAC is computed from what the caller passes in.
+Pure: no I/O, no clock, no session state; a MAC is computed from what the caller passes in.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..crdt import ConversationMap
+
 __all__ = ["MAC_BYTES", "MAX_KEY_ID", "MIN_SECRET_BYTES", "SecurityConfig", "covers",
-           "handshake_mac", "valid_key_id"]
+           "handshake_mac", "outside_scope", "valid_key_id", "within_scope"]
 
 MAX_KEY_ID = 64  # code points in a key id
 MIN_SECRET_BYTES = 16  # a shorter pre-shared key could be guessed offline from one handshake
@@ -68,6 +70,24 @@ def covers(old: tuple[str, ...] | None, new: tuple[str, ...] | None) -> bool:
     if new is None:
         return False
     return all(p.startswith(old) for p in new)
+
+
+def outside_scope(delta: ConversationMap, scope: tuple[str, ...] | None) -> str | None:
+    """A conversation id of `delta` outside `scope` (id prefixes; None: all), or None."""
+    if scope is None:
+        return None
+    for cid in delta:
+        if not cid.startswith(scope):
+            return cid
+    return None
+
+
+def within_scope(delta: ConversationMap, scope: tuple[str, ...] | None) -> ConversationMap:
+    """`delta` less the conversations outside `scope`."""
+    if scope is None or outside_scope(delta, scope) is None:
+        return delta
+    return ConversationMap({cid: delta.fields(cid) for cid in delta if cid.startswith(scope)},
+                           delta.schema)
 
 
 def valid_key_id(kid: object) -> bool:

@@ -6,7 +6,6 @@ No behaviour and no I/O here; see specs/protocol.md for when each happens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = ["DeltaApplied", "Event", "HandshakeComplete", "PeerAcked", "PeerClosed",
            "PongReceived", "StateTransferFinished", "StateTransferStarted"]
@@ -53,6 +52,6 @@ class PeerClosed:
     reason: str  # the peer's ERROR reason
 
 
-Event = Union[HandshakeComplete, DeltaApplied, PeerAcked, StateTransferStarted,
-              StateTransferFinished, PongReceived, PeerClosed]
+Event = (HandshakeComplete | DeltaApplied | PeerAcked | StateTransferStarted
+         | StateTransferFinished | PongReceived | PeerClosed)
 

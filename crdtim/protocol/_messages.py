@@ -271,7 +271,7 @@ class FrameDecoder:
         self.frames_decoded = 0  # complete frames taken from the buffer so far
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self._buf += data
         if len(self._buf) >= 4:
             (n,) = _LEN.unpack_from(self._buf)

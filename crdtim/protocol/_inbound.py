@@ -1,0 +1,145 @@
+"""The peer's log, applied here: DELTAs that must chain from our resume point, or the peer's
+whole state in STATE_CHUNKs up to a STATE_END (specs/protocol.md §4-§5).
+
+Almeida et al. 2018, Algorithm 2, with Enes et al., ICDE 2019: a delta is applied in one
+transaction that logs only its novel part, with the peer as origin, and records the peer's
+log position; then ACK. Nothing of a refused frame is applied. No I/O here: replies are
+handed to the session's `send`, refusals raised as RemoteProtocolError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .. import codec
+from ..crdt import ConversationMap
+from ..errors import ClockDriftError, DecodeError
+from ._auth import outside_scope
+from ._errors import RemoteProtocolError
+from ._events import DeltaApplied, Event, StateTransferFinished, StateTransferStarted
+from ._messages import Ack, ChunkAck, Delta, Message, StateChunk
+from ._port import ReplicaPort
+from ._state import Receiving, accepts, after
+
+__all__ = ["Inbound"]
+
+
+class Inbound:
+    """What we receive from one peer, once the session is open. `send` queues a frame."""
+
+    def __init__(self, replica: ReplicaPort, limits: codec.Limits,
+                 send: Callable[[Message], object]):
+        self.replica = replica
+        self.state = Receiving.DELTAS
+        self._limits = limits
+        self._send = send
+        self._peer = ""
+        self._identity: str | None = None
+        self._scope: tuple[str, ...] | None = None
+        self._expect_from = 0  # the next DELTA must start here
+        self._chunks_received = 0  # STATE_CHUNKs of the current transfer applied
+
+    def open(self, peer: str, identity: str | None, scope: tuple[str, ...] | None) -> None:
+        """Start receiving: our first ACK tells the peer where to resume its log."""
+        self._peer, self._identity, self._scope = peer, identity, scope
+        self._expect_from = self.replica.received_from(peer)
+        self._send(Ack(seq=self._expect_from))
+
+    def _scope_refusal(self, what: str, cid: str) -> str:
+        return (f"{what}: conversation {cid!r:.80} is outside the scope of "
+                f"{self._identity!r} ({', '.join(map(repr, self._scope or ()))})")
+
+    def _refused(self, apply: Callable[[], set[str]]) -> set[str]:
+        try:
+            return apply()
+        except (ClockDriftError, DecodeError) as e:  # DecodeError: e.g. an unstorable id
+            raise RemoteProtocolError(f"refused: {e}") from None
+
+    def on_deltas(self, group: list[Delta]) -> list[Event]:
+        """Apply consecutive DELTAs as one: their join, in one transaction, one ACK.
+
+        The intervals must chain from the resume point; the first that does not, or whose
+        payload is invalid, is refused after the ones before it are applied.
+        """
+        if not accepts(self.state, "DELTA"):
+            raise RemoteProtocolError("DELTA during a state transfer")
+        start = end = self._expect_from
+        deltas: list[ConversationMap] = []
+        nbytes = 0
+        error = None
+        for m in group:
+            if m.start != end:
+                error = f"DELTA starts at {m.start}, expected {end}"
+                break
+            try:
+                delta = codec.decode_map(m.payload, self.replica.schema, self._limits)
+            except DecodeError as e:
+                error = f"DELTA: {e}"
+                break
+            outside = outside_scope(delta, self._scope)
+            if outside is not None:  # refused whole: nothing of this frame is applied
+                error = self._scope_refusal("DELTA", outside)
+                break
+            deltas.append(delta)
+            end, nbytes = m.end, nbytes + len(m.payload)
+        events: list[Event] = []
+        if deltas:
+            # One pass over the group (folding join would copy the growing map per frame).
+            joined = deltas[0] if len(deltas) == 1 else deltas[0].join_all(deltas[1:])
+            try:
+                # apply_map records the resume point only if it moves forward: a second
+                # connection to the same peer (net.py keeps one, but two overlap for a
+                # moment) may deliver an interval older than one already applied.
+                changed = self.replica.apply_map(joined, self._peer, received=(self._peer, end))
+            except (ClockDriftError, DecodeError) as e:
+                if len(group) == 1:
+                    raise RemoteProtocolError(f"refused: {e}") from None
+                # Refused as a whole: apply one by one, so the frames before the refused one
+                # still count (and the peer resumes after them); that one is refused alone.
+                for m in group:
+                    try:
+                        events.extend(self.on_deltas([m]))
+                    except RemoteProtocolError as alone:
+                        alone.events = events + alone.events
+                        raise
+                return events
+            self._expect_from = end
+            self._send(Ack(seq=end))
+            events.append(DeltaApplied(start=start, end=end, changed=frozenset(changed),
+                                       nbytes=nbytes))
+        if error is not None:
+            refusal = RemoteProtocolError(error)
+            refusal.events = events  # the frames before it were applied
+            raise refusal
+        return events
+
+    def on_state_chunk(self, m: StateChunk) -> list[Event]:
+        events: list[Event] = []
+        if self.state is Receiving.DELTAS:
+            self._chunks_received = 0
+            events.append(StateTransferStarted(outbound=False))
+        self.state = after(self.state, "STATE_CHUNK")
+        try:
+            chunk, wire = codec.decode_map_as_received(m.payload, self.replica.schema,
+                                                       self._limits)
+        except DecodeError as e:
+            raise RemoteProtocolError(f"STATE_CHUNK: {e}") from None
+        outside = outside_scope(chunk, self._scope)
+        if outside is not None:
+            raise RemoteProtocolError(self._scope_refusal("STATE_CHUNK", outside))
+        changed = self._refused(lambda: self.replica.apply_state_chunk(chunk, wire, self._peer))
+        self._chunks_received += 1
+        self._send(ChunkAck(count=self._chunks_received))
+        events.append(DeltaApplied(start=self._expect_from, end=self._expect_from,
+                                   changed=frozenset(changed), nbytes=len(m.payload)))
+        return events
+
+    def on_state_end(self, seq: int) -> list[Event]:
+        # The peer's whole state up to `seq` is now here: resume its log from there.
+        bottom = ConversationMap.bottom(self.replica.schema)
+        self._refused(lambda: self.replica.apply_map(bottom, self._peer,
+                                                     received=(self._peer, seq)))
+        self.state = after(self.state, "STATE_END")
+        self._expect_from = seq
+        self._send(Ack(seq=seq))
+        return [StateTransferFinished(outbound=False, seq=seq)]

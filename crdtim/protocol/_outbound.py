@@ -1,0 +1,186 @@
+"""Our log, streamed to the peer: DELTAs from its resume point, or our whole state in
+STATE_CHUNKs when the log no longer reaches back that far (specs/protocol.md §4-§5, §8).
+
+Enes et al., ICDE 2019: an interval leaves out the entries that came from the peer ("avoiding
+back-propagation"). The in-flight window bounds what is unacknowledged. No I/O here: frames
+are handed to the session's `send`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .. import codec
+from ..crdt import ConversationMap
+from ..errors import LogTrimmedError
+from ._auth import covers, within_scope
+from ._errors import RemoteProtocolError
+from ._events import Event, PeerAcked, StateTransferStarted
+from ._messages import Delta, Message, StateChunk, StateEnd
+from ._port import ReplicaPort
+from ._state import Sending, after
+
+__all__ = ["DELTA_OVERHEAD", "Outbound"]
+
+DELTA_OVERHEAD = 64  # frame header and DELTA fields around the payload, generously
+
+
+class Outbound:
+    """What we send one peer, once the session is open. `send` queues a frame."""
+
+    def __init__(self, replica: ReplicaPort, *, max_frame_bytes: int, max_delta_bytes: int,
+                 send: Callable[[Message], object]):
+        self.replica = replica
+        self.state = Sending.WAIT_RESUME
+        self._send = send
+        self.events: list[Event] = []  # happened in pump(); the session reports them
+        self._max_delta_bytes = max_delta_bytes
+        self.peer_frame_bytes = max_frame_bytes  # until the peer's HELLO says
+        self.frame_budget = max_delta_bytes
+        self._peer = ""
+        self._scope: tuple[str, ...] | None = None
+        self._widened = False  # the peer's scope is wider than its acks were earned under
+        self._sent_upto = 0  # our log is streamed up to here
+        self.acked = 0  # ...and the peer acknowledged up to here
+        self._inflight: list[int] = []  # `end` of each DELTA/STATE_END not yet acknowledged
+        self._chunks_sent = 0  # the current transfer's STATE_CHUNKs sent...
+        self._chunks_acked = 0  # ...and acknowledged
+        self._transfer_after: str | None = None
+        self._transfer_head = 0
+
+    def peer_limits(self, max_frame_bytes: int) -> None:
+        """What we send must fit the peer's frame limit as well as our budget per frame."""
+        self.frame_budget = min(self._max_delta_bytes, max_frame_bytes - DELTA_OVERHEAD)
+        self.peer_frame_bytes = max_frame_bytes
+
+    def open(self, peer: str, scope: tuple[str, ...] | None) -> None:
+        """Compare the peer's scope with the one its acknowledgements were earned under.
+
+        A DELTA to a scoped peer still covers its whole interval, so what the peer has
+        acknowledged left out everything outside its scope at the time. If the scope is now
+        wider, resuming from that ack would never send what was left out: the peer gets a
+        state transfer (within its new scope) instead, and the new scope is recorded once it
+        has acknowledged the transfer. A narrower or equal scope is recorded at once.
+        """
+        self._peer, self._scope = peer, scope
+        earned = self.replica.sent_scope(peer)
+        if covers(earned, scope):
+            if earned != scope:
+                self.replica.set_sent_scope(peer, scope)
+        else:
+            self._widened = True
+
+    # -- the peer's acknowledgements ----------------------------------------------------------
+
+    def on_ack(self, seq: int) -> list[Event]:
+        if self.state is Sending.WAIT_RESUME:
+            return self._resume_from(seq)
+        if seq > self._sent_upto or seq < self.acked:
+            raise RemoteProtocolError(f"ACK {seq} outside the unacknowledged range "
+                                      f"[{self.acked}, {self._sent_upto}]")
+        while self._inflight and self._inflight[0] <= seq:
+            self._inflight.pop(0)
+        if seq > self.acked:
+            self.acked = seq
+            self.replica.record_ack(self._peer, seq)
+        if self._widened and self.state is Sending.DELTAS and seq >= self._transfer_head:
+            # The peer holds everything in its new scope as of the transfer: acks are now
+            # earned under that scope.
+            self._widened = False
+            self.replica.set_sent_scope(self._peer, self._scope)
+        return [PeerAcked(seq=seq)]
+
+    def on_chunk_ack(self, count: int) -> None:
+        if not self._chunks_acked < count <= self._chunks_sent:
+            raise RemoteProtocolError(f"CHUNK_ACK {count} for {self._chunks_sent} chunks sent")
+        self._chunks_acked = count
+
+    def _resume_from(self, seq: int) -> list[Event]:
+        head, floor = self.replica.head, self.replica.log_floor
+        if floor <= seq <= head and not self._widened:
+            self.state = after(self.state, "first ACK")
+            self._sent_upto = self.acked = seq
+            self.replica.record_ack(self._peer, seq)
+            return [PeerAcked(seq=seq)]
+        # Entries after `seq` were dropped (or the peer claims more than we have, as after a
+        # restore from backup): send the whole state, then stream from the head we started at.
+        self._sent_upto = self.acked = 0
+        return [self._start_transfer("first ACK, log not enough")]
+
+    def _start_transfer(self, trigger: str) -> StateTransferStarted:
+        self.state = after(self.state, trigger)
+        self._transfer_after = None
+        self._transfer_head = self.replica.head
+        self._chunks_sent = self._chunks_acked = 0
+        return StateTransferStarted(outbound=True)
+
+    # -- producing frames ---------------------------------------------------------------------
+
+    @property
+    def unacked_frames(self) -> int:
+        return len(self._inflight) + self._chunks_sent - self._chunks_acked
+
+    @property
+    def caught_up(self) -> bool:
+        """True when the peer acknowledged everything in our log as of now."""
+        return (self.state is Sending.DELTAS and self.acked >= self.replica.head
+                and not self.unacked_frames)
+
+    def pump(self, *, max_unacked_frames: int, max_entries_per_delta: int,
+             max_conversations_per_chunk: int) -> int:
+        """Queue DELTA (or STATE_CHUNK) frames for log entries the peer has not been sent,
+        as far as the in-flight window allows; returns how many frames were queued."""
+        if self.state is Sending.WAIT_RESUME:
+            return 0
+        queued = 0
+        while self.unacked_frames < max_unacked_frames:
+            if self.state is Sending.STATE_TRANSFER:
+                queued += self._next_chunk(max_conversations_per_chunk)
+                continue
+            try:
+                end, delta = self.replica.delta_interval(
+                    self._sent_upto, skip_origin=self._peer,
+                    max_entries=max_entries_per_delta, max_bytes=self.frame_budget)
+                if end == self._sent_upto:
+                    break
+                if delta is not None:
+                    # The interval still advances over what the peer may not see: its ACK
+                    # covers the whole interval, as for entries left out as its own.
+                    delta = within_scope(delta, self._scope)
+                payload = codec.encode_map(delta or ConversationMap.bottom(self.replica.schema))
+                if len(payload) > self.peer_frame_bytes - DELTA_OVERHEAD:
+                    raise LogTrimmedError("one log entry is larger than the peer's frames")
+            except LogTrimmedError:
+                # Entries not yet sent were dropped meanwhile (the retention bound), or one is
+                # too large for a frame: a DELTA would skip them silently and its ACK cover
+                # them, or be refused forever. Send the state instead, once what is in flight
+                # is acknowledged (chunk counts restart per transfer).
+                if self.unacked_frames:
+                    break
+                self.events.append(self._start_transfer("log not enough"))
+                continue
+            self._send(Delta(start=self._sent_upto, end=end, payload=payload))
+            self._inflight.append(end)
+            self._sent_upto = end
+            queued += 1
+        return queued
+
+    def _next_chunk(self, max_conversations: int) -> int:
+        """Queue the transfer's next STATE_CHUNK, and its STATE_END after the last; returns
+        the frames queued."""
+        queued = 0
+        # The stored bytes go out as they are, filtered to the peer's scope.
+        payload, after_id = self.replica.encoded_state_chunk(
+            self._transfer_after, max_conversations, self.frame_budget, self._scope)
+        if payload is not None:
+            self._send(StateChunk(payload=payload))
+            self._chunks_sent += 1
+            queued += 1
+        self._transfer_after = after_id
+        if after_id is None:
+            self._send(StateEnd(seq=self._transfer_head))
+            self.state = after(self.state, "STATE_END sent")
+            self._sent_upto = self._transfer_head
+            self._inflight.append(self._transfer_head)
+            queued += 1
+        return queued

@@ -129,7 +129,6 @@ class SyncSession:
         self.replica = replica
         self.config = cfg = config or SessionConfig()
         self.state = State.AWAIT_HELLO
-        self.peer_id: str | None = None
         self.peer_identity: str | None = None  # known once OPEN
         self.scope: tuple[str, ...] | None = None  # the peer's prefixes once OPEN; None: all
         self._handshake = Handshake(replica, auth or SecurityConfig(), dialed=dialed,
@@ -148,6 +147,12 @@ class SyncSession:
         self._nonce = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+
+    @property
+    def peer_id(self) -> str | None:
+        """The peer's replica id, from its HELLO: None until a HELLO of our version, not
+        from ourselves, arrived (also when the handshake then failed, for the logs)."""
+        return self._handshake.peer_id or None
 
     # -- outgoing bytes ------------------------------------------------------------------------
 
@@ -285,7 +290,6 @@ class SyncSession:
 
     def _on_hello(self, m: Hello) -> list[Event]:
         key_named = self._handshake.on_hello(m)
-        self.peer_id = m.replica_id
         self._outbound.peer_limits(m.max_frame_bytes)
         if not key_named:
             self.state = after(self.state, "HELLO")

@@ -11,6 +11,7 @@ import hmac
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from ..crdt import ConversationMap
 
@@ -90,7 +91,9 @@ def within_scope(delta: ConversationMap, scope: tuple[str, ...] | None) -> Conve
                            delta.schema)
 
 
-def valid_key_id(kid: object) -> bool:
+def valid_key_id(kid: object) -> TypeGuard[str]:
+    """1..MAX_KEY_ID printable characters without spaces: a key id is logged and named in a
+    HELLO."""
     return (type(kid) is str and 1 <= len(kid) <= MAX_KEY_ID and kid.isprintable()
             and not any(c.isspace() for c in kid))
 

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, cast
+from typing import Any
 
 from .. import codec
 from ..errors import DecodeError
@@ -146,9 +146,9 @@ def _nonce(x: Any) -> bytes:
 
 
 def _key_id(x: Any) -> str | None:
-    if x is not None and not valid_key_id(x):
-        raise RemoteProtocolError("HELLO: key id is not a short printable string")
-    return cast("str | None", x)
+    if x is None or valid_key_id(x):
+        return x
+    raise RemoteProtocolError("HELLO: key id is not a short printable string")
 
 
 def _frame_limit(x: Any) -> int:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import lmdb
 
 from .errors import CorruptStoreError, FormatVersionError, NotAReplicaError, StoreError
 
-__all__ = ["Store", "Txn", "FORMAT", "order_key"]
+__all__ = ["FORMAT", "Store", "Txn", "order_key", "order_key_of"]
 
 T = TypeVar("T")
 
@@ -49,8 +50,21 @@ DURABILITY_MODES = ("sync", "nosync")
 
 
 def order_key(pinned: bool, last_at: int, cid: str) -> bytes:
-    """Sorts pinned first, then newest message first, then by id."""
+    """Sorts pinned first, then newest message first, then by id (specs/storage.md §2,
+    `order`): pin byte, u64(2^64 - 1 - last_at), the id in UTF-8."""
     return (b"\x00" if pinned else b"\x01") + _U64.pack(_MAX_U64 - last_at) + cid.encode()
+
+
+def order_key_of(cid: str, fields: Mapping[str, Any]) -> bytes | None:
+    """The `order` key of a conversation's state (None for no state): from its `pinned`
+    flag's value and the wall time of its `last_message` stamp (0 if none)."""
+    if not fields:
+        return None
+    pinned = fields.get("pinned")
+    last = fields.get("last_message")
+    return order_key(
+        pinned is not None and bool(pinned.value), 0 if last is None else last.stamp.wall, cid
+    )
 
 
 def _u64(b: bytes | None, default: int = 0) -> int:
@@ -123,12 +137,14 @@ class Txn:
                 yield k.decode(), v
 
     # ordering index
-    def replace_order_key(self, old: bytes | None, new: bytes) -> None:
+    def replace_order_key(self, old: bytes | None, new: bytes | None) -> None:
+        """Move a conversation's `order` key from `old` to `new` (None: no key)."""
         if old == new:
             return
         if old is not None:
             self._t.delete(old, db=self._s._order)
-        self._t.put(new, b"", db=self._s._order)
+        if new is not None:
+            self._t.put(new, b"", db=self._s._order)
 
     def order_keys(self, after: bytes | None) -> Iterator[bytes]:
         with self._t.cursor(db=self._s._order) as cur:

@@ -140,9 +140,9 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._subscription = None
         self._known_head = 0
-        self._last_trim = -math.inf
-        #: Replica.status() as of the last trim (about every second), for readers in other
-        #: threads (metrics): a Replica is used from one thread only.
+        self._last_housekeeping = -math.inf
+        #: Replica.housekeeping()'s status, as of the last trim (about every second), for
+        #: readers in other threads (metrics): a Replica is used from one thread only.
         self.status_snapshot: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -239,11 +239,10 @@ class Node:
             await trio.sleep(self.config.poll_interval)
             self._notice_foreign_writes()
             now = trio.current_time()
-            if now - self._last_trim >= self.config.trim_interval:
-                self._last_trim = now
-                self.replica.trim_log()
-                # Read here, in the replica's own thread, for the metrics thread to serve.
-                self.status_snapshot = self.replica.status()
+            if now - self._last_housekeeping >= self.config.trim_interval:
+                self._last_housekeeping = now
+                # In the replica's own thread; the snapshot is for the metrics thread.
+                self.status_snapshot = self.replica.housekeeping()
 
     # -- connections -------------------------------------------------------------------------------
 

@@ -137,7 +137,18 @@ class Peers(ReplicaCore):
         self._pending_acks.clear()
         return dropped
 
+    def housekeeping(self) -> dict[str, Any]:
+        """A long-running server's periodic upkeep, in the replica's own thread: trim_log()
+        (which also writes the acks noted since the last trim), then status() as of after
+        the trim. The result is a fresh dict, safe to hand to readers in other threads
+        (metrics), which must never use the replica itself (specs/protocol.md §9)."""
+        self.trim_log()
+        return self.status()
+
     def status(self) -> dict[str, Any]:
+        """This replica's id, path, conversation count, log head and floor, clock, and per
+        known peer its ack, the entries it still lacks and how far its log was applied here
+        (what `crdtim status` prints)."""
         def read(t: Txn) -> dict[str, Any]:
             head = t.head()
             return {

@@ -74,9 +74,9 @@ def _u64(b: bytes | None, default: int = 0) -> int:
 class Txn:
     """A transaction on the replica's databases; read-only or read-write."""
 
-    __slots__ = ("_t", "_s")
+    __slots__ = ("_s", "_t")
 
-    def __init__(self, txn: lmdb.Transaction, store: Store):
+    def __init__(self, txn: lmdb.Transaction[bytes], store: Store):
         self._t = txn
         self._s = store
 
@@ -102,7 +102,7 @@ class Txn:
         """
         with self._t.cursor(db=self._s._log) as cur:
             if cur.last():
-                return _U64.unpack(cur.key())[0]
+                return _u64(cur.key())
         return self.log_floor()
 
     def log_floor(self) -> int:
@@ -372,7 +372,8 @@ def _check_directory(path: str, create: bool) -> bool:
         return True
     names = set(os.listdir(path))
     data = os.path.join(path, "data.mdb")
-    if names <= {"lock.mdb", "data.mdb"} and (not os.path.exists(data) or not os.path.getsize(data)):
+    if names <= {"lock.mdb", "data.mdb"} and (
+            not os.path.exists(data) or not os.path.getsize(data)):
         # Empty, or LMDB died between making its lock file, its data file and its first pages.
         return _fresh(path, create)
     if "data.mdb" not in names:
@@ -383,7 +384,7 @@ def _check_directory(path: str, create: bool) -> bool:
     # is left exactly as it was. With a lock file present another process may be writing
     # (the CLI while `serve` runs): then read under the lock, as a registered reader, or the
     # writer may reuse the very pages being read. With none, nobody is, and none is made.
-    for attempt in range(3):
+    for _ in range(3):
         try:
             return _validate_existing(path, create, lock="lock.mdb" in names)
         except lmdb.MapResizedError:  # a writer grew the map meanwhile: look again

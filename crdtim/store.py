@@ -12,8 +12,9 @@ One environment per replica directory, with named databases (layout in specs/sto
            b"s" + peer id -> the scope the peer's ack was earned under (absent: everything)
 
 Every mutation runs as one write transaction through `Store.write`, which re-runs it after
-growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here knows what
-the bytes mean: encoding belongs to codec.py, meaning to replica.py.
+growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here decodes
+what it stores: encoding belongs to codec.py, meaning to crdtim/replica/. The one place that
+reads a decoded state is `order_key_of`, for the two fields the listing index is made of.
 """
 
 from __future__ import annotations

@@ -21,8 +21,10 @@ import errno
 import logging
 import math
 import random
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import trio
 
@@ -38,7 +40,7 @@ from .protocol import (
     StateTransferStarted,
     SyncSession,
 )
-from .replica import Replica
+from .replica import Change, Replica, Subscription
 from .security import TlsConfig, certificate_identity
 
 __all__ = ["Node", "NodeConfig", "parse_address"]
@@ -137,12 +139,13 @@ class Node:
         self._links: dict[str, _Link] = {}  # peer replica id -> the link kept for it
         self._all_links: set[_Link] = set()
         self._changed = trio.Condition()
+        self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
-        self._subscription = None
+        self._subscription: Subscription | None = None
         self._known_head = 0
-        self._last_trim = -math.inf
-        #: Replica.status() as of the last trim (about every second), for readers in other
-        #: threads (metrics): a Replica is used from one thread only.
+        self._last_housekeeping = -math.inf
+        #: Replica.housekeeping()'s status, as of the last trim (about every second), for
+        #: readers in other threads (metrics): a Replica is used from one thread only.
         self.status_snapshot: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -156,32 +159,40 @@ class Node:
                 self.listeners = await trio.open_tcp_listeners(port, host=host)
             except OSError as e:
                 raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        self._cm = trio.open_nursery()
-        self._nursery = await self._cm.__aenter__()
+        self._cm = cm = trio.open_nursery()
+        self._nursery = nursery = await cm.__aenter__()
         try:
             self._known_head = self.replica.head
             self._subscription = self.replica.subscribe(self._on_replica_change)
             for listener in self.listeners:
-                self._nursery.start_soon(self._accept_loop, listener)
+                nursery.start_soon(self._accept_loop, listener)
             for addr in self.peers:
-                self._nursery.start_soon(self._dial_loop, addr)
-            self._nursery.start_soon(self._watch_log)
+                nursery.start_soon(self._dial_loop, addr)
+            nursery.start_soon(self._watch_log)
         except BaseException as e:
-            self._nursery.cancel_scope.cancel()
-            await self._cm.__aexit__(type(e), e, e.__traceback__)
+            nursery.cancel_scope.cancel()
+            await cm.__aexit__(type(e), e, e.__traceback__)
             raise
         return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:
-        self._nursery.cancel_scope.cancel()
+        self._tasks.cancel_scope.cancel()
         if self._subscription is not None:
             self._subscription.close()
+        assert self._cm is not None  # set together with the nursery, in __aenter__
         return await self._cm.__aexit__(*exc)
+
+    @property
+    def _tasks(self) -> trio.Nursery:
+        """The nursery of the running Node (only inside `async with node`)."""
+        if self._nursery is None:
+            raise RuntimeError("the Node is not running: use it as `async with Node(...)`")
+        return self._nursery
 
     @property
     def port(self) -> int:
         """The port listened on (useful with port 0)."""
-        return self.listeners[0].socket.getsockname()[1]
+        return int(self.listeners[0].socket.getsockname()[1])
 
     def _check_can_dial(self) -> None:
         security = self.config.security
@@ -193,7 +204,7 @@ class Node:
         addr = parse_address(addr) if isinstance(addr, str) else addr
         self._check_can_dial()
         self.peers.append(addr)
-        self._nursery.start_soon(self._dial_loop, addr)
+        self._tasks.start_soon(self._dial_loop, addr)
 
     @property
     def connected_peers(self) -> set[str]:
@@ -212,7 +223,7 @@ class Node:
             while True:
                 self._notice_foreign_writes()
                 links = list(self._links.values())
-                if len(links) >= want and all(l.session.caught_up for l in links):
+                if len(links) >= want and all(link.session.caught_up for link in links):
                     return
                 await self._changed.wait()
 
@@ -222,7 +233,7 @@ class Node:
 
     # -- waking senders ----------------------------------------------------------------------------
 
-    def _on_replica_change(self, change: Any) -> None:
+    def _on_replica_change(self, change: Change) -> None:
         for link in list(self._links.values()):
             if change.peer != link.session.peer_id:
                 link.poke()
@@ -239,11 +250,10 @@ class Node:
             await trio.sleep(self.config.poll_interval)
             self._notice_foreign_writes()
             now = trio.current_time()
-            if now - self._last_trim >= self.config.trim_interval:
-                self._last_trim = now
-                self.replica.trim_log()
-                # Read here, in the replica's own thread, for the metrics thread to serve.
-                self.status_snapshot = self.replica.status()
+            if now - self._last_housekeeping >= self.config.trim_interval:
+                self._last_housekeeping = now
+                # In the replica's own thread; the snapshot is for the metrics thread.
+                self.status_snapshot = self.replica.housekeeping()
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -264,11 +274,11 @@ class Node:
                     log.warning("refusing a connection: %d peers already", len(self._all_links))
                     self.stats.refused += 1
                     if self.config.tls is None:
-                        self._nursery.start_soon(_refuse, stream, "too many peers")
+                        self._tasks.start_soon(_refuse, stream, "too many peers")
                     else:  # before TLS, an ERROR frame would only be garbage to the peer
                         await trio.aclose_forcefully(stream)
                     continue
-                self._nursery.start_soon(self._run_link, stream, False, None)
+                self._tasks.start_soon(self._run_link, stream, False, None)
 
     async def _dial_loop(self, addr: tuple[str, int]) -> None:
         delay = self.config.backoff_initial
@@ -301,7 +311,7 @@ class Node:
 
     async def _tls_handshake(self, stream: trio.abc.Stream, dialed: bool,
                              addr: tuple[str, int] | None
-                             ) -> tuple[trio.SSLStream | None, str | None]:
+                             ) -> tuple[trio.SSLStream[trio.abc.Stream] | None, str | None]:
         """Wrap `stream` in mutual TLS; (the TLS stream, the peer certificate's identity), or
         (None, None) when the handshake fails or takes over `handshake_timeout`."""
         tls = self.config.tls
@@ -377,8 +387,11 @@ class Node:
         while True:
             cfg = self.config.session
             timeout = cfg.idle_timeout if handshook else cfg.handshake_timeout
+            data: bytes | None = None
             with trio.move_on_after(timeout) as scope:
-                data = await link.stream.receive_some(self.config.receive_size)
+                # bytes() of a bytes object is that object: no copy (trio's streams return
+                # bytes; the abstract type also allows a bytearray).
+                data = bytes(await link.stream.receive_some(self.config.receive_size))
             now = trio.current_time()
             if scope.cancelled_caught:
                 data = None
@@ -419,7 +432,8 @@ class Node:
                         self.stats.state_transfers_received += 1
                 elif isinstance(event, PeerClosed):
                     # %r: the reason is the peer's text; its newlines must not forge log lines
-                    log.warning("peer %s closed with error: %r", session.peer_id or "?", event.reason)
+                    log.warning("peer %s closed with error: %r", session.peer_id or "?",
+                                event.reason)
                     return handshook
             link.poke()
             if session.output_backlog > self.config.session.max_output_backlog:
@@ -429,7 +443,7 @@ class Node:
             if any(isinstance(e, (PeerAcked, StateTransferFinished)) for e in events):
                 await self._notify_changed()
 
-    def _count(self, events: list) -> None:
+    def _count(self, events: Iterable[object]) -> None:
         for event in events:
             if isinstance(event, DeltaApplied):
                 self.stats.deltas_received += 1
@@ -439,10 +453,12 @@ class Node:
         """Keep one link per peer: of two, the one dialed by the replica with the smaller id
         (both sides decide alike); of two dialed by the same side, the newer."""
         peer = link.session.peer_id
-        link.dialer = self.replica.id if dialed else peer
+        assert peer is not None  # a session reports HandshakeComplete once it knows the peer
+        link.dialer = dialer = self.replica.id if dialed else peer
         old = self._links.get(peer)
         if old is not None:
-            if old.dialer != link.dialer and old.dialer < link.dialer:
+            assert old.dialer is not None  # set when `old` was registered
+            if old.dialer != dialer and old.dialer < dialer:
                 log.info("duplicate connection with %s: keeping the older", peer)
                 link.session.close("duplicate connection")
                 return False
@@ -455,7 +471,7 @@ class Node:
         identity = link.session.peer_identity
         log.info("connected to %s (%s%s)", peer, "dialed" if dialed else "accepted",
                  f", identity {identity!r}" if identity is not None else "")
-        self._nursery.start_soon(self._notify_changed)
+        self._tasks.start_soon(self._notify_changed)
         return True
 
     async def _send_loop(self, link: _Link) -> None:
@@ -519,11 +535,15 @@ class _closing:
 def _where(stream: trio.abc.Stream, addr: tuple[str, int] | None) -> str:
     if addr is not None:
         return f"{addr[0]}:{addr[1]}"
-    try:
-        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
-        return f"{host}:{port}"
-    except (AttributeError, OSError):
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
         return "a peer"
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "a peer"
+    return f"{host}:{port}"
 
 
 async def _notify_quietly(node: Node) -> None:

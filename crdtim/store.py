@@ -12,21 +12,23 @@ One environment per replica directory, with named databases (layout in specs/sto
            b"s" + peer id -> the scope the peer's ack was earned under (absent: everything)
 
 Every mutation runs as one write transaction through `Store.write`, which re-runs it after
-growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here knows what
-the bytes mean: encoding belongs to codec.py, meaning to replica.py.
+growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here decodes
+what it stores: encoding belongs to codec.py, meaning to crdtim/replica/. The one place that
+reads a decoded state is `order_key_of`, for the two fields the listing index is made of.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import lmdb
 
 from .errors import CorruptStoreError, FormatVersionError, NotAReplicaError, StoreError
 
-__all__ = ["Store", "Txn", "FORMAT", "order_key"]
+__all__ = ["FORMAT", "Store", "Txn", "order_key", "order_key_of"]
 
 T = TypeVar("T")
 
@@ -49,8 +51,21 @@ DURABILITY_MODES = ("sync", "nosync")
 
 
 def order_key(pinned: bool, last_at: int, cid: str) -> bytes:
-    """Sorts pinned first, then newest message first, then by id."""
+    """Sorts pinned first, then newest message first, then by id (specs/storage.md §2,
+    `order`): pin byte, u64(2^64 - 1 - last_at), the id in UTF-8."""
     return (b"\x00" if pinned else b"\x01") + _U64.pack(_MAX_U64 - last_at) + cid.encode()
+
+
+def order_key_of(cid: str, fields: Mapping[str, Any]) -> bytes | None:
+    """The `order` key of a conversation's state (None for no state): from its `pinned`
+    flag's value and the wall time of its `last_message` stamp (0 if none)."""
+    if not fields:
+        return None
+    pinned = fields.get("pinned")
+    last = fields.get("last_message")
+    return order_key(
+        pinned is not None and bool(pinned.value), 0 if last is None else last.stamp.wall, cid
+    )
 
 
 def _u64(b: bytes | None, default: int = 0) -> int:
@@ -60,9 +75,9 @@ def _u64(b: bytes | None, default: int = 0) -> int:
 class Txn:
     """A transaction on the replica's databases; read-only or read-write."""
 
-    __slots__ = ("_t", "_s")
+    __slots__ = ("_s", "_t")
 
-    def __init__(self, txn: lmdb.Transaction, store: Store):
+    def __init__(self, txn: lmdb.Transaction[bytes], store: Store):
         self._t = txn
         self._s = store
 
@@ -88,7 +103,7 @@ class Txn:
         """
         with self._t.cursor(db=self._s._log) as cur:
             if cur.last():
-                return _U64.unpack(cur.key())[0]
+                return _u64(cur.key())
         return self.log_floor()
 
     def log_floor(self) -> int:
@@ -123,12 +138,14 @@ class Txn:
                 yield k.decode(), v
 
     # ordering index
-    def replace_order_key(self, old: bytes | None, new: bytes) -> None:
+    def replace_order_key(self, old: bytes | None, new: bytes | None) -> None:
+        """Move a conversation's `order` key from `old` to `new` (None: no key)."""
         if old == new:
             return
         if old is not None:
             self._t.delete(old, db=self._s._order)
-        self._t.put(new, b"", db=self._s._order)
+        if new is not None:
+            self._t.put(new, b"", db=self._s._order)
 
     def order_keys(self, after: bytes | None) -> Iterator[bytes]:
         with self._t.cursor(db=self._s._order) as cur:
@@ -356,7 +373,8 @@ def _check_directory(path: str, create: bool) -> bool:
         return True
     names = set(os.listdir(path))
     data = os.path.join(path, "data.mdb")
-    if names <= {"lock.mdb", "data.mdb"} and (not os.path.exists(data) or not os.path.getsize(data)):
+    if names <= {"lock.mdb", "data.mdb"} and (
+            not os.path.exists(data) or not os.path.getsize(data)):
         # Empty, or LMDB died between making its lock file, its data file and its first pages.
         return _fresh(path, create)
     if "data.mdb" not in names:
@@ -367,7 +385,7 @@ def _check_directory(path: str, create: bool) -> bool:
     # is left exactly as it was. With a lock file present another process may be writing
     # (the CLI while `serve` runs): then read under the lock, as a registered reader, or the
     # writer may reuse the very pages being read. With none, nobody is, and none is made.
-    for attempt in range(3):
+    for _ in range(3):
         try:
             return _validate_existing(path, create, lock="lock.mdb" in names)
         except lmdb.MapResizedError:  # a writer grew the map meanwhile: look again

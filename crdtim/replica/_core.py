@@ -1,0 +1,152 @@
+"""What every part of a Replica shares: its store, schema, clock source and change feed.
+
+`ReplicaCore` holds the state a replica is made of and the few helpers every concern uses
+(loading and decoding what this replica stored itself, notifying subscribers). The
+concerns -- local writes, remote deltas, reads, peers -- are mixins over it, assembled into
+`Replica` in this package's `__init__`. Nothing here writes to the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from .. import codec
+from ..crdt import ConversationMap, Schema
+from ..crdt.conversation import Fields
+from ..errors import CorruptStoreError, DecodeError, ReplicaClosedError
+from ..store import Store, Txn
+from ._checks import InvalidArgument, check_seq
+from ._subscriptions import Change, ChangeFeed, Subscription
+from ._write import LocalOp
+
+#: Log entries kept for peers that have not acknowledged them, at most; a peer further behind
+#: gets a state transfer instead of deltas (specs/storage.md §10).
+DEFAULT_LOG_RETENTION = 100_000
+#: Decoding what this replica stored itself: the same checks of structure and type, without
+#: the per-message caps that protect it from peers (a large local batch, or the join of many
+#: deltas, may be over them and must still read back).
+STORAGE_LIMITS = codec.Limits(max_bytes=2**62, max_conversations=2**62, max_replicas=2**62,
+                              max_dots=2**62)
+#: Origin recorded for a delta applied without saying where it came from (forwarded to every
+#: peer). Local writes are recorded with the replica's own id.
+UNKNOWN_ORIGIN = ""
+
+#: Environment variable: milliseconds added to this process's wall clock (specs/crdt.md §1),
+#: so that a test can run replicas whose clocks disagree, as real machines' do.
+CLOCK_OFFSET_ENV = "CRDTIM_CLOCK_OFFSET_MS"
+#: The largest offset accepted, either way (a week).
+MAX_CLOCK_OFFSET_MS = 7 * 24 * 3600 * 1000
+
+
+def clock_offset_ms() -> int:
+    """$CRDTIM_CLOCK_OFFSET_MS as an integer (0 if unset or empty); InvalidArgument naming
+    the variable for anything else. Read once, when a replica is opened: not on the hot
+    path of every write."""
+    text = os.environ.get(CLOCK_OFFSET_ENV, "").strip()
+    if not text:
+        return 0
+    try:
+        offset = int(text)
+    except ValueError:
+        offset = None
+    if offset is None or not -MAX_CLOCK_OFFSET_MS <= offset <= MAX_CLOCK_OFFSET_MS:
+        raise InvalidArgument(
+            f"{CLOCK_OFFSET_ENV} must be an integer number of milliseconds from "
+            f"-{MAX_CLOCK_OFFSET_MS} to {MAX_CLOCK_OFFSET_MS}, not {text!r:.40}")
+    return offset
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_replica_id() -> str:
+    """Random, short, printable: 13 lowercase base32 characters (64 random bits)."""
+    return base64.b32encode(secrets.token_bytes(8)).decode().rstrip("=").lower()
+
+
+class ReplicaCore:
+    """The state of a replica and what its concerns share. Not thread-safe: use a replica
+    from one thread (trio task or plain code) at a time."""
+
+    def __init__(self, store: Store, replica_id: str, *, schema: Schema, max_clock_drift_ms: int,
+                 log_retention: int, now_ms: Callable[[], int], limits: codec.Limits):
+        self._store: Store | None = store
+        self.id = replica_id
+        self.schema = schema
+        self.max_clock_drift_ms = max_clock_drift_ms
+        self.log_retention = log_retention
+        self.limits = limits
+        self._now = now_ms
+        # The open batch belongs to the task (or thread) that opened it, not to the replica:
+        # another trio task writing meanwhile commits on its own, and is not lost if the
+        # batch raises. Context variables are per task in trio and asyncio, per thread else.
+        self._batch: ContextVar[list[tuple[str, LocalOp]] | None] = \
+            ContextVar(f"crdtim_batch_{id(self)}", default=None)
+        #: True when open() made this replica (and its id) just now.
+        self.created = False
+        self._pending_acks: dict[str, int] = {}  # peer -> ack not yet written (record_ack)
+        self._feed = ChangeFeed()
+
+    @property
+    def closed(self) -> bool:
+        return self._store is None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ReplicaClosedError("the replica is closed")
+        return self._store
+
+    @property
+    def path(self) -> str:
+        return self.store.path
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Change], Any] | None = None, *,
+                  max_buffer: int = 10_000) -> Subscription:
+        """Change events after each commit of this process: to `callback`, called
+        synchronously, or (no callback) on a trio channel: `async for change in sub`."""
+        return self._feed.subscribe(callback, max_buffer)
+
+    def changes_since(self, seq: int) -> Iterator[tuple[int, Change]]:
+        """Changes recorded in the log after `seq` by any process (for `crdtim watch`)."""
+        check_seq(seq, "seq")
+        entries = self.store.read(lambda t: list(t.log_entries(seq)))
+        for s, origin, payload in entries:
+            local = origin == self.id
+            for cid, fields in self._decode_log(payload).convs.items():
+                yield s, Change(cid, frozenset(fields), "local" if local else "remote",
+                                None if local else (origin or None))
+
+    def _notify(self, changes: list[tuple[str, frozenset[str]]], origin: str,
+                peer: str | None) -> None:
+        self._feed.notify(changes, origin, peer)
+
+    # -- decoding what this replica stored ---------------------------------------------------
+
+    def _load(self, t: Txn, cid: str) -> Fields:
+        raw = t.conversation(cid)
+        return {} if raw is None else self._decode(cid, raw)
+
+    def _decode(self, cid: str, raw: bytes) -> Fields:
+        try:
+            return codec.decode_fields(raw, self.schema, STORAGE_LIMITS, cid)
+        except DecodeError as e:
+            raise CorruptStoreError(
+                f"{self.store.path}: cannot read a stored conversation ({e}): the file is "
+                f"damaged, or was written with a schema that has more fields (open it with "
+                f"that schema)") from None
+
+    def _decode_log(self, payload: bytes) -> ConversationMap:
+        try:
+            return codec.decode_map(payload, self.schema, STORAGE_LIMITS)
+        except DecodeError as e:
+            raise CorruptStoreError(f"{self.store.path}: delta log entry is damaged: {e}") from None

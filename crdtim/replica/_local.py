@@ -1,0 +1,138 @@
+"""Local writes: the mutators an app calls, and batches of them.
+
+Each op is checked when it is called and applied as a delta mutator (specs/crdt.md) inside
+one write transaction: alone, or with the rest of its `batch()` when the block exits. The
+log entry is recorded with this replica's own id as its origin. Nothing here reads or
+applies what peers send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..crdt import Field, Flag, Lww, MaxReg
+from ..crdt.conversation import Fields, message_arrived_delta
+from ..store import Txn
+from ._checks import InvalidArgument, check_cid, check_seq, check_text
+from ._core import ReplicaCore
+from ._write import LocalOp, WriteTxn
+
+
+class LocalWrites(ReplicaCore):
+    """The local mutators of a Replica."""
+
+    def set_title(self, cid: str, text: str) -> None:
+        check_cid(cid)
+        check_text(text, "title")
+        self._local(cid, lambda w, cur: {"title": Lww(w.stamp(), text)})
+
+    def set_register(self, cid: str, name: str, text: str) -> None:
+        """Write a last-writer-wins text field an app added to the schema with
+        `clocked=True` (its stamps are hybrid-clock readings that receivers advance their
+        clocks past; without that, a causally later write could lose)."""
+        check_cid(cid)
+        check_text(text, name)
+        if not self._field_of(name, Lww).clocked:
+            raise InvalidArgument(f"field {name!r} is not a clocked register; declare it "
+                                  f"with Field(..., Lww, clocked=True)")
+        self._local(cid, lambda w, cur: {name: Lww(w.stamp(), text)})
+
+    def pin(self, cid: str) -> None:
+        self.enable(cid, "pinned")
+
+    def unpin(self, cid: str) -> None:
+        self.disable(cid, "pinned")
+
+    def mute(self, cid: str) -> None:
+        self.enable(cid, "muted")
+
+    def unmute(self, cid: str) -> None:
+        self.disable(cid, "muted")
+
+    def enable(self, cid: str, flag: str) -> None:
+        """Set an add-wins flag (pinned, muted, or one an app added to the schema)."""
+        check_cid(cid)
+        self._field_of(flag, Flag)
+        bottom = Flag.bottom()
+        self._local(cid, lambda w, cur: {flag: cur.get(flag, bottom).enable(self.id)})
+
+    def disable(self, cid: str, flag: str) -> None:
+        check_cid(cid)
+        self._field_of(flag, Flag)
+        bottom = Flag.bottom()
+
+        def op(w: WriteTxn, cur: Fields) -> Fields:
+            d = cur.get(flag, bottom).disable()
+            return {} if d.is_bottom() else {flag: d}
+
+        self._local(cid, op)
+
+    def message_arrived(self, cid: str, seq: int, preview: str = "", at: int | None = None) -> None:
+        check_cid(cid)
+        check_seq(seq, "seq")
+        check_text(preview, "preview")
+        if at is None:
+            at = self._now()
+        elif check_seq(at, "at") > self._now() + self.max_clock_drift_ms:
+            raise InvalidArgument(f"message time {at} ms is more than "
+                                  f"{self.max_clock_drift_ms} ms in the future")
+        message_at = at
+        self._local(cid, lambda w, cur: message_arrived_delta(cur, seq, preview, message_at,
+                                                              self.id))
+
+    def mark_read(self, cid: str, seq: int) -> None:
+        check_cid(cid)
+        check_seq(seq, "seq")
+        self._field_of("read_seq", MaxReg)
+        bottom = MaxReg.bottom()
+
+        def op(w: WriteTxn, cur: Fields) -> Fields:
+            d = cur.get("read_seq", bottom).raise_to(seq)
+            return {} if d.is_bottom() else {"read_seq": d}
+
+        self._local(cid, op)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many ops, one commit: `with r.batch(): ...`.
+
+        The ops are checked as they are called and written together, in one transaction,
+        when the block exits; reads inside the block see the state before it. If the block
+        raises, nothing is written.
+        """
+        if self._batch.get() is not None:
+            yield  # nested: part of the outer batch
+            return
+        ops: list[tuple[str, LocalOp]] = []
+        token = self._batch.set(ops)
+        try:
+            yield
+        finally:
+            self._batch.reset(token)
+        if ops:
+            self._commit_local(ops)
+
+    def _local(self, cid: str, op: LocalOp) -> None:
+        _ = self.store  # fail now, not at the end of a batch, if closed
+        ops = self._batch.get()
+        if ops is not None:
+            ops.append((cid, op))
+        else:
+            self._commit_local([(cid, op)])
+
+    def _commit_local(self, ops: list[tuple[str, LocalOp]]) -> None:
+        def txn(t: Txn) -> list[tuple[str, frozenset[str]]]:
+            w = WriteTxn(self, t)
+            for cid, op in ops:
+                w.join(cid, op(w, w.fields(cid)))
+            return w.finish(self.id)
+
+        self._notify(self.store.write(txn), "local", None)
+
+    def _field_of(self, name: str, lattice: type[Any]) -> Field:
+        f = self.schema.by_name.get(name)
+        if f is None or f.lattice is not lattice:
+            raise InvalidArgument(f"no {lattice.__name__} field {name!r} in the schema")
+        return f

@@ -1,0 +1,215 @@
+"""Reads: conversations, pages in list order, and the delta log as deltas and chunks.
+
+Every read runs in one LMDB read transaction, a consistent snapshot (specs/storage.md §4):
+`get` and `list_conversations` for apps, `delta_since` for a custom transport, and
+`delta_interval`, `state_chunk` and `encoded_state_chunk` for the sync session
+(crdtim/protocol). Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .. import codec
+from ..crdt import Conversation, ConversationMap, conversation_view, join_fields
+from ..crdt.conversation import Fields
+from ..errors import CorruptStoreError, DecodeError, LogTrimmedError
+from ..store import Txn
+from ._checks import InvalidArgument, check_cid, check_seq
+from ._core import ReplicaCore
+
+__all__ = ["Page", "Reads"]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Conversation]
+    cursor: str | None  # pass back to list() for the next page; None on the last page
+    has_more: bool
+
+
+class Reads(ReplicaCore):
+    """The reads of a Replica: for apps, and for the sync session."""
+
+    def get(self, cid: str) -> Conversation | None:
+        check_cid(cid)
+        fields = self.store.read(lambda t: self._load(t, cid))
+        return conversation_view(cid, fields, self.schema) if fields else None
+
+    def list_conversations(self, limit: int = 50, cursor: str | None = None) -> Page:
+        """One page of conversations: pinned first, then newest message first, then by id.
+
+        Costs O(limit) through the ordering index, whatever the number of conversations.
+        """
+        if type(limit) is not int or not 1 <= limit <= 10_000:
+            raise InvalidArgument(f"limit must be an integer from 1 to 10000, not {limit!r}")
+        after = _decode_cursor(cursor)
+
+        def read(t: Txn) -> tuple[list[tuple[bytes, Fields]], bool]:
+            keys = t.order_keys(after)
+            items: list[tuple[bytes, Fields]] = []
+            for key in keys:
+                if len(items) == limit:
+                    return items, True
+                cid = key[9:].decode()
+                items.append((key, self._load(t, cid)))
+            return items, False
+
+        rows, has_more = self.store.read(read)
+        items = [conversation_view(key[9:].decode(), f, self.schema) for key, f in rows]
+        next_cursor = _encode_cursor(rows[-1][0]) if has_more else None
+        return Page(items, next_cursor, has_more)
+
+    def __iter__(self) -> Iterator[Conversation]:
+        """Every conversation, in list order, a page at a time."""
+        cursor = None
+        while True:
+            page = self.list_conversations(500, cursor)
+            yield from page.items
+            if not page.has_more:
+                return
+            cursor = page.cursor
+
+    def __len__(self) -> int:
+        return self.store.read(lambda t: t.conversation_count())
+
+    @property
+    def head(self) -> int:
+        """Sequence number of the newest delta-log entry (0 for none)."""
+        return self.store.read(lambda t: t.head())
+
+    @property
+    def log_floor(self) -> int:
+        """Entries at or below this sequence have been dropped from the log."""
+        return self.store.read(lambda t: t.log_floor())
+
+    def state(self) -> ConversationMap:
+        """The whole state as one map (reads every conversation: for tests and small replicas)."""
+        return self.store.read(lambda t: ConversationMap(
+            {cid: self._decode(cid, raw) for cid, raw in t.conversations()}, self.schema))
+
+    def delta_since(self, seq: int) -> bytes:
+        """Encoded delta of everything logged after `seq`, for a custom transport.
+
+        If entries after `seq` were already dropped from the log, the whole state is returned
+        instead (a state is a delta too), so the receiver still converges.
+        """
+        check_seq(seq, "seq")
+        return self.store.read(lambda t: codec.encode_map(self._delta_since(t, seq)))
+
+    def _delta_since(self, t: Txn, seq: int) -> ConversationMap:
+        if seq < t.log_floor():
+            return ConversationMap(
+                {cid: self._decode(cid, raw) for cid, raw in t.conversations()}, self.schema)
+        acc: dict[str, Fields] = {}
+        for _, _, payload in t.log_entries(seq):
+            _join_into(acc, self._decode_log(payload))
+        return ConversationMap(acc, self.schema)
+
+    # -- replication support (used by crdtim/protocol through a narrow interface) ------------
+
+    def delta_interval(self, after: int, *, skip_origin: str | None = None,
+                       max_entries: int = 1000, max_bytes: int | None = None
+                       ) -> tuple[int, ConversationMap | None]:
+        """(to, delta): the join of log entries in (after, to], leaving out those that came
+        from `skip_origin` (no back-propagation); at most `max_entries` entries, and no more
+        than `max_bytes` of encoded entries unless the first alone is larger. `delta` is
+        None when every entry in the range was left out or there are none (then to == after).
+
+        Raises LogTrimmedError if entries after `after` were already dropped: checked in the
+        same read transaction, so a trim can never make a gap go unnoticed.
+        """
+        check_seq(after, "after")
+
+        def read(t: Txn) -> tuple[int, ConversationMap | None]:
+            if after < t.log_floor():
+                raise LogTrimmedError(f"log entries after {after} were dropped "
+                                      f"(log floor {t.log_floor()})")
+            acc: dict[str, Fields] = {}
+            to = after
+            size = 0
+            for i, (seq, origin, payload) in enumerate(t.log_entries(after)):
+                if i == max_entries:
+                    break
+                if skip_origin is None or origin != skip_origin:
+                    size += len(payload)
+                    if max_bytes is not None and size > max_bytes and acc:
+                        break
+                    _join_into(acc, self._decode_log(payload))
+                to = seq
+            return to, ConversationMap(acc, self.schema) if acc else None
+        return self.store.read(read)
+
+    def state_chunk(self, after: str | None, max_conversations: int = 1000,
+                    max_bytes: int | None = None) -> tuple[ConversationMap, str | None]:
+        """Up to `max_conversations` conversations after id `after` (and, but for the first,
+        no more than `max_bytes` of them encoded), as a delta, and the id to continue after
+        (None when this was the last chunk)."""
+        def read(t: Txn) -> tuple[ConversationMap, str | None]:
+            convs: dict[str, Fields] = {}
+            last = None
+            size = 0
+            for cid, raw in t.conversations(after):
+                size += len(raw)
+                if len(convs) == max_conversations or (
+                        max_bytes is not None and size > max_bytes and convs):
+                    return ConversationMap(convs, self.schema), last
+                convs[cid] = self._decode(cid, raw)
+                last = cid
+            return ConversationMap(convs, self.schema), None
+        return self.store.read(read)
+
+    def encoded_state_chunk(self, after: str | None, max_conversations: int = 1000,
+                            max_bytes: int | None = None, scope: tuple[str, ...] | None = None
+                            ) -> tuple[bytes | None, str | None]:
+        """state_chunk, encoded (codec.encode_map), of the conversations in `scope` (id
+        prefixes; None: all): the stored values go into the message without being decoded
+        and encoded again (codec.encode_stored_map). None for a chunk with none in scope."""
+        def read(t: Txn) -> tuple[list[tuple[str, bytes]], str | None]:
+            stored: list[tuple[str, bytes]] = []
+            last = None
+            count = size = 0
+            for cid, raw in t.conversations(after):
+                size += len(raw)
+                if count == max_conversations or (
+                        max_bytes is not None and size > max_bytes and count):
+                    return stored, last
+                if scope is None or cid.startswith(scope):
+                    stored.append((cid, raw))
+                count += 1
+                last = cid
+            return stored, None
+
+        stored, after = self.store.read(read)
+        if not stored:
+            return None, after
+        try:
+            return codec.encode_stored_map(stored, self.schema), after
+        except DecodeError as e:
+            raise CorruptStoreError(f"{self.store.path}: cannot read a stored conversation "
+                                    f"({e}): the file is damaged, or was written with a "
+                                    f"schema that has more fields") from None
+
+
+def _join_into(acc: dict[str, Fields], delta: ConversationMap) -> None:
+    for cid, fields in delta.convs.items():
+        acc[cid] = join_fields(acc.get(cid, {}), fields)
+
+
+def _encode_cursor(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> bytes | None:
+    if cursor is None:
+        return None
+    try:
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (ValueError, TypeError):
+        key = b""
+    if len(key) < 10 or key[0] not in (0, 1):
+        raise InvalidArgument(f"invalid cursor {cursor!r:.60}: pass back a cursor that an "
+                              f"earlier page returned")
+    return key

@@ -1,0 +1,124 @@
+"""One write transaction of a replica: the changes it gathers, then writes all at once.
+
+Local ops and remote deltas both go through `WriteTxn`: it loads each touched conversation
+once, joins parts into it, tracks the novel part (the delta to log) and the hybrid clock,
+and `finish` writes state, ordering key, one log entry and the clock in the same LMDB
+transaction (specs/storage.md §3). It never commits, notifies or reads the wall clock by
+itself: the replica passes in what it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from .. import codec
+from ..crdt import Hlc, Schema, Stamp, hlc, join_fields
+from ..crdt.conversation import Fields
+from ..errors import ClockDriftError
+from ..store import Txn, order_key_of
+
+__all__ = ["MAX_REMOTE_COUNTER", "LocalOp", "WriteHost", "WriteTxn"]
+
+#: The stored clock's counter has 32 bits (specs/storage.md). A remote reading with a counter
+#: past half of that is refused like one from the far future: it could only come from a
+#: broken or hostile peer, and accepting it would leave no room for our own ticks.
+MAX_REMOTE_COUNTER = 2**31 - 1
+
+
+class WriteHost(Protocol):
+    """What a write transaction needs of its replica."""
+
+    id: str
+    schema: Schema
+    max_clock_drift_ms: int
+
+    def _now(self) -> int: ...
+
+    def _load(self, t: Txn, cid: str) -> Fields: ...
+
+
+#: A local op: given the transaction and the conversation's current state, its delta.
+LocalOp = Callable[["WriteTxn", Fields], Fields]
+
+
+class WriteTxn:
+    """The changes of one write transaction, accumulated before they are written."""
+
+    __slots__ = ("clock", "clock_moved", "delta", "log_payload", "new", "old", "replica",
+                 "stored", "txn")
+
+    def __init__(self, replica: WriteHost, txn: Txn):
+        self.replica = replica
+        self.txn = txn
+        self.old: dict[str, Fields] = {}
+        self.new: dict[str, Fields] = {}
+        self.delta: dict[str, Fields] = {}
+        self.clock: Hlc | None = None
+        self.clock_moved = False
+        self.stored: dict[str, bytes] = {}  # cid -> its new state's bytes, when known already
+        self.log_payload: bytes | None = None  # the log entry's bytes, when known already
+
+    def fields(self, cid: str) -> Fields:
+        state = self.new.get(cid)
+        if state is None:
+            state = self.replica._load(self.txn, cid)
+            self.old[cid] = self.new[cid] = state
+        return state
+
+    def _clock(self) -> Hlc:
+        if self.clock is None:
+            self.clock = Hlc(*self.txn.clock())
+        return self.clock
+
+    def stamp(self) -> Stamp:
+        """A fresh hybrid-clock stamp for a local write, larger than every one seen."""
+        self.clock = clock = hlc.tick(self._clock(), self.replica._now())
+        self.clock_moved = True
+        return Stamp(clock.wall, clock.counter, self.replica.id)
+
+    def observe(self, remote: Hlc) -> None:
+        """Advance the clock past a remote reading; ClockDriftError aborts the transaction."""
+        r = self.replica
+        if remote.counter > MAX_REMOTE_COUNTER:
+            raise ClockDriftError(f"remote clock counter {remote.counter} is over the limit "
+                                  f"of {MAX_REMOTE_COUNTER}")
+        try:
+            self.clock = hlc.receive(self._clock(), remote, r._now(), r.max_clock_drift_ms)
+        except hlc.ClockDriftError as e:
+            raise ClockDriftError(str(e)) from None
+        self.clock_moved = True
+
+    def join(self, cid: str, part: Fields) -> None:
+        if not part:
+            return
+        self.new[cid] = join_fields(self.fields(cid), part)
+        self.delta[cid] = join_fields(self.delta.get(cid, {}), part)
+
+    def adopt(self, cid: str, fields: Fields, stored: bytes | None) -> None:
+        """A conversation with no state here (fields(cid) was {}, or the caller knows it has
+        none) takes `fields` as its state, all of it novel; `stored`:
+        its bytes as received (codec.store_received), or None to encode them."""
+        self.old[cid] = {}
+        self.new[cid] = self.delta[cid] = fields
+        if stored is not None:
+            self.stored[cid] = stored
+
+    def finish(self, origin: str) -> list[tuple[str, frozenset[str]]]:
+        """Write states, index, log entry and clock; return what changed."""
+        t, schema = self.txn, self.replica.schema
+        stored = self.stored
+        for cid in self.delta:
+            state = self.new[cid]
+            raw = stored.get(cid) if stored else None
+            t.put_conversation(cid, codec.encode_fields(state, schema) if raw is None else raw)
+            t.replace_order_key(order_key_of(cid, self.old[cid]), order_key_of(cid, state))
+        if self.delta:
+            if self.log_payload is None:
+                # Every part joined here is non-bottom (a normalized map's, or a mutator's
+                # non-empty delta), so the map needs no normalizing pass.
+                self.log_payload = codec.encode_map(codec.trusted_map(self.delta, schema))
+            t.append_log(origin, self.log_payload)
+        if self.clock_moved and self.clock is not None:
+            t.put_clock(self.clock.wall, self.clock.counter)
+        return [(cid, frozenset(part)) for cid, part in self.delta.items()]

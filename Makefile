@@ -54,7 +54,7 @@ $(VENV)/.automerge: pyproject.toml
 # build/faults.json. SIM_RUNS=, REAL_SECONDS=, SEED= to change them.
 faults: $(STAMP)
 	mkdir -p build
-	$(PY) -m crdtim.faults --json build/faults.json $(if $(SIM_RUNS),--sim-runs $(SIM_RUNS)) $(if $(REAL_SECONDS),--real-seconds $(REAL_SECONDS)) $(if $(SEED),--seed $(SEED))
+	$(PY) -m tests.faults --json build/faults.json $(if $(SIM_RUNS),--sim-runs $(SIM_RUNS)) $(if $(REAL_SECONDS),--real-seconds $(REAL_SECONDS)) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

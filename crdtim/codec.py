@@ -34,7 +34,7 @@ from .crdt import (
     Schema,
     Stamp,
 )
-from .crdt.conversation import Fields
+from .crdt.conversation import Fields, trusted_map
 from .errors import DecodeError
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "decode_fields",
     "pack",
     "unpack",
+    "trusted_map",  # re-exported from crdt.conversation, its home, for the replica
 ]
 
 FORMAT_VERSION = 1
@@ -255,21 +256,6 @@ _set_lww_stamp, _set_lww_value = _slot_setters(Lww, "stamp", "value")
 (_set_maxreg_value,) = _slot_setters(MaxReg, "value")
 _set_flag_dots, _set_flag_context = _slot_setters(Flag, "dots", "context")
 _set_ctx_vv, _set_ctx_cloud = _slot_setters(CausalContext, "vv", "cloud")
-
-
-def trusted_map(convs: dict[str, Fields], schema: Schema) -> ConversationMap:
-    """ConversationMap(convs, schema) for convs with no bottom field and no empty
-    conversation, without the normalizing copy."""
-    return _new_map(convs, schema)
-
-
-def _new_map(convs: dict[str, Fields], schema: Schema) -> ConversationMap:
-    """ConversationMap(convs, schema) for convs the decoder already normalized (no bottom
-    field, no empty conversation), without copying them again."""
-    m = _new(ConversationMap)
-    m.schema = schema
-    m.convs = convs
-    return m
 
 
 # -- fast decoders -----------------------------------------------------------------------------
@@ -548,7 +534,7 @@ def decode_map_as_received(
         fields = _fields(x, rids, schema, limits, cid)
         if fields:
             convs[cid] = fields
-    return _new_map(convs, schema), Received(data, rids, body)
+    return trusted_map(convs, schema), Received(data, rids, body)
 
 
 def encode_stored_map(stored: list[tuple[str, bytes]], schema: Schema = DEFAULT_SCHEMA) -> bytes:

@@ -9,9 +9,11 @@ from .conversation import (
     conversation_view,
     join_fields,
     novel_fields,
+    trusted_map,
 )
 from .flag import CausalContext, Flag
 from .hlc import DEFAULT_MAX_DRIFT_MS, ClockDriftError, Hlc
+from .lattice import Lattice
 from .lww import BOTTOM_STAMP, Lww, Stamp
 from .maxreg import MaxReg
 
@@ -26,6 +28,7 @@ __all__ = [
     "Field",
     "Flag",
     "Hlc",
+    "Lattice",
     "Lww",
     "MaxReg",
     "Schema",
@@ -33,4 +36,5 @@ __all__ = [
     "conversation_view",
     "join_fields",
     "novel_fields",
+    "trusted_map",
 ]

@@ -1,4 +1,8 @@
-"""Pure lattices of crdtim: no I/O, no imports from the rest of the package."""
+"""Pure lattices of crdtim (specs/crdt.md): no I/O, no clock reads, no third-party imports.
+
+Nothing here imports the rest of the package but crdtim.errors, the bottom layer (exception
+classes only), so that the clock raises the same ClockDriftError the replica does.
+"""
 
 from .conversation import (
     DEFAULT_SCHEMA,

@@ -41,6 +41,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Limits",
     "DEFAULT_LIMITS",
+    "STORAGE_LIMITS",
     "encode_map",
     "decode_map",
     "decode_map_as_received",
@@ -82,6 +83,11 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+#: Decoding what a replica stored itself (specs/crdt.md §7, "Limits"): the same checks of
+#: structure and type, without the per-message caps that protect it from peers (a large local
+#: batch, or the join of many deltas, may be over them and must still read back).
+STORAGE_LIMITS = Limits(max_bytes=2**62, max_conversations=2**62, max_replicas=2**62,
+                        max_dots=2**62)
 MAX_REPLICA_ID = 64
 
 
@@ -552,7 +558,7 @@ def encode_stored_map(stored: list[tuple[str, bytes]], schema: Schema = DEFAULT_
     body: dict[str, Any] = {}
     for cid, raw in stored:
         try:
-            obj = unpack(raw, 2**62)
+            obj = unpack(raw, STORAGE_LIMITS.max_bytes)
         except DecodeError as e:
             raise DecodeError(f"stored conversation {cid!r}: {e}") from None
         if type(obj) is list and len(obj) == 3 and obj[0] == FORMAT_VERSION \
@@ -570,10 +576,10 @@ def encode_stored_map(stored: list[tuple[str, bytes]], schema: Schema = DEFAULT_
                 body[cid] = x
                 continue
         # Another table order (or a damaged value): through the decoder, which names the fault.
-        header = _header(obj, _STORED)
+        header = _header(obj, STORAGE_LIMITS)
         if header is None:
-            header = _dec_header(obj, _STORED, f"stored conversation {cid!r}")
-        fields = _fields(header[1], header[0], schema, _STORED, cid)
+            header = _dec_header(obj, STORAGE_LIMITS, f"stored conversation {cid!r}")
+        fields = _fields(header[1], header[0], schema, STORAGE_LIMITS, cid)
         body[cid] = _enc_fields(fields, ids, schema)
         table.extend(list(ids)[len(table):])
     return pack([FORMAT_VERSION, table, body])
@@ -583,9 +589,6 @@ def _new_ids(rids: list, ids: dict[str, int]) -> bool:
     """True if `rids` are distinct strings none of which is in `ids`."""
     return (all(type(r) is str for r in rids) and len(set(rids)) == len(rids)
             and not any(r in ids for r in rids))
-
-
-_STORED = Limits(max_bytes=2**62, max_conversations=2**62, max_replicas=2**62, max_dots=2**62)
 
 
 def encode_fields(fields: Fields, schema: Schema = DEFAULT_SCHEMA) -> bytes:

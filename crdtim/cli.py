@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -23,7 +25,7 @@ import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Collection, Iterator, Mapping, Sequence, TextIO
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence, TextIO, cast
 
 import trio
 
@@ -318,6 +320,9 @@ def _serve_config(args: argparse.Namespace) -> NodeConfig:
             "authenticated and name every peer's replica id. Serve them on loopback (and "
             "scrape through a proxy), or give --insecure if the network itself is trusted",
             EXIT_USAGE)
+    if args.metrics is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise CommandFailed("--metrics needs prometheus_client: pip install 'crdtim[metrics]'",
+                            EXIT_USAGE)
     session = SessionConfig()
     # Peers size their frames to the limit we announce in HELLO, but one conversation's
     # state must still fit in a frame.
@@ -357,22 +362,40 @@ async def _serve(replica: Replica, listen: tuple[str, int], peers: list[tuple[st
                 break
 
 
+def _benchmark_suite() -> Callable[[list[str]], int]:
+    """benchmarks.suite.main, or CommandFailed (exit 2) saying what is missing.
+
+    The suite lives in benchmarks/ beside the package, not in the wheel: it runs from a source
+    checkout only (pip install -e, or the project directory), with the bench extra (pycrdt,
+    matplotlib). Imported by name, when asked for, so that neither the heavy imports nor mypy
+    follow it from here.
+    """
+    no_checkout = CommandFailed("crdtim bench needs a source checkout of crdtim (the "
+                                "benchmarks/ folder next to the crdtim package): clone the "
+                                "project and run `make bench` there", EXIT_USAGE)
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(checkout, "benchmarks", "suite.py")):
+        raise no_checkout  # another `benchmarks` on sys.path would not be ours
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
+    try:
+        suite = importlib.import_module("benchmarks.suite")
+    except ImportError as e:
+        missing = e.name or ""
+        if missing == "benchmarks" or missing.startswith("benchmarks."):
+            raise no_checkout from None
+        raise CommandFailed(f"crdtim bench needs {missing or 'a package'} (the bench extra): "
+                            "run `make bench`, or pip install -e '.[bench]' in the checkout",
+                            EXIT_USAGE) from None
+    return cast(Callable[[list[str]], int], suite.main)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    # The suite lives in benchmarks/ beside the package, not in the installed package: it
-    # runs from a source checkout (pip install -e, or the project directory) only.
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isfile(os.path.join(checkout, "benchmarks", "suite.py")):
-        raise CommandFailed("crdtim bench needs a source checkout of crdtim (the benchmarks/ "
-                            "folder next to the crdtim package); clone the project and run "
-                            "`make bench` or `crdtim bench` there", EXIT_USAGE)
-    if checkout not in sys.path:
-        sys.path.insert(0, checkout)
-    from benchmarks.suite import main as run_suite  # only here: heavy imports (pycrdt...)
-
+    run_suite = _benchmark_suite()
     argv = ["--quick"] if args.quick else []
     argv += ["--tiny"] if args.tiny else []
     argv += [f"--out={args.out}"] if args.out else []

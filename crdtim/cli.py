@@ -22,10 +22,11 @@ import signal
 import sys
 import time
 import unicodedata
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Collection, Iterator, Mapping, Sequence, TextIO, cast
+from typing import Any, TextIO, cast
 
 import trio
 
@@ -34,12 +35,24 @@ from .demo import run_demo
 from .errors import ConfigError, CrdtimError
 from .net import Node, NodeConfig, parse_address
 from .protocol import MIN_FRAME_BYTES, SessionConfig
-from .security import load_security, load_tls
 from .replica import MAX_SEQ, Change, InvalidArgument, Replica
+from .security import load_security, load_tls
 
-__all__ = ["main", "build_parser", "COMMANDS", "Subcommand", "Argument", "arg", "watch_log",
-           "data_dir", "CommandFailed", "UsageError", "DATA_ENV", "DEFAULT_DATA",
-           "WATCH_INTERVAL"]
+__all__ = [
+    "COMMANDS",
+    "DATA_ENV",
+    "DEFAULT_DATA",
+    "WATCH_INTERVAL",
+    "Argument",
+    "CommandFailed",
+    "Subcommand",
+    "UsageError",
+    "arg",
+    "build_parser",
+    "data_dir",
+    "main",
+    "watch_log",
+]
 
 DATA_ENV = "CRDTIM_DATA"
 DEFAULT_DATA = "crdtim-data"
@@ -83,7 +96,8 @@ def data_dir(args: argparse.Namespace) -> str:
     if args.data is not None:
         if not args.data:
             raise UsageError("--data needs a directory, not an empty string")
-        return args.data
+        path: str = args.data
+        return path
     return os.environ.get(DATA_ENV) or DEFAULT_DATA
 
 
@@ -349,7 +363,7 @@ async def _serve(replica: Replica, listen: tuple[str, int], peers: list[tuple[st
     log = logging.getLogger("crdtim.serve")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with Node(replica, listen=listen, peers=peers, config=config) as node:
-            host, port = listen
+            host = listen[0]
             log.info("replica %s listening on %s:%d (data %s), %d peer(s) to dial",
                      replica.id, host, node.port, replica.path, len(peers))
             if metrics is not None:
@@ -590,7 +604,7 @@ def build_parser(
     parser.add_argument("--data", metavar="DIR", default=None, help=data_help)
     # --data after the subcommand too; SUPPRESS keeps an absent one from overwriting the
     # value given before the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS, help=data_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in commands.items():
@@ -669,7 +683,7 @@ def _print_pairs(pairs: Mapping[str, str]) -> None:
         print(f"{key + ':':<{width}} {value}".rstrip())
 
 
-def _print_table(rows: list[tuple[str, ...]], right_aligned: Collection[int] = ()) -> None:
+def _print_table(rows: Sequence[tuple[str, ...]], right_aligned: Collection[int] = ()) -> None:
     widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = []

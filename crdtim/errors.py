@@ -8,17 +8,17 @@ can raise a `CrdtimError` too without depending on anything that does I/O.
 from __future__ import annotations
 
 __all__ = [
+    "ClockDriftError",
+    "ConfigError",
+    "CorruptStoreError",
     "CrdtimError",
     "DecodeError",
-    "ClockDriftError",
-    "StoreError",
-    "NotAReplicaError",
     "FormatVersionError",
-    "CorruptStoreError",
-    "ReplicaClosedError",
     "LogTrimmedError",
-    "ConfigError",
+    "NotAReplicaError",
     "PeerIdentityError",
+    "ReplicaClosedError",
+    "StoreError",
 ]
 
 

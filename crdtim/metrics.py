@@ -49,7 +49,8 @@ class NodeCollector:
         status = self.node.status_snapshot  # never the Replica itself: not thread-safe
         if not status:
             return
-        yield GaugeMetricFamily("crdtim_log_head", "Newest delta-log sequence", value=status["head"])
+        yield GaugeMetricFamily("crdtim_log_head", "Newest delta-log sequence",
+                                value=status["head"])
         yield GaugeMetricFamily("crdtim_conversations", "Conversations held",
                                 value=status["conversations"])
         lag = GaugeMetricFamily("crdtim_peer_lag_entries",

@@ -23,12 +23,12 @@ from .maxreg import MaxReg
 
 __all__ = [
     "BOTTOM_STAMP",
+    "DEFAULT_MAX_DRIFT_MS",
+    "DEFAULT_SCHEMA",
     "CausalContext",
     "ClockDriftError",
     "Conversation",
     "ConversationMap",
-    "DEFAULT_MAX_DRIFT_MS",
-    "DEFAULT_SCHEMA",
     "Field",
     "Flag",
     "Hlc",

@@ -12,8 +12,9 @@ are equal dicts: equality is structural. No I/O here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from .flag import Flag
 from .hlc import Hlc
@@ -22,16 +23,16 @@ from .lww import Lww, Stamp
 from .maxreg import MaxReg
 
 __all__ = [
-    "Field",
-    "Schema",
     "DEFAULT_SCHEMA",
-    "Fields",
-    "ConversationMap",
     "Conversation",
-    "join_fields",
-    "novel_fields",
-    "message_arrived_delta",
+    "ConversationMap",
+    "Field",
+    "Fields",
+    "Schema",
     "conversation_view",
+    "join_fields",
+    "message_arrived_delta",
+    "novel_fields",
     "trusted_map",
 ]
 

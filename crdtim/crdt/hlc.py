@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from ..errors import ClockDriftError
 
-__all__ = ["Hlc", "ClockDriftError", "DEFAULT_MAX_DRIFT_MS", "tick", "receive"]
+__all__ = ["DEFAULT_MAX_DRIFT_MS", "ClockDriftError", "Hlc", "receive", "tick"]
 
 #: A remote reading further than this ahead of our wall clock is refused: accepting it would
 #: let one machine with a bad clock win every register for as long as its error lasts.

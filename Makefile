@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -42,8 +42,12 @@ $(VENV)/.fuzz: pyproject.toml
 # The whole suite: figures beside their references, goals, JSON + markdown + PNG plots in
 # benchmarks/results/. Automerge is optional (a pre-release): if it does not install, the
 # suite says so and runs without it.
-bench: $(STAMP) $(VENV)/.automerge
+bench: $(STAMP) $(VENV)/.bench $(VENV)/.automerge
 	$(PY) -m benchmarks $(if $(QUICK),--quick)
+
+$(VENV)/.bench: pyproject.toml
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
 
 $(VENV)/.automerge: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[automerge]' || echo "automerge could not be installed: its figures will say so"
@@ -54,7 +58,7 @@ $(VENV)/.automerge: pyproject.toml
 # build/faults.json. SIM_RUNS=, REAL_SECONDS=, SEED= to change them.
 faults: $(STAMP)
 	mkdir -p build
-	$(PY) -m crdtim.faults --json build/faults.json $(if $(SIM_RUNS),--sim-runs $(SIM_RUNS)) $(if $(REAL_SECONDS),--real-seconds $(REAL_SECONDS)) $(if $(SEED),--seed $(SEED))
+	$(PY) -m tests.faults --json build/faults.json $(if $(SIM_RUNS),--sim-runs $(SIM_RUNS)) $(if $(REAL_SECONDS),--real-seconds $(REAL_SECONDS)) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,33 +11,46 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import importlib.util
 import ipaddress
-import json
 import logging
 import os
 import shlex
 import signal
 import sys
 import time
-import unicodedata
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable, Collection, Iterator, Mapping, Sequence, TextIO
+from typing import Any, NoReturn, cast
 
 import trio
 
 from . import __version__
+from . import _terminal as term
 from .demo import run_demo
 from .errors import ConfigError, CrdtimError
 from .net import Node, NodeConfig, parse_address
 from .protocol import MIN_FRAME_BYTES, SessionConfig
-from .security import load_security, load_tls
 from .replica import MAX_SEQ, Change, InvalidArgument, Replica
+from .security import load_security, load_tls
 
-__all__ = ["main", "build_parser", "COMMANDS", "Subcommand", "Argument", "arg", "watch_log",
-           "data_dir", "CommandFailed", "UsageError", "DATA_ENV", "DEFAULT_DATA",
-           "WATCH_INTERVAL"]
+__all__ = [
+    "COMMANDS",
+    "DATA_ENV",
+    "DEFAULT_DATA",
+    "WATCH_INTERVAL",
+    "Argument",
+    "CommandFailed",
+    "Subcommand",
+    "UsageError",
+    "arg",
+    "build_parser",
+    "data_dir",
+    "main",
+    "watch_log",
+]
 
 DATA_ENV = "CRDTIM_DATA"
 DEFAULT_DATA = "crdtim-data"
@@ -69,7 +82,7 @@ class UsageError(CommandFailed):
 class _Parser(argparse.ArgumentParser):
     # argparse would print and sys.exit(2) from deep inside parse_args; raising lets main()
     # return the status (callable in-process) and print every error the same way.
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(message, self.format_usage())
 
 
@@ -81,7 +94,8 @@ def data_dir(args: argparse.Namespace) -> str:
     if args.data is not None:
         if not args.data:
             raise UsageError("--data needs a directory, not an empty string")
-        return args.data
+        path: str = args.data
+        return path
     return os.environ.get(DATA_ENV) or DEFAULT_DATA
 
 
@@ -92,7 +106,7 @@ def _writable_replica(args: argparse.Namespace) -> Iterator[Replica]:
     path = data_dir(args)
     with Replica.open(path) as replica:
         if replica.created:
-            _note(f"created a new replica {replica.id} at {path}")
+            term.note(f"created a new replica {replica.id} at {path}")
         yield replica
 
 
@@ -121,9 +135,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     path = data_dir(args)
     with Replica.open(path) as replica:
         if replica.created:
-            _note(f"initialized a new replica at {path}")
+            term.note(f"initialized a new replica at {path}")
         else:
-            _note(f"a replica already exists at {path}; its id is unchanged")
+            term.note(f"a replica already exists at {path}; its id is unchanged")
         print(replica.id)
     return EXIT_OK
 
@@ -163,11 +177,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise CommandFailed(f"no conversation {args.cid!r}")
     fields = conversation.as_dict()
     if args.json:
-        _print_json(fields)
+        term.print_json(fields)
         return EXIT_OK
-    shown = {k: _show_value(k, v) for k, v in fields.items() if k != "extra"}
-    shown.update({k: _show_value(k, v) for k, v in fields.get("extra", {}).items()})
-    _print_pairs(shown)
+    shown = {k: term.show_value(k, v) for k, v in fields.items() if k != "extra"}
+    shown.update({k: term.show_value(k, v) for k, v in fields.get("extra", {}).items()})
+    term.print_pairs(shown)
     return EXIT_OK
 
 
@@ -175,7 +189,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with _existing_replica(args) as replica:
         page = replica.list(args.limit, args.cursor)
     if args.json:
-        _print_json({"items": [c.as_dict() for c in page.items], "cursor": page.cursor,
+        term.print_json({"items": [c.as_dict() for c in page.items], "cursor": page.cursor,
                      "has_more": page.has_more})
         return EXIT_OK
     if not page.items:
@@ -187,12 +201,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
             "pin" if c.pinned else "",
             "mute" if c.muted else "",
             str(c.unread) if c.unread else "",
-            _printable(c.id),
-            _cut(_printable(c.title), TITLE_WIDTH),
-            _local_time(c.last_at) if c.last_at else "-",
-            _cut(_printable(c.last_preview), PREVIEW_WIDTH),
+            term.printable(c.id),
+            term.cut(term.printable(c.title), TITLE_WIDTH),
+            term.local_time(c.last_at) if c.last_at else "-",
+            term.cut(term.printable(c.last_preview), PREVIEW_WIDTH),
         ))
-    _print_table(rows, right_aligned={2})
+    term.print_table(rows, right_aligned={2})
     if page.has_more:
         limit = "" if args.limit == 50 else f" --limit {args.limit}"
         data = "" if args.data is None else f" --data {shlex.quote(args.data)}"
@@ -205,9 +219,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         status = replica.status()
     status["path"] = os.path.abspath(status["path"])
     if args.json:
-        _print_json(status)
+        term.print_json(status)
         return EXIT_OK
-    _print_pairs({
+    term.print_pairs({
         "replica": status["id"],
         "path": status["path"],
         "conversations": str(status["conversations"]),
@@ -217,9 +231,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     })
     if status["peers"]:
         rows = [("  PEER", "ACK", "MISSING")]
-        rows += [(f"  {_printable(peer)}", str(p["ack"]), str(p["missing"]))
+        rows += [(f"  {term.printable(peer)}", str(p["ack"]), str(p["missing"]))
                  for peer, p in status["peers"].items()]
-        _print_table(rows, right_aligned={1, 2})
+        term.print_table(rows, right_aligned={1, 2})
     return EXIT_OK
 
 
@@ -229,11 +243,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     try:
         with _existing_replica(args) as replica:
             after = replica.head if args.since is None else args.since
-            _note(f"watching {replica.path} (replica {replica.id}) after log entry {after}; "
-                  "Ctrl-C to stop")
-            emit = _change_json if args.json else _change_line
+            term.note(f"watching {replica.path} (replica {replica.id}) after log entry "
+                      f"{after}; Ctrl-C to stop")
+            emit = term.change_json if args.json else term.change_line
             watch_log(replica, after, lambda seq, change: print(emit(seq, change), flush=True),
-                      on_gap=lambda missed: _note(
+                      on_gap=lambda missed: term.note(
                           f"{missed} log entries were trimmed before they could be shown"))
     except KeyboardInterrupt:
         pass  # the way to stop watching: not an error
@@ -318,6 +332,9 @@ def _serve_config(args: argparse.Namespace) -> NodeConfig:
             "authenticated and name every peer's replica id. Serve them on loopback (and "
             "scrape through a proxy), or give --insecure if the network itself is trusted",
             EXIT_USAGE)
+    if args.metrics is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise CommandFailed("--metrics needs prometheus_client: pip install 'crdtim[metrics]'",
+                            EXIT_USAGE)
     session = SessionConfig()
     # Peers size their frames to the limit we announce in HELLO, but one conversation's
     # state must still fit in a frame.
@@ -344,7 +361,7 @@ async def _serve(replica: Replica, listen: tuple[str, int], peers: list[tuple[st
     log = logging.getLogger("crdtim.serve")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with Node(replica, listen=listen, peers=peers, config=config) as node:
-            host, port = listen
+            host = listen[0]
             log.info("replica %s listening on %s:%d (data %s), %d peer(s) to dial",
                      replica.id, host, node.port, replica.path, len(peers))
             if metrics is not None:
@@ -357,22 +374,40 @@ async def _serve(replica: Replica, listen: tuple[str, int], peers: list[tuple[st
                 break
 
 
+def _benchmark_suite() -> Callable[[list[str]], int]:
+    """benchmarks.suite.main, or CommandFailed (exit 2) saying what is missing.
+
+    The suite lives in benchmarks/ beside the package, not in the wheel: it runs from a source
+    checkout only (pip install -e, or the project directory), with the bench extra (pycrdt,
+    matplotlib). Imported by name, when asked for, so that neither the heavy imports nor mypy
+    follow it from here.
+    """
+    no_checkout = CommandFailed("crdtim bench needs a source checkout of crdtim (the "
+                                "benchmarks/ folder next to the crdtim package): clone the "
+                                "project and run `make bench` there", EXIT_USAGE)
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(checkout, "benchmarks", "suite.py")):
+        raise no_checkout  # another `benchmarks` on sys.path would not be ours
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
+    try:
+        suite = importlib.import_module("benchmarks.suite")
+    except ImportError as e:
+        missing = e.name or ""
+        if missing == "benchmarks" or missing.startswith("benchmarks."):
+            raise no_checkout from None
+        raise CommandFailed(f"crdtim bench needs {missing or 'a package'} (the bench extra): "
+                            "run `make bench`, or pip install -e '.[bench]' in the checkout",
+                            EXIT_USAGE) from None
+    return cast(Callable[[list[str]], int], suite.main)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    # The suite lives in benchmarks/ beside the package, not in the installed package: it
-    # runs from a source checkout (pip install -e, or the project directory) only.
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not os.path.isfile(os.path.join(checkout, "benchmarks", "suite.py")):
-        raise CommandFailed("crdtim bench needs a source checkout of crdtim (the benchmarks/ "
-                            "folder next to the crdtim package); clone the project and run "
-                            "`make bench` or `crdtim bench` there", EXIT_USAGE)
-    if checkout not in sys.path:
-        sys.path.insert(0, checkout)
-    from benchmarks.suite import main as run_suite  # only here: heavy imports (pycrdt...)
-
+    run_suite = _benchmark_suite()
     argv = ["--quick"] if args.quick else []
     argv += ["--tiny"] if args.tiny else []
     argv += [f"--out={args.out}"] if args.out else []
@@ -567,7 +602,7 @@ def build_parser(
     parser.add_argument("--data", metavar="DIR", default=None, help=data_help)
     # --data after the subcommand too; SUPPRESS keeps an absent one from overwriting the
     # value given before the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS, help=data_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in commands.items():
@@ -579,8 +614,8 @@ def build_parser(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
-    _tolerate_unencodable(sys.stdout)
-    _tolerate_unencodable(sys.stderr)
+    term.tolerate_unencodable(sys.stdout)
+    term.tolerate_unencodable(sys.stderr)
     parser, commands = build_parser()
     try:
         try:
@@ -590,125 +625,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command].run(args)
     except UsageError as e:
         sys.stderr.write(e.usage)
-        return _error(str(e), e.status)
+        return term.error(str(e), e.status)
     except CommandFailed as e:
-        return _error(str(e), e.status)
+        return term.error(str(e), e.status)
     except InvalidArgument as e:
-        return _error(str(e), EXIT_USAGE)
+        return term.error(str(e), EXIT_USAGE)
     except BrokenPipeError:
-        _silence_stdout()  # `crdtim ls | head`: the reader left, nothing to report
+        term.silence_stdout()  # `crdtim ls | head`: the reader left, nothing to report
         return EXIT_FAILURE
     except (CrdtimError, OSError) as e:
-        return _error(str(e) or type(e).__name__, EXIT_FAILURE)
+        return term.error(str(e) or type(e).__name__, EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130  # the shell's convention for "stopped by SIGINT"
-
-
-# -- output ------------------------------------------------------------------------------------
-
-
-def _error(message: str, status: int) -> int:
-    print(f"crdtim: error: {message}", file=sys.stderr)
-    return status
-
-
-def _note(message: str) -> None:
-    print(f"crdtim: {message}", file=sys.stderr)
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=None, sort_keys=False))
-
-
-def _change_line(seq: int, change: Change) -> str:
-    origin = "local" if change.origin == "local" else f"from {change.peer or 'unknown peer'}"
-    return f"{seq}\t{_printable(change.conversation)}\t{','.join(sorted(change.fields))}\t{origin}"
-
-
-def _change_json(seq: int, change: Change) -> str:
-    return json.dumps({"seq": seq, "conversation": change.conversation,
-                       "fields": sorted(change.fields), "origin": change.origin,
-                       "peer": change.peer})
-
-
-def _show_value(key: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if key == "last_at":
-        shown = _local_time(value)
-        return "-" if not value else shown if shown.endswith(" ms") else f"{shown} ({value} ms)"
-    return _printable(str(value))
-
-
-def _print_pairs(pairs: Mapping[str, str]) -> None:
-    width = max(len(k) for k in pairs) + 1
-    for key, value in pairs.items():
-        print(f"{key + ':':<{width}} {value}".rstrip())
-
-
-def _print_table(rows: list[tuple[str, ...]], right_aligned: Collection[int] = ()) -> None:
-    widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            pad = " " * (widths[i] - _width(cell))
-            cells.append(pad + cell if i in right_aligned else cell + pad)
-        print("  ".join(cells).rstrip())
-
-
-def _local_time(ms: int) -> str:
-    try:
-        return datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="seconds")
-    except (OverflowError, OSError, ValueError):  # beyond what the platform's clock can show
-        return f"{ms} ms"
-
-
-def _printable(text: str) -> str:
-    """Text from other devices, made safe for a terminal: control characters (newlines,
-    escape sequences) are shown escaped instead of acting on the screen or the layout."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _char_width(c: str) -> int:
-    if unicodedata.combining(c):
-        return 0
-    return 2 if unicodedata.east_asian_width(c) in "WF" else 1
-
-
-def _width(text: str) -> int:
-    """Columns the text takes on a terminal (CJK and emoji take two)."""
-    if text.isascii():
-        return len(text)
-    return sum(_char_width(c) for c in text)
-
-
-def _cut(text: str, width: int) -> str:
-    if _width(text) <= width:
-        return text
-    out, used = [], 0
-    for c in text:
-        w = _char_width(c)
-        if used + w > width - 3:
-            break
-        out.append(c)
-        used += w
-    return "".join(out) + "..."
-
-
-def _tolerate_unencodable(stream: TextIO) -> None:
-    # A title in a script the terminal's encoding lacks must not abort the listing.
-    try:
-        stream.reconfigure(errors="backslashreplace")  # type: ignore[attr-defined]
-    except (AttributeError, ValueError, OSError):
-        pass
-
-
-def _silence_stdout() -> None:
-    # Python's recipe for SIGPIPE: point stdout at devnull so the flush at exit is quiet too.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass

@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
@@ -34,22 +35,24 @@ from .crdt import (
     Schema,
     Stamp,
 )
-from .crdt.conversation import Fields
+from .crdt.conversation import Fields, trusted_map
 from .errors import DecodeError
 
 __all__ = [
-    "FORMAT_VERSION",
-    "Limits",
     "DEFAULT_LIMITS",
-    "encode_map",
+    "FORMAT_VERSION",
+    "STORAGE_LIMITS",
+    "Limits",
+    "Received",
+    "decode_fields",
     "decode_map",
     "decode_map_as_received",
-    "Received",
-    "store_received",
-    "encode_stored_map",
     "encode_fields",
-    "decode_fields",
+    "encode_map",
+    "encode_stored_map",
     "pack",
+    "store_received",
+    "trusted_map",  # re-exported from crdt.conversation, its home, for the replica
     "unpack",
 ]
 
@@ -61,7 +64,8 @@ MAX_COUNTER = 2**32 - 1
 class Limits:
     """Bounds a decoder enforces; every one has a named default."""
 
-    __slots__ = ("max_bytes", "max_conversations", "max_replicas", "max_text", "max_cid", "max_dots")
+    __slots__ = (
+        "max_bytes", "max_cid", "max_conversations", "max_dots", "max_replicas", "max_text")
 
     def __init__(
         self,
@@ -81,6 +85,11 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+#: Decoding what a replica stored itself (specs/crdt.md §7, "Limits"): the same checks of
+#: structure and type, without the per-message caps that protect it from peers (a large local
+#: batch, or the join of many deltas, may be over them and must still read back).
+STORAGE_LIMITS = Limits(max_bytes=2**62, max_conversations=2**62, max_replicas=2**62,
+                        max_dots=2**62)
 MAX_REPLICA_ID = 64
 
 
@@ -100,7 +109,7 @@ def pack(obj: Any) -> bytes:
     packer = mine.pop("packer", None)
     if packer is None:
         packer = msgpack.Packer(use_bin_type=True)
-    data = packer.pack(obj)
+    data: bytes = packer.pack(obj)  # msgpack is untyped
     if len(data) <= _KEEP_PACKER_BYTES:
         mine["packer"] = packer
     return data
@@ -143,7 +152,7 @@ def _int(x: Any, what: str, lo: int = 0, hi: int = MAX_INT) -> int:
     return x
 
 
-def _list(x: Any, what: str, length: int | None = None) -> list:
+def _list(x: Any, what: str, length: int | None = None) -> list[Any]:
     if type(x) is not list:
         raise DecodeError(f"{what}: expected an array, got {type(x).__name__}")
     if length is not None and len(x) != length:
@@ -213,10 +222,12 @@ _DECODERS: dict[type, Callable[[Any, list[str], Limits, str], Any]] = {
 def _dec_header(obj: Any, limits: Limits, what: str) -> tuple[list[str], Any]:
     version, rids, body = _list(obj, what, 3)
     if version != FORMAT_VERSION or type(version) is not int:
-        raise DecodeError(f"{what}: unsupported format version {version!r} (this is {FORMAT_VERSION})")
+        raise DecodeError(
+            f"{what}: unsupported format version {version!r} (this is {FORMAT_VERSION})")
     _list(rids, f"{what} replica table")
     if len(rids) > limits.max_replicas:
-        raise DecodeError(f"{what}: {len(rids)} replica ids is over the limit of {limits.max_replicas}")
+        raise DecodeError(
+            f"{what}: {len(rids)} replica ids is over the limit of {limits.max_replicas}")
     for rid in rids:
         _str(rid, f"{what} replica id", MAX_REPLICA_ID, 1)
     return rids, body
@@ -250,26 +261,11 @@ if Stamp._fields != ("wall", "counter", "replica") or Stamp.__bases__ != (tuple,
 
 _new = object.__new__
 _tuple_new = tuple.__new__
-_EMPTY: frozenset = frozenset()
+_EMPTY: frozenset[tuple[str, int]] = frozenset()
 _set_lww_stamp, _set_lww_value = _slot_setters(Lww, "stamp", "value")
 (_set_maxreg_value,) = _slot_setters(MaxReg, "value")
 _set_flag_dots, _set_flag_context = _slot_setters(Flag, "dots", "context")
 _set_ctx_vv, _set_ctx_cloud = _slot_setters(CausalContext, "vv", "cloud")
-
-
-def trusted_map(convs: dict[str, Fields], schema: Schema) -> ConversationMap:
-    """ConversationMap(convs, schema) for convs with no bottom field and no empty
-    conversation, without the normalizing copy."""
-    return _new_map(convs, schema)
-
-
-def _new_map(convs: dict[str, Fields], schema: Schema) -> ConversationMap:
-    """ConversationMap(convs, schema) for convs the decoder already normalized (no bottom
-    field, no empty conversation), without copying them again."""
-    m = _new(ConversationMap)
-    m.schema = schema
-    m.convs = convs
-    return m
 
 
 # -- fast decoders -----------------------------------------------------------------------------
@@ -288,7 +284,7 @@ def _header(obj: Any, limits: Limits) -> tuple[list[str], Any] | None:
     return None
 
 
-def _pairs(flat: list, rids: list[str], nrids: int) -> list[tuple[str, int]] | None:
+def _pairs(flat: list[Any], rids: list[str], nrids: int) -> list[tuple[str, int]] | None:
     """The (replica, counter) pairs of an even-length flat array, or None if one is bad."""
     out = []
     for k in range(0, len(flat), 2):
@@ -329,7 +325,8 @@ def _flag(x: Any, rids: list[str], nrids: int, max_flat: int) -> Flag | None:
         for k in range(0, nv, 2):
             i = vv_x[k]
             n = vv_x[k + 1]
-            if type(i) is not int or type(n) is not int or not 0 <= i < nrids or not 0 < n <= MAX_INT:
+            if (type(i) is not int or type(n) is not int or not 0 <= i < nrids
+                    or not 0 < n <= MAX_INT):
                 return None
             r = rids[i]
             if r in vv:  # ids may repeat in the table: compare ids, not indexes
@@ -355,7 +352,7 @@ def _flag(x: Any, rids: list[str], nrids: int, max_flat: int) -> Flag | None:
         if pairs is None:
             return None
         compacted = CausalContext.compact(vv, pairs)
-        vv = compacted.vv
+        vv = dict(compacted.vv)  # a dict already; rare path (a cloud of 2+ dots)
         cloud = compacted.cloud
     # The dots, each of which must lie in the context (D ⊆ C).
     if nd == 2:
@@ -395,7 +392,7 @@ def _fields(x: Any, rids: list[str], schema: Schema, limits: Limits, cid: str) -
     by_tag = schema.by_tag
     nrids = len(rids)
     max_text = limits.max_text
-    fields = {}
+    fields: Fields = {}
     for tag, value in x.items():
         f = by_tag.get(tag) if type(tag) is int else None
         if f is None:
@@ -409,23 +406,23 @@ def _fields(x: Any, rids: list[str], schema: Schema, limits: Limits, cid: str) -
                         and type(text) is str and 0 <= wall <= MAX_INT and 0 <= counter <= MAX_INT
                         and 0 <= i < nrids and len(text) <= max_text):
                     # Never bottom: replica ids are not empty.
-                    state = _new(Lww)
-                    _set_lww_stamp(state, _tuple_new(Stamp, (wall, counter, rids[i])))
-                    _set_lww_value(state, text)
-                    fields[f.name] = state
+                    register = _new(Lww)
+                    _set_lww_stamp(register, _tuple_new(Stamp, (wall, counter, rids[i])))
+                    _set_lww_value(register, text)
+                    fields[f.name] = register
                     continue
         elif lattice is MaxReg:
             if type(value) is int and 0 <= value <= MAX_INT:
                 if value:  # 0 is bottom
-                    state = _new(MaxReg)
-                    _set_maxreg_value(state, value)
-                    fields[f.name] = state
+                    maxreg = _new(MaxReg)
+                    _set_maxreg_value(maxreg, value)
+                    fields[f.name] = maxreg
                 continue
         else:
-            state = _flag(value, rids, nrids, 2 * limits.max_dots)
-            if state is not None:
-                if state is not _BOTTOM_FLAG:
-                    fields[f.name] = state
+            flag = _flag(value, rids, nrids, 2 * limits.max_dots)
+            if flag is not None:
+                if flag is not _BOTTOM_FLAG:
+                    fields[f.name] = flag
                 continue
         # Something is wrong with this field: the slow decoder says what (and, should the
         # inline checks ever refuse a valid field, decodes it).
@@ -498,9 +495,9 @@ class Received:
     that the decoder checked, so that a receiver can store or log them without encoding the
     decoded states again (store_received, and a log entry of `payload` itself)."""
 
-    __slots__ = ("payload", "rids", "body")
+    __slots__ = ("body", "payload", "rids")
 
-    def __init__(self, payload: bytes, rids: list[str], body: dict):
+    def __init__(self, payload: bytes, rids: list[str], body: dict[str, Any]):
         self.payload = payload
         self.rids = rids
         self.body = body
@@ -548,7 +545,7 @@ def decode_map_as_received(
         fields = _fields(x, rids, schema, limits, cid)
         if fields:
             convs[cid] = fields
-    return _new_map(convs, schema), Received(data, rids, body)
+    return trusted_map(convs, schema), Received(data, rids, body)
 
 
 def encode_stored_map(stored: list[tuple[str, bytes]], schema: Schema = DEFAULT_SCHEMA) -> bytes:
@@ -566,7 +563,7 @@ def encode_stored_map(stored: list[tuple[str, bytes]], schema: Schema = DEFAULT_
     body: dict[str, Any] = {}
     for cid, raw in stored:
         try:
-            obj = unpack(raw, 2**62)
+            obj = unpack(raw, STORAGE_LIMITS.max_bytes)
         except DecodeError as e:
             raise DecodeError(f"stored conversation {cid!r}: {e}") from None
         if type(obj) is list and len(obj) == 3 and obj[0] == FORMAT_VERSION \
@@ -584,22 +581,19 @@ def encode_stored_map(stored: list[tuple[str, bytes]], schema: Schema = DEFAULT_
                 body[cid] = x
                 continue
         # Another table order (or a damaged value): through the decoder, which names the fault.
-        header = _header(obj, _STORED)
+        header = _header(obj, STORAGE_LIMITS)
         if header is None:
-            header = _dec_header(obj, _STORED, f"stored conversation {cid!r}")
-        fields = _fields(header[1], header[0], schema, _STORED, cid)
+            header = _dec_header(obj, STORAGE_LIMITS, f"stored conversation {cid!r}")
+        fields = _fields(header[1], header[0], schema, STORAGE_LIMITS, cid)
         body[cid] = _enc_fields(fields, ids, schema)
         table.extend(list(ids)[len(table):])
     return pack([FORMAT_VERSION, table, body])
 
 
-def _new_ids(rids: list, ids: dict[str, int]) -> bool:
+def _new_ids(rids: list[Any], ids: dict[str, int]) -> bool:
     """True if `rids` are distinct strings none of which is in `ids`."""
     return (all(type(r) is str for r in rids) and len(set(rids)) == len(rids)
             and not any(r in ids for r in rids))
-
-
-_STORED = Limits(max_bytes=2**62, max_conversations=2**62, max_replicas=2**62, max_dots=2**62)
 
 
 def encode_fields(fields: Fields, schema: Schema = DEFAULT_SCHEMA) -> bytes:

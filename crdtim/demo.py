@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 
@@ -31,8 +31,12 @@ def _cell(r: Replica, cid: str) -> str:
 def _table(replicas: dict[str, Replica], cids: list[str], online: dict[str, bool]) -> str:
     heads = [f"{n}{'' if online[n] else ' (offline)'}" for n in replicas]
     rows = [[cid] + [_cell(r, cid) for r in replicas.values()] for cid in cids]
-    widths = [max(len(x) for x in col) for col in zip(["conversation", *heads], *rows)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    widths = [max(len(x) for x in col)
+              for col in zip(["conversation", *heads], *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
     out = [line(["conversation", *heads]), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     return "\n".join(out)
@@ -112,7 +116,8 @@ async def _demo(root: str, say: Callable[[str], None]) -> bool:
     same = all(s == states[0] for s in states)
     work = phone.get("work")
     family = phone.get("family")
-    ok = same and work.pinned and family.unread == 0 and family.title == "Family <3"
+    ok = (same and work is not None and work.pinned and family is not None
+          and family.unread == 0 and family.title == "Family <3")
     say(f"\nConverged after reconnect in {took * 1000:.1f} ms; {bytes_sent} bytes sent in all "
         f"(both directions, all links, handshakes included).")
     say("All replicas identical: " + ("yes" if same else "NO"))

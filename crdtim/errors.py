@@ -1,21 +1,24 @@
-"""The errors crdtim raises to its callers; each names what was wrong."""
+"""The errors crdtim raises to its callers; each names what was wrong.
+
+The bottom layer of the package: every other module may import it, and it imports nothing
+(no I/O, no third-party package, no other crdtim module), so that the pure lattices in crdt/
+can raise a `CrdtimError` too without depending on anything that does I/O.
+"""
 
 from __future__ import annotations
 
-from .crdt import hlc
-
 __all__ = [
+    "ClockDriftError",
+    "ConfigError",
+    "CorruptStoreError",
     "CrdtimError",
     "DecodeError",
-    "ClockDriftError",
-    "StoreError",
-    "NotAReplicaError",
     "FormatVersionError",
-    "CorruptStoreError",
-    "ReplicaClosedError",
     "LogTrimmedError",
-    "ConfigError",
+    "NotAReplicaError",
     "PeerIdentityError",
+    "ReplicaClosedError",
+    "StoreError",
 ]
 
 
@@ -43,9 +46,9 @@ class CorruptStoreError(StoreError):
     """The replica's files are damaged."""
 
 
-class ClockDriftError(CrdtimError, hlc.ClockDriftError):
-    """A remote timestamp lies too far in the future of the local wall clock (the pure
-    clock's error, made a CrdtimError so that `except CrdtimError` sees it)."""
+class ClockDriftError(CrdtimError, ValueError):
+    """A remote timestamp lies too far in the future of the local wall clock (specs/crdt.md
+    §1): raised by the pure clock (crdt/hlc.py) and by the replica for a delta's stamps."""
 
 
 class LogTrimmedError(CrdtimError):

@@ -4,18 +4,22 @@ Uses prometheus_client (the reference client: exposition format, HTTP server) ra
 hand-written text output. Values are read from Node.stats and the Node's status snapshot
 (refreshed about every second in the replica's own thread) when scraped, so the replication
 path pays nothing for them and the HTTP thread never touches the Replica.
+
+prometheus_client is the optional extra `crdtim[metrics]`: it is imported when metrics are
+served or collected, never when this module is, and nothing else in the package imports it.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from prometheus_client import start_http_server
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
-from .net import Node
+    from .net import Node
 
-__all__ = ["serve_metrics", "NodeCollector"]
+__all__ = ["NodeCollector", "serve_metrics"]
 
 _COUNTERS = {
     "connections": "Connections made or accepted",
@@ -34,7 +38,9 @@ class NodeCollector:
     def __init__(self, node: Node):
         self.node = node
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         stats = self.node.stats
         for name, doc in _COUNTERS.items():
             yield CounterMetricFamily(f"crdtim_{name}", doc, value=getattr(stats, name))
@@ -43,7 +49,8 @@ class NodeCollector:
         status = self.node.status_snapshot  # never the Replica itself: not thread-safe
         if not status:
             return
-        yield GaugeMetricFamily("crdtim_log_head", "Newest delta-log sequence", value=status["head"])
+        yield GaugeMetricFamily("crdtim_log_head", "Newest delta-log sequence",
+                                value=status["head"])
         yield GaugeMetricFamily("crdtim_conversations", "Conversations held",
                                 value=status["conversations"])
         lag = GaugeMetricFamily("crdtim_peer_lag_entries",
@@ -54,7 +61,10 @@ class NodeCollector:
 
 
 def serve_metrics(node: Node, host: str, port: int) -> None:
-    """Serve /metrics over HTTP from a daemon thread."""
+    """Serve /metrics over HTTP from a daemon thread (ImportError without the extra)."""
+    from prometheus_client import start_http_server
+    from prometheus_client.core import CollectorRegistry
+
     registry = CollectorRegistry()
     registry.register(NodeCollector(node))
     try:

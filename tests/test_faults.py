@@ -1,4 +1,4 @@
-"""The fault harness (crdtim/faults/, specs/faults.md), in a short version for `make test`.
+"""The fault harness (tests/faults/, specs/faults.md), in a short version for `make test`.
 
 - the clock offset that the harness gives each process (CRDTIM_CLOCK_OFFSET_MS) and the drift
   bound `serve` can be given (--max-clock-drift);
@@ -25,10 +25,10 @@ import trio
 
 from crdtim import cli
 from crdtim.crdt import DEFAULT_MAX_DRIFT_MS, ConversationMap, Flag, Stamp
-from crdtim.faults import ops as fault_ops
-from crdtim.faults.checker import AckedOp, Intent, check, expected_view
-from crdtim.faults.cluster import ClusterConfig, run_cluster
-from crdtim.faults.sim import SESSION_CONFIG, Wire, run_many, run_one
+from tests.faults import ops as fault_ops
+from tests.faults.checker import AckedOp, Intent, check, expected_view
+from tests.faults.cluster import ClusterConfig, run_cluster
+from tests.faults.sim import SESSION_CONFIG, Wire, run_many, run_one
 from crdtim.protocol import RemoteProtocolError, SyncSession
 from crdtim.replica import CLOCK_OFFSET_ENV, InvalidArgument, Replica
 from crdtim.store import Store
@@ -284,7 +284,7 @@ def test_a_seed_replays_exactly():
     # ...and in another process, whose string hashing (set order) differs.
     for hash_seed in ("1", "2"):
         out = subprocess.run(
-            [sys.executable, "-m", "crdtim.faults", "--replay", "4"], capture_output=True,
+            [sys.executable, "-m", "tests.faults", "--replay", "4"], capture_output=True,
             text=True, env={**os.environ, "PYTHONHASHSEED": hash_seed}, check=True).stdout
         assert f"digest {first.digest()}" in out
 

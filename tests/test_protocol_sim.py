@@ -47,8 +47,8 @@ from crdtim.protocol import (
     SyncSession,
     encode_frame,
 )
-from crdtim.faults.sim import SESSION_CONFIG as SIM_CONFIG  # the fault simulation's, shared
-from crdtim.faults.sim import START_WALL_MS
+from tests.faults.sim import SESSION_CONFIG as SIM_CONFIG  # the fault simulation's, shared
+from tests.faults.sim import START_WALL_MS
 from crdtim.replica import Replica
 from frames import frames_of
 

@@ -1,4 +1,8 @@
-"""Pure lattices of crdtim: no I/O, no imports from the rest of the package."""
+"""Pure lattices of crdtim (specs/crdt.md): no I/O, no clock reads, no third-party imports.
+
+Nothing here imports the rest of the package but crdtim.errors, the bottom layer (exception
+classes only), so that the clock raises the same ClockDriftError the replica does.
+"""
 
 from .conversation import (
     DEFAULT_SCHEMA,
@@ -9,23 +13,26 @@ from .conversation import (
     conversation_view,
     join_fields,
     novel_fields,
+    trusted_map,
 )
 from .flag import CausalContext, Flag
 from .hlc import DEFAULT_MAX_DRIFT_MS, ClockDriftError, Hlc
+from .lattice import Lattice
 from .lww import BOTTOM_STAMP, Lww, Stamp
 from .maxreg import MaxReg
 
 __all__ = [
     "BOTTOM_STAMP",
+    "DEFAULT_MAX_DRIFT_MS",
+    "DEFAULT_SCHEMA",
     "CausalContext",
     "ClockDriftError",
     "Conversation",
     "ConversationMap",
-    "DEFAULT_MAX_DRIFT_MS",
-    "DEFAULT_SCHEMA",
     "Field",
     "Flag",
     "Hlc",
+    "Lattice",
     "Lww",
     "MaxReg",
     "Schema",
@@ -33,4 +40,5 @@ __all__ = [
     "conversation_view",
     "join_fields",
     "novel_fields",
+    "trusted_map",
 ]

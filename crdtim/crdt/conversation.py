@@ -12,30 +12,36 @@ are equal dicts: equality is structural. No I/O here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from .flag import Flag
 from .hlc import Hlc
+from .lattice import Lattice
 from .lww import Lww, Stamp
 from .maxreg import MaxReg
 
 __all__ = [
-    "Field",
-    "Schema",
     "DEFAULT_SCHEMA",
-    "Fields",
-    "ConversationMap",
     "Conversation",
-    "join_fields",
-    "novel_fields",
-    "message_arrived_delta",
+    "ConversationMap",
+    "Field",
+    "Fields",
+    "Schema",
     "conversation_view",
+    "join_fields",
+    "message_arrived_delta",
+    "novel_fields",
+    "trusted_map",
 ]
 
-LATTICES = (Lww, Flag, MaxReg)
+#: The lattice types a field may have: the codec has an encoding for each (specs/crdt.md §7).
+LATTICES: tuple[type[Lattice], ...] = (Lww, Flag, MaxReg)
 
-#: One conversation's state: field name -> non-bottom lattice state.
+#: One conversation's state: field name -> non-bottom lattice state. The values are typed
+#: Any, not Lattice: callers reach the type-specific parts (a register's stamp, a flag's dots)
+#: after looking the field's lattice up in the schema, which mypy cannot follow.
 Fields = dict[str, Any]
 
 
@@ -43,7 +49,7 @@ Fields = dict[str, Any]
 class Field:
     name: str
     tag: int  # small integer used on the wire and on disk instead of the name
-    lattice: type
+    lattice: type[Lattice]
     # The field's stamps are hybrid-logical-clock readings, so a replica receiving it must
     # advance its clock past them (and refuse readings too far in the future).
     clocked: bool = False
@@ -146,8 +152,10 @@ def _normalized(convs: Mapping[str, Fields]) -> dict[str, Fields]:
     return out
 
 
-def _trusted_map(convs: dict[str, Fields], schema: Schema) -> ConversationMap:
-    """ConversationMap(convs, schema) for `convs` already normalized, without a copy."""
+def trusted_map(convs: dict[str, Fields], schema: Schema) -> ConversationMap:
+    """ConversationMap(convs, schema) for `convs` already normalized (no bottom field, no
+    empty conversation), without the normalizing copy: for the join and the decoder, which
+    make only normalized maps and would otherwise pay for a copy of every one."""
     m = ConversationMap.__new__(ConversationMap)
     m.schema = schema
     m.convs = convs
@@ -190,7 +198,7 @@ class ConversationMap:
             for cid, fields in other.convs.items():
                 mine = out.get(cid)
                 out[cid] = fields if mine is None else join_fields(mine, fields)
-        return _trusted_map(out, self.schema)
+        return trusted_map(out, self.schema)
 
     def novel(self, delta: ConversationMap) -> ConversationMap:
         """The part of `delta` that is new to this state; self ⊔ it == self ⊔ delta."""

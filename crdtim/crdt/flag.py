@@ -14,10 +14,10 @@ it), so equal knowledge is equal structure and `==` compares states. No I/O here
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
-__all__ = ["Dot", "CausalContext", "Flag"]
+__all__ = ["CausalContext", "Dot", "Flag"]
 
 Dot = tuple[str, int]
 

@@ -4,21 +4,22 @@ A reading is (wall milliseconds, counter): it follows physical time where it can
 causality where wall clocks disagree, so a write made after seeing another always carries a
 larger reading, even if its machine's clock is behind. Pure: the caller passes the wall-clock
 reading in and persists the result; nothing here reads time or does I/O.
+
+ClockDriftError is crdtim.errors' (re-exported here): errors.py is the package's bottom layer
+and imports nothing, so the pure core may raise the one class callers catch as CrdtimError.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["Hlc", "ClockDriftError", "DEFAULT_MAX_DRIFT_MS", "tick", "receive"]
+from ..errors import ClockDriftError
+
+__all__ = ["DEFAULT_MAX_DRIFT_MS", "ClockDriftError", "Hlc", "receive", "tick"]
 
 #: A remote reading further than this ahead of our wall clock is refused: accepting it would
 #: let one machine with a bad clock win every register for as long as its error lasts.
 DEFAULT_MAX_DRIFT_MS = 5 * 60 * 1000
-
-
-class ClockDriftError(ValueError):
-    """A remote timestamp lies too far in the future of the local wall clock."""
 
 
 class Hlc(NamedTuple):

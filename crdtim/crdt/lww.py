@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["Stamp", "Lww", "BOTTOM_STAMP"]
+__all__ = ["BOTTOM_STAMP", "Lww", "Stamp"]
 
 
 class Stamp(NamedTuple):

@@ -12,8 +12,9 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from ..errors import LogTrimmedError
-from ..replica import Replica
+from crdtim.errors import LogTrimmedError
+from crdtim.replica import Replica
+
 from .checker import FLAGS, KINDS, AckedOp, Intent, call_defect
 
 __all__ = ["draw", "call", "perform"]

@@ -1,6 +1,6 @@
 """Workload child process: writes to one server's data directory and reports what was acked.
 
-Run by cluster.py as `python -m crdtim.faults.workload --data DIR --seed N --name NAME`, in
+Run by cluster.py as `python -m tests.faults.workload --data DIR --seed N --name NAME`, in
 the environment of its server (same CRDTIM_CLOCK_OFFSET_MS), beside the running server
 (other processes may write to a directory `serve` uses: specs/storage.md §7). Each operation
 (ops.draw: the mix the simulation uses) goes to stdout as a `{"calling": intent}` line
@@ -20,14 +20,15 @@ import sys
 import threading
 import time
 
-from ..replica import Replica, clock_offset_ms
+from crdtim.replica import Replica, clock_offset_ms
+
 from . import ops
 
 CIDS = tuple(f"c{i}" for i in range(6))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m crdtim.faults.workload")
+    p = argparse.ArgumentParser(prog="python -m tests.faults.workload")
     p.add_argument("--data", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--name", required=True)

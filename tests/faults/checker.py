@@ -31,8 +31,8 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .. import codec
-from ..crdt import ConversationMap, Flag, Lww, MaxReg
+from crdtim import codec
+from crdtim.crdt import ConversationMap, Flag, Lww, MaxReg
 
 __all__ = ["AckedOp", "Intent", "Verdict", "call_defect", "check", "expected_view", "plain"]
 

@@ -4,7 +4,7 @@ In the manner of FoundationDB's simulation testing: one `random.Random(seed)` ma
 choice -- which replica writes what, which connection delivers how many bytes, when a
 connection drops, a partition cuts, a replica crashes (between calls, or inside a write
 transaction before its commit), time moves -- and every clock is
-virtual, so a seed replays exactly (`python -m crdtim.faults --replay SEED`). The replicas
+virtual, so a seed replays exactly (`python -m tests.faults --replay SEED`). The replicas
 are real LMDB replicas (durability nosync, in /dev/shm when there is one) driven only through
 their public and replication APIs, and the sessions are the sans-IO `SyncSession`s that
 `net.py` runs over TCP; a connection is two byte queues that keep order but may be read at
@@ -29,10 +29,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..crdt import DEFAULT_MAX_DRIFT_MS, Flag
-from ..protocol import RemoteProtocolError, SessionConfig, StateTransferStarted, SyncSession
-from ..replica import DEFAULT_LOG_RETENTION, Replica
-from ..store import Store
+from crdtim.crdt import DEFAULT_MAX_DRIFT_MS, Flag
+from crdtim.protocol import RemoteProtocolError, SessionConfig, StateTransferStarted, SyncSession
+from crdtim.replica import DEFAULT_LOG_RETENTION, Replica
+from crdtim.store import Store
+
 from . import ops
 from .checker import AckedOp, Verdict, check
 

@@ -1,7 +1,7 @@
-"""`python -m crdtim.faults`: run the simulation and the real-process cluster, print the report.
+"""`python -m tests.faults`: run the simulation and the real-process cluster, print the report.
 
-    python -m crdtim.faults [--sim-runs N] [--real-seconds S] [--seed S] [--json FILE]
-    python -m crdtim.faults --replay SEED        # one simulation run, verbosely
+    python -m tests.faults [--sim-runs N] [--real-seconds S] [--seed S] [--json FILE]
+    python -m tests.faults --replay SEED        # one simulation run, verbosely
 
 Exit status 0 when every run converged with no lost, diverged or wrong write; 1 otherwise.
 """
@@ -22,7 +22,7 @@ from .sim import run_many, run_one
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m crdtim.faults", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tests.faults", description=__doc__.split("\n")[0])
     p.add_argument("--sim-runs", type=int, default=10_000, help="simulation runs (default 10000)")
     p.add_argument("--real-seconds", type=float, default=180.0,
                    help="seconds of faults on real processes (0: none; default 180)")
@@ -91,7 +91,7 @@ def _sim_lines(sim: dict[str, Any]) -> list[str]:
     lines.append(_outcome(sim, "diverged_runs", "errors"))
     if sim["failing_seeds"]:
         lines.append(f"  FAILING SEEDS {sim['failing_seeds']} (replay: python -m "
-                     f"crdtim.faults --replay SEED): {sim['first_failure']}")
+                     f"tests.faults --replay SEED): {sim['first_failure']}")
     return lines
 
 

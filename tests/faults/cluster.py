@@ -30,7 +30,8 @@ from typing import Any
 
 import trio
 
-from ..replica import CLOCK_OFFSET_ENV, Replica
+from crdtim.replica import CLOCK_OFFSET_ENV, Replica
+
 from .checker import AckedOp, Intent, Verdict, check
 from .proxy import Proxy
 from .sim import scratch_root
@@ -183,7 +184,7 @@ class _Workload:
         self.killed = False
         self.pending = None
         self.done = trio.Event()
-        argv = [sys.executable, "-m", "crdtim.faults.workload", "--data", self.path,
+        argv = [sys.executable, "-m", "tests.faults.workload", "--data", self.path,
                 "--seed", str(self.rng.getrandbits(32)),
                 "--name", f"w{self.index}.{self.incarnation}", "--interval", str(self.interval)]
         with open(log_path, "ab") as log:

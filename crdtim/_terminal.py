@@ -1,0 +1,146 @@
+"""What the `crdtim` command line prints, and how: tables sized by display width, text from
+other devices made safe for a terminal, local times, JSON, and the error and note lines.
+
+Split from cli.py by concern: no argument parsing, no Replica call and no decision here, only
+formatting and writing to stdout/stderr.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import unicodedata
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from .replica import Change
+
+__all__ = [
+    "change_json",
+    "change_line",
+    "cut",
+    "display_width",
+    "error",
+    "local_time",
+    "note",
+    "print_json",
+    "print_pairs",
+    "print_table",
+    "printable",
+    "show_value",
+    "silence_stdout",
+    "tolerate_unencodable",
+]
+
+
+def error(message: str, status: int) -> int:
+    print(f"crdtim: error: {message}", file=sys.stderr)
+    return status
+
+
+def note(message: str) -> None:
+    print(f"crdtim: {message}", file=sys.stderr)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=False))
+
+
+def change_line(seq: int, change: Change) -> str:
+    origin = "local" if change.origin == "local" else f"from {change.peer or 'unknown peer'}"
+    return f"{seq}\t{printable(change.conversation)}\t{','.join(sorted(change.fields))}\t{origin}"
+
+
+def change_json(seq: int, change: Change) -> str:
+    return json.dumps({"seq": seq, "conversation": change.conversation,
+                       "fields": sorted(change.fields), "origin": change.origin,
+                       "peer": change.peer})
+
+
+def show_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key == "last_at":
+        shown = local_time(value)
+        return "-" if not value else shown if shown.endswith(" ms") else f"{shown} ({value} ms)"
+    return printable(str(value))
+
+
+def print_pairs(pairs: Mapping[str, str]) -> None:
+    width = max(len(k) for k in pairs) + 1
+    for key, value in pairs.items():
+        print(f"{key + ':':<{width}} {value}".rstrip())
+
+
+def print_table(rows: Sequence[tuple[str, ...]], right_aligned: Collection[int] = ()) -> None:
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            pad = " " * (widths[i] - display_width(cell))
+            cells.append(pad + cell if i in right_aligned else cell + pad)
+        print("  ".join(cells).rstrip())
+
+
+def local_time(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # beyond what the platform's clock can show
+        return f"{ms} ms"
+
+
+def printable(text: str) -> str:
+    """Text from other devices, made safe for a terminal: control characters (newlines,
+    escape sequences) are shown escaped instead of acting on the screen or the layout."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _char_width(c: str) -> int:
+    if unicodedata.combining(c):
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in "WF" else 1
+
+
+def display_width(text: str) -> int:
+    """Columns the text takes on a terminal (CJK and emoji take two)."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_width(c) for c in text)
+
+
+def cut(text: str, width: int) -> str:
+    if display_width(text) <= width:
+        return text
+    out, used = [], 0
+    for c in text:
+        w = _char_width(c)
+        if used + w > width - 3:
+            break
+        out.append(c)
+        used += w
+    return "".join(out) + "..."
+
+
+def tolerate_unencodable(stream: TextIO) -> None:
+    # A title in a script the terminal's encoding lacks must not abort the listing.
+    if not isinstance(stream, io.TextIOWrapper):
+        return  # a stream replaced by the embedding program: its encoding is its own
+    try:
+        stream.reconfigure(errors="backslashreplace")
+    except (ValueError, OSError):
+        pass
+
+
+def silence_stdout() -> None:
+    # Python's recipe for SIGPIPE: point stdout at devnull so the flush at exit is quiet too.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -1,4 +1,4 @@
-"""kill -9 at any instant loses no acknowledged write (DESIGN.md, "Failure and bad input").
+"""kill -9 at any instant loses no acknowledged write (specs/storage.md §3 and §5).
 
 A child process (tests/replica_child.py, mode `writer`) opens a replica with durability="sync"
 and writes in a loop -- titles, message arrivals, pins, some in batches -- printing a line for

@@ -17,7 +17,7 @@ the whole state below the log floor), a receiver that has had the sender's log u
 knows, after applying `delta_since(s)`, all the sender knew: the model merges the sender's
 dicts into the receiver's, and predicts exactly which ids change and whether head moves.
 
-The named tests below pin down one guarantee each (DESIGN.md "Storage", specs/storage.md).
+The named tests below pin down one guarantee each (specs/storage.md).
 """
 
 from __future__ import annotations

@@ -28,11 +28,8 @@ from ._write import LocalOp
 #: Log entries kept for peers that have not acknowledged them, at most; a peer further behind
 #: gets a state transfer instead of deltas (specs/storage.md §10).
 DEFAULT_LOG_RETENTION = 100_000
-#: Decoding what this replica stored itself: the same checks of structure and type, without
-#: the per-message caps that protect it from peers (a large local batch, or the join of many
-#: deltas, may be over them and must still read back).
-STORAGE_LIMITS = codec.Limits(max_bytes=2**62, max_conversations=2**62, max_replicas=2**62,
-                              max_dots=2**62)
+#: Decoding what this replica stored itself (specs/storage.md §11): one definition, the codec's.
+STORAGE_LIMITS = codec.STORAGE_LIMITS
 #: Origin recorded for a delta applied without saying where it came from (forwarded to every
 #: peer). Local writes are recorded with the replica's own id.
 UNKNOWN_ORIGIN = ""

@@ -1,13 +1,14 @@
-"""trio transport for sync sessions: serve, dial peers, move bytes; no CRDT or storage logic.
+"""trio transport for sync sessions: serve, dial peers, keep one link per peer. It must never
+hold CRDT or storage logic (the session's and the replica's), nor drive a session's bytes
+(each connection's `_link.Link` does).
 
-A `Node` runs a replica's replication: it listens, dials its peers (exponential backoff with
-full jitter), and runs one `protocol.SyncSession` per connection with one receiver task and
-one sender task. The sender is the only writer to its stream; it sleeps until woken by a local
-commit (after a short linger, to batch), by a remote delta that may need forwarding, by an
-ACK that opened the window, or by a heartbeat deadline. Writes made to the same directory by
-other processes are noticed by polling the log head. Back-pressure: a session keeps at most
-`max_unacked_frames` frames in flight and `send_all` blocks on a full socket, so nothing is
-buffered without bound.
+A `Node` runs a replica's replication (specs/protocol.md §9): it listens (refusing connections
+over `max_peers`), dials its peers (exponential backoff with full jitter), and runs one
+`_link.Link` per connection, which drives its `protocol.SyncSession` with one receiver task
+and one sender task. The Node wakes the senders on a local commit and on writes made to the
+same directory by other processes (noticed by polling the log head), and keeps one link per
+peer when both sides dial. Back-pressure: a session keeps at most `max_unacked_frames` frames
+in flight and `send_all` blocks on a full socket, so nothing is buffered without bound.
 
 Security (specs/security.md): with `NodeConfig.tls`, every connection is mutual TLS
 (`trio.SSLStream`; a peer whose certificate does not chain to the CA never reaches the
@@ -28,28 +29,15 @@ from typing import Any
 
 import trio
 
-from .protocol import (
-    DeltaApplied,
-    HandshakeComplete,
-    PeerAcked,
-    PeerClosed,
-    RemoteProtocolError,
-    SecurityConfig,
-    SessionConfig,
-    StateTransferFinished,
-    StateTransferStarted,
-    SyncSession,
-)
+from ._link import ERROR_GRACE, Link, tls_handshake
+from .protocol import Error, SecurityConfig, SessionConfig, SyncSession, encode_frame
 from .replica import Change, Replica, Subscription
-from .security import TlsConfig, certificate_identity
+from .security import TlsConfig
 
 __all__ = ["Node", "NodeConfig", "parse_address"]
 
 log = logging.getLogger("crdtim.net")
 
-#: Seconds a closing connection gets to deliver its ERROR frame before it is cut anyway (the
-#: peer may not be reading at all).
-ERROR_GRACE = 1.0
 #: accept() errors that mean "out of resources for now": wait and accept again.
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_RETRY_DELAY = 0.1  # seconds
@@ -100,24 +88,6 @@ class NodeStats:
     refused: int = 0  # connections refused over max_peers
 
 
-class _Link:
-    """One live connection: its session and the event that wakes its sender."""
-
-    def __init__(self, session: SyncSession, dialer: str | None, stream: trio.abc.Stream):
-        self.session = session
-        self.dialer = dialer  # replica id of the side that dialed (known after the handshake)
-        self.stream = stream
-        self.wake = trio.Event()
-        # The sender task and the receiver task (for an ERROR) both write: one at a time, or
-        # trio raises BusyResourceError, and in order.
-        self.send_lock = trio.Lock()
-        self.cancel_scope = trio.CancelScope()
-        self.peer_addr: tuple[str, int] | None = None
-
-    def poke(self) -> None:
-        self.wake.set()
-
-
 class Node:
     """Replicates `replica` with its peers while the `async with` block runs.
 
@@ -136,8 +106,8 @@ class Node:
         self.stats = NodeStats()
         self.listeners: list[trio.SocketListener] = []
         self._tls_handshakes = 0  # accepted connections still in their TLS handshake
-        self._links: dict[str, _Link] = {}  # peer replica id -> the link kept for it
-        self._all_links: set[_Link] = set()
+        self._links: dict[str, Link] = {}  # peer replica id -> the link kept for it
+        self._all_links: set[Link] = set()
         self._changed = trio.Condition()
         self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
@@ -309,69 +279,35 @@ class Node:
             await trio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, self.config.backoff_max)
 
-    async def _tls_handshake(self, stream: trio.abc.Stream, dialed: bool,
-                             addr: tuple[str, int] | None
-                             ) -> tuple[trio.SSLStream[trio.abc.Stream] | None, str | None]:
-        """Wrap `stream` in mutual TLS; (the TLS stream, the peer certificate's identity), or
-        (None, None) when the handshake fails or takes over `handshake_timeout`."""
-        tls = self.config.tls
-        assert tls is not None
-        tls_stream = trio.SSLStream(stream, tls.client if dialed else tls.server,
-                                    server_side=not dialed,
-                                    server_hostname=addr[0] if dialed and addr else None)
-        if not dialed:
-            self._tls_handshakes += 1
-        try:
-            with trio.move_on_after(self.config.session.handshake_timeout):
-                await tls_stream.do_handshake()
-                return tls_stream, certificate_identity(tls_stream.getpeercert())
-            reason = f"not done within {self.config.session.handshake_timeout:g} s"
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            reason = str(e.__cause__ or e)  # trio wraps the ssl.SSLError
-        finally:
-            if not dialed:
-                self._tls_handshakes -= 1
-        self.stats.tls_failures += 1
-        log.warning("TLS handshake with %s failed: %s", _where(stream, addr), reason)
-        await trio.aclose_forcefully(stream)
-        await _notify_quietly(self)  # (stats changed: tests and status wait on this)
-        return None, None
-
     async def _run_link(self, stream: trio.abc.Stream, dialed: bool,
                         addr: tuple[str, int] | None) -> tuple[str | None, bool]:
+        """Run one connection to its end; (the peer's replica id if the session learned it,
+        whether its handshake completed)."""
         tls_identity = None
         if self.config.tls is not None:
-            tls_stream, tls_identity = await self._tls_handshake(stream, dialed, addr)
+            if not dialed:
+                self._tls_handshakes += 1  # holds one of max_peers' slots (accept loop)
+            try:
+                tls_stream, tls_identity = await tls_handshake(
+                    stream, self.config.tls, self.config.session.handshake_timeout,
+                    dialed=dialed, addr=addr)
+            finally:
+                if not dialed:
+                    self._tls_handshakes -= 1
             if tls_stream is None:
+                self.stats.tls_failures += 1
+                await _notify_quietly(self)  # (stats changed: tests and status wait on this)
                 return None, False
             stream = tls_stream
         session = SyncSession(self.replica, self.config.session, self.config.security,
                               dialed=dialed, tls_identity=tls_identity)
-        link = _Link(session, None, stream)
-        link.peer_addr = addr
+        link = Link(session, stream, dialed=dialed, addr=addr, config=self.config,
+                    stats=self.stats, register=self._register,
+                    notify_changed=self._notify_changed)
         self._all_links.add(link)
         self.stats.connections += 1
-        handshook = False
         try:
-            async with _closing(stream):
-                session.initiate(trio.current_time())
-                await self._flush(link)
-                with link.cancel_scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._send_loop, link)
-                        handshook = await self._receive_loop(link, dialed)
-                        nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-            # except*: raised in the link's nursery, these arrive wrapped in an ExceptionGroup
-            # (trio's strict exception groups); a lost connection must not end the node.
-            log.info("connection to %s lost: %s", session.peer_id or addr or "peer",
-                     group.exceptions[0])
-        except* Exception as group:
-            # A bug met on one link (ours, or a case nobody foresaw) ends that link, not the
-            # node and every other peer's link with it.
-            log.error("link to %s failed", session.peer_id or addr or "peer",
-                      exc_info=group.exceptions[0])
-            self.stats.errors += 1
+            handshook = await link.run()
         finally:
             self._all_links.discard(link)
             if session.peer_id is not None and self._links.get(session.peer_id) is link:
@@ -381,80 +317,12 @@ class Node:
             await _notify_quietly(self)
         return session.peer_id, handshook
 
-    async def _receive_loop(self, link: _Link, dialed: bool) -> bool:
-        session = link.session
-        handshook = False
-        while True:
-            cfg = self.config.session
-            timeout = cfg.idle_timeout if handshook else cfg.handshake_timeout
-            data: bytes | None = None
-            with trio.move_on_after(timeout) as scope:
-                # bytes() of a bytes object is that object: no copy (trio's streams return
-                # bytes; the abstract type also allows a bytearray).
-                data = bytes(await link.stream.receive_some(self.config.receive_size))
-            now = trio.current_time()
-            if scope.cancelled_caught:
-                data = None
-            elif not data:
-                log.info("peer %s closed the connection", session.peer_id or "?")
-                return handshook
-            refused = None
-            try:
-                if data is None:
-                    session.tick(now)
-                    continue
-                self.stats.bytes_received += len(data)
-                events = session.receive_data(data, now)
-                session.tick(now)  # a peer trickling bytes still meets the handshake deadline
-            except RemoteProtocolError as e:
-                refused, events = e, e.events  # frames before the bad one were applied
-            if refused is not None:
-                self.stats.errors += 1
-                log.warning("peer %s: %s; closing", session.peer_id or "?", refused.reason)
-                self._count(events)
-                with trio.move_on_after(ERROR_GRACE):  # the sender may be stuck in send_all
-                    await self._flush(link)
-                return handshook or any(isinstance(e, HandshakeComplete) for e in events)
-            self._count(events)
-            for event in events:
-                if isinstance(event, HandshakeComplete):
-                    handshook = True
-                    if not self._register(link, dialed):
-                        with trio.move_on_after(ERROR_GRACE):
-                            await self._flush(link)
-                        return handshook
-                elif isinstance(event, StateTransferStarted):
-                    log.info("state transfer %s %s", "to" if event.outbound else "from",
-                             session.peer_id)
-                    if event.outbound:
-                        self.stats.state_transfers_sent += 1
-                    else:
-                        self.stats.state_transfers_received += 1
-                elif isinstance(event, PeerClosed):
-                    # %r: the reason is the peer's text; its newlines must not forge log lines
-                    log.warning("peer %s closed with error: %r", session.peer_id or "?",
-                                event.reason)
-                    return handshook
-            link.poke()
-            if session.output_backlog > self.config.session.max_output_backlog:
-                # The peer sends faster than it reads what we owe it (PONGs, ACKs): stop
-                # reading until that is sent, rather than buffer without bound.
-                await self._flush(link)
-            if any(isinstance(e, (PeerAcked, StateTransferFinished)) for e in events):
-                await self._notify_changed()
-
-    def _count(self, events: Iterable[object]) -> None:
-        for event in events:
-            if isinstance(event, DeltaApplied):
-                self.stats.deltas_received += 1
-                self.stats.conversations_changed += len(event.changed)
-
-    def _register(self, link: _Link, dialed: bool) -> bool:
+    def _register(self, link: Link) -> bool:
         """Keep one link per peer: of two, the one dialed by the replica with the smaller id
         (both sides decide alike); of two dialed by the same side, the newer."""
         peer = link.session.peer_id
         assert peer is not None  # a session reports HandshakeComplete once it knows the peer
-        link.dialer = dialer = self.replica.id if dialed else peer
+        link.dialer = dialer = self.replica.id if link.dialed else peer
         old = self._links.get(peer)
         if old is not None:
             assert old.dialer is not None  # set when `old` was registered
@@ -469,81 +337,10 @@ class Node:
         self._links[peer] = link
         self.stats.connections_open += 1
         identity = link.session.peer_identity
-        log.info("connected to %s (%s%s)", peer, "dialed" if dialed else "accepted",
+        log.info("connected to %s (%s%s)", peer, "dialed" if link.dialed else "accepted",
                  f", identity {identity!r}" if identity is not None else "")
         self._tasks.start_soon(self._notify_changed)
         return True
-
-    async def _send_loop(self, link: _Link) -> None:
-        session = link.session
-        cfg = self.config
-        while True:
-            with trio.move_on_after(cfg.session.ping_interval):
-                await link.wake.wait()
-            link.wake = trio.Event()
-            if cfg.linger and session.unacked_frames >= cfg.session.max_unacked_frames // 2:
-                # Half the window is in flight, so the link is busy: wait a moment for more
-                # writes to join this DELTA. A lightly used link sends at once (latency); one
-                # frame in flight is the common case for a single write and its echo.
-                await trio.sleep(cfg.linger)
-            self.stats.deltas_sent += session.pump()
-            try:
-                session.tick(trio.current_time())
-            except RemoteProtocolError as e:
-                log.warning("peer %s: %s; closing", session.peer_id, e.reason)
-                with trio.move_on_after(ERROR_GRACE):
-                    await self._flush(link)
-                link.cancel_scope.cancel()
-                return
-            await self._flush(link)
-            if session.state.value == "closed":
-                # The receiver may have closed the session while we were sending: its ERROR
-                # frame is queued (or being sent by it); let it out before cutting the link.
-                with trio.move_on_after(ERROR_GRACE):
-                    await self._flush(link)
-                link.cancel_scope.cancel()
-                return
-
-    async def _flush(self, link: _Link) -> None:
-        async with link.send_lock:  # take the bytes under the lock too: they go out in order
-            data = link.session.data_to_send()
-            if data:
-                self.stats.bytes_sent += len(data)
-                await link.stream.send_all(data)
-                link.session.sent_at(trio.current_time())
-
-
-class _closing:
-    """`async with stream`, but a TLS close_notify to a peer that does not read cannot hold
-    the link open: closing gets ERROR_GRACE, then the socket is closed anyway (trio closes
-    a resource whose aclose is cancelled)."""
-
-    def __init__(self, stream: trio.abc.Stream):
-        self.stream = stream
-
-    async def __aenter__(self) -> trio.abc.Stream:
-        return self.stream
-
-    async def __aexit__(self, *exc: Any) -> None:
-        with trio.move_on_after(ERROR_GRACE):
-            try:
-                await self.stream.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-
-
-def _where(stream: trio.abc.Stream, addr: tuple[str, int] | None) -> str:
-    if addr is not None:
-        return f"{addr[0]}:{addr[1]}"
-    if isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if not isinstance(stream, trio.SocketStream):
-        return "a peer"
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "a peer"
-    return f"{host}:{port}"
 
 
 async def _notify_quietly(node: Node) -> None:
@@ -552,8 +349,6 @@ async def _notify_quietly(node: Node) -> None:
 
 
 async def _refuse(stream: trio.abc.Stream, reason: str) -> None:
-    from .protocol import Error, encode_frame
-
     with trio.move_on_after(1):
         async with stream:
             try:

@@ -13,7 +13,6 @@ module, and never print a traceback for a user mistake.
 from __future__ import annotations
 
 import argparse
-import os  # noqa: F401  (kept for tests: see below __all__)
 import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
@@ -35,8 +34,6 @@ from ._cli_common import (
 )
 from ._cli_replica import REPLICA_COMMANDS, WATCH_INTERVAL, watch_log
 from ._cli_serve import SERVE_COMMANDS
-from ._cli_serve import _is_loopback as _is_loopback  # kept for tests: see below __all__
-from ._cli_serve import _serve as _serve  # kept for tests: see below __all__
 from ._cli_tools import TOOL_COMMANDS
 from .errors import CrdtimError
 from .replica import InvalidArgument
@@ -56,10 +53,6 @@ __all__ = [
     "main",
     "watch_log",
 ]
-
-# Tests written before the commands moved out reach into this module: test_bench_quick
-# patches os.path through `cli.os`, test_security imports `_is_loopback` and patches `_serve`
-# (a guard that no longer reaches cmd_serve, which calls crdtim._cli_serve._serve).
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,6 +9,7 @@ figures mean nothing.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,6 @@ def test_crdtim_bench_runs_the_suite_from_a_checkout(tmp_path, capsys):
 
 
 def test_crdtim_bench_outside_a_checkout_says_so(monkeypatch, capsys):
-    monkeypatch.setattr(cli.os.path, "isfile", lambda path: False)
+    monkeypatch.setattr(os.path, "isfile", lambda path: False)
     assert cli.main(["bench", "--quick"]) == 2
     assert "needs a source checkout" in capsys.readouterr().err

@@ -843,7 +843,7 @@ def serve(capsys, tmp_path, monkeypatch):
     async def must_not_serve(*args: object) -> None:
         raise AssertionError("serve started: the flags were not refused")
 
-    monkeypatch.setattr("crdtim.cli._serve", must_not_serve)
+    monkeypatch.setattr("crdtim._cli_serve._serve", must_not_serve)
 
     def run(*flags: object) -> tuple[int, str]:
         capsys.readouterr()
@@ -901,7 +901,7 @@ def test_a_certificate_without_a_usable_name_gives_no_identity():
 
 
 def test_loopback_addresses_are_recognized():
-    from crdtim.cli import _is_loopback
+    from crdtim._cli_serve import _is_loopback
 
     assert all(map(_is_loopback, ["127.0.0.1", "127.8.9.1", "::1", "localhost"]))
     assert not any(map(_is_loopback, ["0.0.0.0", "::", "10.0.0.1", "example.com"]))

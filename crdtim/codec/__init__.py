@@ -25,7 +25,7 @@ from typing import Any
 
 import msgpack
 
-from .crdt import (
+from ..crdt import (
     DEFAULT_SCHEMA,
     CausalContext,
     ConversationMap,
@@ -35,8 +35,8 @@ from .crdt import (
     Schema,
     Stamp,
 )
-from .crdt.conversation import Fields, trusted_map
-from .errors import DecodeError
+from ..crdt.conversation import Fields, trusted_map
+from ..errors import DecodeError
 
 __all__ = [
     "DEFAULT_LIMITS",

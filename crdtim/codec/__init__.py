@@ -1,0 +1,58 @@
+"""msgpack encoding of conversation states and deltas (specs/crdt.md §7); the only package
+that imports msgpack, and only in `_msgpack`.
+
+Layout: `[version, [replica ids], {cid: {tag: field}}]`. Replica ids are written once per
+message and referred to by index, field names by their small schema tag, so a one-field change
+costs about 30 bytes. Decoding is strict: any bytes that are not a valid encoding raise
+DecodeError naming what was wrong; no KeyError, TypeError or IndexError escapes, and nothing
+decoded can break a lattice invariant (a flag's dots always lie inside its context).
+
+This is the public face; the code lives in private modules, one concern each: `_limits` (the
+format version, integer ranges and decoder bounds), `_msgpack` (pack and unpack), `_encode`,
+`_decode` (the fast strict decoders) and `_validate` (their slow path, which names what is
+wrong), `_received` (maps and conversations kept as the bytes that came, not encoded again).
+Callers use `codec.<name>` or import from here, never from a private module.
+"""
+
+from ..crdt.conversation import trusted_map
+from ._decode import decode_fields, decode_map
+from ._encode import encode_fields, encode_map
+from ._limits import (
+    DEFAULT_LIMITS,
+    FORMAT_VERSION,
+    MAX_COUNTER,
+    MAX_INT,
+    MAX_REPLICA_ID,
+    STORAGE_LIMITS,
+    Limits,
+)
+from ._msgpack import pack, unpack
+from ._received import (
+    MAX_SHARED_TABLE,
+    Received,
+    decode_map_as_received,
+    encode_stored_map,
+    store_received,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FORMAT_VERSION",
+    "MAX_COUNTER",
+    "MAX_INT",
+    "MAX_REPLICA_ID",
+    "MAX_SHARED_TABLE",
+    "STORAGE_LIMITS",
+    "Limits",
+    "Received",
+    "decode_fields",
+    "decode_map",
+    "decode_map_as_received",
+    "encode_fields",
+    "encode_map",
+    "encode_stored_map",
+    "pack",
+    "store_received",
+    "trusted_map",  # re-exported from crdt.conversation, its home, for the replica
+    "unpack",
+]

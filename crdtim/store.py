@@ -13,7 +13,7 @@ One environment per replica directory, with named databases (layout in specs/sto
 
 Every mutation runs as one write transaction through `Store.write`, which re-runs it after
 growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here decodes
-what it stores: encoding belongs to codec.py, meaning to crdtim/replica/. The one place that
+what it stores: encoding belongs to crdtim/codec/, meaning to crdtim/replica/. The one place that
 reads a decoded state is `order_key_of`, for the two fields the listing index is made of.
 """
 

@@ -6,7 +6,7 @@ any instant leaves either all of it or none (durable once the call returns, in `
 specs/storage.md §3). `Replica` is one public class assembled from one mixin per concern,
 each in its own module: local writes (`_local`), remote deltas (`_remote`), reads
 (`_reads`), peers and log trimming (`_peers`), over the shared core (`_core`); change
-events are `_subscriptions`. Encoding is codec.py's job and storage store.py's; this package
+events are `_subscriptions`. Encoding is crdtim/codec/'s job and storage store.py's; this package
 holds what the bytes mean. It never opens a socket, and imports trio only for a
 subscription's channel. Not thread-safe: use a replica from one thread at a time.
 """

@@ -3,6 +3,7 @@
 One environment per replica directory, with named databases (layout in specs/storage.md):
 
     meta   b"magic", b"format", b"replica_id", b"clock", b"log_floor"
+    (convs, order and log values are sealed with a CRC-32: seal, unseal)
     convs  conversation id (utf-8)          -> encoded conversation state
     order  ordering key (see order_key)     -> b""   (paged listing, pinned first)
     log    local sequence (8-byte big end.) -> origin length, origin, encoded delta
@@ -20,7 +21,9 @@ reads a decoded state is `order_key_of`, for the two fields the listing index is
 from __future__ import annotations
 
 import os
+import stat
 import struct
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -32,7 +35,9 @@ __all__ = ["FORMAT", "Store", "Txn", "order_key", "order_key_of"]
 
 T = TypeVar("T")
 
-FORMAT = 1
+FORMAT = 2
+#: Formats this crdtim migrates to FORMAT when it opens them (specs/storage.md §9).
+MIGRATABLE_FORMATS = (1,)
 MAGIC = b"crdtim"
 _U64 = struct.Struct(">Q")
 _CLOCK = struct.Struct(">QI")
@@ -72,6 +77,36 @@ def _u64(b: bytes | None, default: int = 0) -> int:
     return default if b is None else _U64.unpack(b)[0]
 
 
+#: The checksum sealed onto every `convs` and `log` value (specs/storage.md §2, "Checksums").
+_CRC = struct.Struct(">I")
+CHECKSUM_BYTES = _CRC.size
+
+
+def seal(key: bytes, value: bytes) -> bytes:
+    """`value` followed by the CRC-32 of key and value: a value moved to another key, or
+    cut short, fails the check as a flipped byte does."""
+    return value + _CRC.pack(zlib.crc32(value, zlib.crc32(key)))
+
+
+def unseal(path: str, database: str, key: bytes, raw: bytes) -> bytes:
+    """The value sealed in `raw`, or CorruptStoreError naming the database and the key when
+    its checksum does not match: a damaged value is never decoded, shown or sent."""
+    body = raw[:-CHECKSUM_BYTES]
+    if len(raw) < CHECKSUM_BYTES or \
+            _CRC.unpack_from(raw, len(body))[0] != zlib.crc32(body, zlib.crc32(key)):
+        raise CorruptStoreError(
+            f"{path}: damaged record in database {database!r}, key {describe_key(database, key)}:"
+            f" checksum mismatch (run `crdtim verify --repair`)")
+    return body
+
+
+def describe_key(database: str, key: bytes) -> str:
+    """A key as a person reads it: a log sequence number, else the text of the key."""
+    if database == "log" and len(key) == _U64.size:
+        return f"seq {_U64.unpack(key)[0]}"
+    return repr(bytes(key).decode("utf-8", "backslashreplace"))
+
+
 class Txn:
     """A transaction on the replica's databases; read-only or read-write."""
 
@@ -103,19 +138,28 @@ class Txn:
         """
         with self._t.cursor(db=self._s._log) as cur:
             if cur.last():
-                return _u64(cur.key())
+                return self._log_seq(cur.key())
         return self.log_floor()
+
+    def _log_seq(self, key: bytes) -> int:
+        if len(key) != _U64.size:
+            raise CorruptStoreError(f"{self._s.path}: damaged key in database 'log': "
+                                    f"{len(key)} bytes, not 8")
+        return _u64(key)
 
     def log_floor(self) -> int:
         """Every log entry at or below this sequence has been dropped."""
         return _u64(self.meta(b"log_floor"))
 
-    # conversations
+    # conversations (values sealed with a checksum: specs/storage.md §2, "Checksums")
     def conversation(self, cid: str) -> bytes | None:
-        return self._t.get(cid.encode(), db=self._s._convs)
+        key = cid.encode()
+        raw = self._t.get(key, db=self._s._convs)
+        return None if raw is None else unseal(self._s.path, "convs", key, raw)
 
     def put_conversation(self, cid: str, value: bytes) -> None:
-        self._t.put(cid.encode(), value, db=self._s._convs)
+        key = cid.encode()
+        self._t.put(key, seal(key, value), db=self._s._convs)
 
     def conversation_count(self) -> int:
         return self._t.stat(self._s._convs)["entries"]
@@ -135,6 +179,7 @@ class Txn:
             for k, v in cur:
                 if after is not None and k == start:
                     continue
+                v = unseal(self._s.path, "convs", k, v)
                 yield k.decode(), v
 
     # ordering index
@@ -145,22 +190,25 @@ class Txn:
         if old is not None:
             self._t.delete(old, db=self._s._order)
         if new is not None:
-            self._t.put(new, b"", db=self._s._order)
+            # The value is the key's checksum: a damaged key must not list a phantom.
+            self._t.put(new, seal(new, b""), db=self._s._order)
 
     def order_keys(self, after: bytes | None) -> Iterator[bytes]:
         with self._t.cursor(db=self._s._order) as cur:
             if not cur.set_range(after or b""):
                 return
-            for k in cur.iternext(keys=True, values=False):
+            for k, v in cur:
                 if k == after:
                     continue
+                unseal(self._s.path, "order", k, v)
                 yield k
 
     # delta log
     def append_log(self, origin: str, payload: bytes) -> int:
         seq = self.head() + 1
         o = origin.encode()
-        self._t.put(_U64.pack(seq), bytes([len(o)]) + o + payload, db=self._s._log, append=True)
+        key = _U64.pack(seq)
+        self._t.put(key, seal(key, bytes([len(o)]) + o + payload), db=self._s._log, append=True)
         return seq
 
     def log_entries(self, after: int, upto: int | None = None) -> Iterator[tuple[int, str, bytes]]:
@@ -169,9 +217,10 @@ class Txn:
             if not cur.set_range(_U64.pack(after + 1)):
                 return
             for k, v in cur:
-                seq = _U64.unpack(k)[0]
+                seq = self._log_seq(k)
                 if upto is not None and seq > upto:
                     return
+                v = unseal(self._s.path, "log", k, v)
                 n = v[0]
                 yield seq, v[1 : 1 + n].decode(), v[1 + n :]
 
@@ -330,7 +379,10 @@ class Store:
                 rid = make_replica_id()
                 t.put_meta(b"replica_id", rid.encode())
                 return rid, True
-            return self._checked_id(t), False
+            rid = _checked_identity(self.path, t.meta, MIGRATABLE_FORMATS)
+            if _u64(t.meta(b"format")) != FORMAT:
+                _migrate_to_checksums(t)
+            return rid, False
 
         return self.write(init)
 
@@ -341,13 +393,19 @@ class Store:
         return _checked_identity(self.path, t.meta)
 
 
-def _checked_identity(path: str, meta: Callable[[bytes], bytes | None]) -> str:
-    """The replica id, after checking the marker and the format version in `meta`."""
+def _checked_identity(path: str, meta: Callable[[bytes], bytes | None],
+                      also: tuple[int, ...] = ()) -> str:
+    """The replica id, after checking the marker and the format version in `meta` (FORMAT,
+    or one of `also`)."""
     if meta(b"magic") != MAGIC:
         raise NotAReplicaError(f"{path}: not a crdtim replica (no crdtim marker)")
     raw = meta(b"format")
-    fmt = _u64(raw) if raw is not None and len(raw) == 8 else None
-    if fmt != FORMAT:
+    if raw is None or len(raw) != _U64.size:
+        raise CorruptStoreError(
+            f"{path}: damaged: meta.format is "
+            f"{'missing' if raw is None else f'{len(raw)} bytes, not 8'}")
+    fmt = _u64(raw)
+    if fmt != FORMAT and fmt not in also:
         raise FormatVersionError(
             f"{path}: storage format {fmt} is not supported by this crdtim "
             f"(which reads format {FORMAT}); upgrade crdtim"
@@ -356,6 +414,31 @@ def _checked_identity(path: str, meta: Callable[[bytes], bytes | None]) -> str:
     if not rid:
         raise CorruptStoreError(f"{path}: replica id is missing")
     return rid.decode()
+
+
+def _migrate_to_checksums(t: Txn) -> None:
+    """Format 1 -> 2 (specs/storage.md §9): seal every `convs`, `order` and `log` value with its
+    checksum, in the caller's write transaction, which also writes the new format; a crash
+    leaves either layout whole. The values are taken as they are: format 1 has no way to
+    tell a damaged one, and `crdtim verify` decodes each afterwards."""
+    for db in (t._s._convs, t._s._order, t._s._log):
+        after: bytes | None = None
+        while True:
+            with t._t.cursor(db=db) as cur:
+                batch: list[tuple[bytes, bytes]] = []
+                if cur.set_range(after or b""):
+                    for k, v in cur:
+                        if k == after:
+                            continue
+                        batch.append((k, v))
+                        if len(batch) == 1000:
+                            break
+            if not batch:
+                break
+            for k, v in batch:
+                t._t.put(k, seal(k, v), db=db)
+            after = batch[-1][0]
+    t.put_meta(b"format", _U64.pack(FORMAT))
 
 
 def _check_directory(path: str, create: bool) -> bool:
@@ -373,6 +456,8 @@ def _check_directory(path: str, create: bool) -> bool:
         return True
     names = set(os.listdir(path))
     data = os.path.join(path, "data.mdb")
+    if "data.mdb" in names:
+        _check_regular_file(data)
     if names <= {"lock.mdb", "data.mdb"} and (
             not os.path.exists(data) or not os.path.getsize(data)):
         # Empty, or LMDB died between making its lock file, its data file and its first pages.
@@ -385,6 +470,7 @@ def _check_directory(path: str, create: bool) -> bool:
     # is left exactly as it was. With a lock file present another process may be writing
     # (the CLI while `serve` runs): then read under the lock, as a registered reader, or the
     # writer may reuse the very pages being read. With none, nobody is, and none is made.
+    check_data_file(data, retries=3 if "lock.mdb" in names else 1)
     for _ in range(3):
         try:
             return _validate_existing(path, create, lock="lock.mdb" in names)
@@ -407,7 +493,7 @@ def _validate_existing(path: str, create: bool, lock: bool) -> bool:
             dbs = {name: env.open_db(name, txn=t, create=False) for name in found}
             meta = dbs.get(b"meta")
             if meta is not None and t.get(b"magic", db=meta) is not None:
-                _checked_identity(path, lambda key: t.get(key, db=meta))
+                _checked_identity(path, lambda key: t.get(key, db=meta), MIGRATABLE_FORMATS)
                 return False
             if any(t.stat(db)["entries"] for db in dbs.values()):
                 raise NotAReplicaError(foreign)
@@ -427,3 +513,99 @@ def _fresh(path: str, create: bool) -> bool:
     if not create:
         raise NotAReplicaError(f"{path}: empty directory, not a replica (run `crdtim init`)")
     return True
+
+
+# -- the data file, checked with plain file I/O before LMDB maps it (specs/storage.md §8) ------
+
+#: LMDB's page header: mp_pgno (u64), mp_pad (u16), mp_flags (u16), mp_lower/mp_upper (u32).
+_PAGE_HEADER = struct.Struct("<QHHI")
+#: MDB_meta after the page header: magic, version, address, mapsize; two MDB_db records
+#: (free and main: pad -- the page size in meta 0 --, flags, depth, branch, leaf and overflow
+#: pages, entries, root); last_pgno; txnid. Native byte order: little-endian on the x86-64
+#: and arm64 machines LMDB files are made on (a file is not portable across byte orders).
+_META = struct.Struct("<IIQQ" + "IHHQQQQQ" * 2 + "QQ")
+_META_MAGIC = 0xBEEFC0DE
+_META_VERSION = 1
+_P_META = 0x08
+_P_INVALID = 2**64 - 1
+_MIN_PAGE, _MAX_PAGE = 512, 65536
+
+
+def _check_regular_file(data: str) -> None:
+    """A FIFO, a device or a directory named data.mdb is refused before anything opens it
+    (opening a FIFO blocks; /dev/zero maps as endless zeros)."""
+    try:
+        mode = os.stat(data).st_mode
+    except OSError as e:
+        raise CorruptStoreError(f"{data}: cannot be read: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise CorruptStoreError(f"{data}: is not a regular file; the replica is damaged")
+
+
+def _meta_page(buf: bytes) -> tuple[int, int, int, int, int] | None:
+    """(txnid, last_pgno, page size, free root, main root) of one meta page, None if it is
+    not a valid one."""
+    if len(buf) < _PAGE_HEADER.size + _META.size:
+        return None
+    flags = _PAGE_HEADER.unpack_from(buf)[2]
+    m = _META.unpack_from(buf, _PAGE_HEADER.size)
+    if not flags & _P_META or m[0] != _META_MAGIC or m[1] != _META_VERSION:
+        return None
+    psize, free_root, main_root, last_pgno, txnid = m[4], m[11], m[19], m[20], m[21]
+    return txnid, last_pgno, psize, free_root, main_root
+
+
+def check_data_file(data: str, retries: int = 1) -> None:
+    """Refuse, with CorruptStoreError naming the file, a data.mdb that LMDB would map past
+    its end (a truncated file: SIGBUS on the first read) or could not make sense of: the
+    checks on the two meta pages that cost two reads (specs/storage.md §8, step 7a).
+
+    With a writer in another process a meta page may be read while it is being written:
+    a failed check is read again, `retries` times in all, before it is believed.
+    """
+    _check_regular_file(data)
+    for attempt in range(retries):
+        try:
+            _check_meta_pages(data)
+            return
+        except CorruptStoreError:
+            if attempt + 1 == retries:
+                raise
+
+
+def _check_meta_pages(data: str) -> None:
+    try:
+        with open(data, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            first = f.read(_MAX_PAGE)
+    except OSError as e:
+        raise CorruptStoreError(f"{data}: cannot be read: {e.strerror or e}") from None
+    meta0 = _meta_page(first)
+    # Meta 0 records the page size; without it, assume the usual one to look at meta 1.
+    psize = meta0[2] if meta0 is not None and _MIN_PAGE <= meta0[2] <= _MAX_PAGE else 4096
+    if meta0 is not None and psize != meta0[2]:
+        meta0 = None
+    if size < 2 * psize:
+        raise CorruptStoreError(
+            f"{data}: damaged: {size} bytes, shorter than LMDB's two meta pages "
+            f"({2 * psize} bytes); the file was truncated")
+    try:
+        with open(data, "rb") as f:
+            f.seek(psize)
+            meta1 = _meta_page(f.read(_PAGE_HEADER.size + _META.size))
+    except OSError as e:
+        raise CorruptStoreError(f"{data}: cannot be read: {e.strerror or e}") from None
+    valid = [m for m in (meta0, meta1) if m is not None]
+    if not valid:
+        raise CorruptStoreError(f"{data}: damaged: neither of LMDB's two meta pages is valid")
+    txnid, last_pgno, _, free_root, main_root = max(valid)
+    if last_pgno < 1 or any(r != _P_INVALID and not 1 < r <= last_pgno
+                            for r in (free_root, main_root)):
+        raise CorruptStoreError(
+            f"{data}: damaged: the meta page of transaction {txnid} is inconsistent "
+            f"(last page {last_pgno}, roots {free_root} and {main_root})")
+    if size < (last_pgno + 1) * psize:
+        raise CorruptStoreError(
+            f"{data}: damaged: {size} bytes, but its pages run to "
+            f"{(last_pgno + 1) * psize} ({last_pgno + 1} pages of {psize}); the file was "
+            f"truncated")

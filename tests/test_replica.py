@@ -770,7 +770,7 @@ def _make_missing_id(p: Path) -> Path:
     (_make_foreign_lmdb_with_meta_db, NotAReplicaError),
     (_make_newer_format, FormatVersionError),
     (_make_newer_format_other_layout, FormatVersionError),
-    (_make_garbled_format, FormatVersionError),
+    (_make_garbled_format, CorruptStoreError),  # "damaged", not "upgrade crdtim"
     (_make_missing_id, CorruptStoreError),
 ], ids=lambda x: getattr(x, "__name__", "").removeprefix("_make_"))
 def test_opening_what_is_not_a_usable_replica_fails_and_touches_nothing(tmp_path, make, error):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .errors import StoreError
 from .protocol import (
     DeltaApplied,
     HandshakeComplete,
@@ -87,6 +88,12 @@ class Link:
             # (trio's strict exception groups); a lost connection must not end the node.
             log.info("connection to %s lost: %s", session.peer_id or self.peer_addr or "peer",
                      group.exceptions[0])
+        except* StoreError as group:
+            # The disk (full, failing) or a damaged record, not a bug: one line, no traceback
+            # (specs/storage.md §6); the node keeps serving its other links and its reads.
+            log.error("link to %s stopped: %s", session.peer_id or self.peer_addr or "peer",
+                      group.exceptions[0])
+            self._stats.errors += 1
         except* Exception as group:
             # A bug met on one link (ours, or a case nobody foresaw) ends that link, not the
             # node and every other peer's link with it.

@@ -20,6 +20,7 @@ reads a decoded state is `order_key_of`, for the two fields the listing index is
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -98,6 +99,23 @@ def unseal(path: str, database: str, key: bytes, raw: bytes) -> bytes:
             f"{path}: damaged record in database {database!r}, key {describe_key(database, key)}:"
             f" checksum mismatch (run `crdtim verify --repair`)")
     return body
+
+
+#: The operating system's failures a person should read first (specs/storage.md §6): LMDB
+#: reports them as its call and strerror ("mdb_txn_commit: Input/output error").
+_OS_FAILURES = ((errno.ENOSPC, "no space left on device"), (errno.EDQUOT, "disk quota exceeded"),
+                (errno.EIO, "I/O error (the disk is failing, or full on a device that reports "
+                            "a full disk so)"),
+                (errno.EROFS, "read-only file system"))
+
+
+def describe_lmdb_error(e: BaseException) -> str:
+    """An LMDB error as one line that starts with what went wrong on the disk, if it was."""
+    text = str(e)
+    for code, words in _OS_FAILURES:
+        if os.strerror(code) in text:
+            return f"{words} ({text})"
+    return text
 
 
 def describe_key(database: str, key: bytes) -> str:
@@ -298,17 +316,8 @@ class Store:
         if self._key in _OPEN_IN_THIS_PROCESS:
             raise StoreError(f"{path}: already open in this process; share that Replica")
         fresh = _check_directory(path, create)
-        sync = durability == "sync"
         try:
-            self._env = lmdb.open(
-                path,
-                map_size=INITIAL_MAP_SIZE,
-                max_dbs=8,
-                sync=sync,
-                metasync=sync,
-                readahead=False,
-                max_readers=256,
-            )
+            self._env = self._open_environment()
         except lmdb.Error as e:
             raise StoreError(f"{path}: cannot open the database: {e}") from None
         # Another process may already have grown the map: adopt the file's size.
@@ -330,7 +339,36 @@ class Store:
         _OPEN_IN_THIS_PROCESS.discard(self._key)
 
     def _grow(self, to: int) -> None:
-        self._env.set_mapsize(to)
+        try:
+            self._env.set_mapsize(to)
+        except lmdb.MemoryError:
+            # No address space for the larger map (a ulimit -v, a 32-bit process). LMDB has
+            # unmapped the old map and py-lmdb has closed the environment and every handle
+            # of it: open it again at the size the file records, so that this Store stays
+            # usable (specs/storage.md §6), and say what failed.
+            self._remap_after_failed_growth()
+            raise StoreError(
+                f"{self.path}: cannot grow the database map to {to // 2**20} MiB: out of "
+                f"memory or address space (see ulimit -v); nothing was written") from None
+
+    def _open_environment(self) -> lmdb.Environment:
+        sync = self.durability == "sync"
+        return lmdb.open(self.path, map_size=INITIAL_MAP_SIZE, max_dbs=8, sync=sync,
+                         metasync=sync, readahead=False, max_readers=256)
+
+    def _remap_after_failed_growth(self) -> None:
+        try:
+            self._env.close()
+        except lmdb.Error:
+            pass  # py-lmdb has already closed it
+        try:
+            self._env = self._open_environment()
+            self._env.set_mapsize(0)  # the size the file records: it was mapped a moment ago
+            for name in DATABASES:
+                setattr(self, "_" + name.decode(), self._env.open_db(name))
+        except lmdb.Error as e:
+            raise StoreError(f"{self.path}: the database map was lost after a failed growth "
+                             f"({e}); close and reopen the replica") from None
 
     def read(self, fn: Callable[[Txn], T]) -> T:
         for _ in range(3):
@@ -340,7 +378,7 @@ class Store:
             except lmdb.MapResizedError:
                 self._grow(0)
             except lmdb.Error as e:
-                raise StoreError(f"{self.path}: {e}") from None
+                raise StoreError(f"{self.path}: {describe_lmdb_error(e)}") from None
         raise StoreError(f"{self.path}: the map kept being resized by another process")
 
     def write(self, fn: Callable[[Txn], T]) -> T:
@@ -358,7 +396,7 @@ class Store:
             except lmdb.MapResizedError:
                 self._grow(0)
             except lmdb.Error as e:  # disk full, read-only file system...: nothing committed
-                raise StoreError(f"{self.path}: write failed: {e}") from None
+                raise StoreError(f"{self.path}: write failed: {describe_lmdb_error(e)}") from None
 
     def disk_size(self) -> int:
         return os.path.getsize(os.path.join(self.path, "data.mdb"))

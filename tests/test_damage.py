@@ -232,3 +232,69 @@ def test_a_format_1_directory_is_migrated_when_opened(original, tmp_path):
         r.set_title("conv-1", "after the migration")
     with Replica.open(path, create=False) as r:
         assert r.get("conv-1").title == "after the migration"
+
+
+MAP_GROWTH_CHILD = """
+import resource, sys
+import crdtim.store
+from crdtim import Replica
+from crdtim.errors import StoreError
+crdtim.store.INITIAL_MAP_SIZE = 16 << 20
+r = Replica.open(sys.argv[1], durability="nosync")
+r.set_title("a", "before")
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + (8 << 20), hard))  # no room for a 32 MiB map
+try:
+    for i in range(3000):
+        r.set_title(f"c{i}", "y" * 10000)
+    print("grew")
+except StoreError as e:
+    print("refused:", e)
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+r.set_title("b", "after")
+print("later write:", r.get("b").title, r.get("a").title)
+"""
+
+
+def test_failed_map_growth_is_a_store_error_and_the_handle_stays_usable(tmp_path):
+    """Was a raw lmdb.MemoryError, then "closed/deleted/dropped object" on every later write."""
+    p = subprocess.run([sys.executable, "-c", MAP_GROWTH_CHILD, str(tmp_path / "r")], env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "refused:" in p.stdout and "cannot grow the database map" in p.stdout, p.stdout
+    assert "later write: after before" in p.stdout
+
+
+class _FailingWrites:
+    """An LMDB environment whose write transactions fail as a full or failing disk makes
+    them fail (LMDB's message: the call, then strerror)."""
+
+    def __init__(self, env, message):
+        self._env, self._message = env, message
+
+    def begin(self, write=False, **kw):
+        if write:
+            raise lmdb.Error(self._message)
+        return self._env.begin(write=write, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+
+@pytest.mark.parametrize("message, words", [
+    ("mdb_txn_commit: No space left on device", "no space left on device"),
+    ("mdb_page_flush: Input/output error", "I/O error"),
+])
+def test_disk_full_and_io_errors_say_so_with_the_path(tmp_path, message, words):
+    with Replica.open(tmp_path / "r") as r:
+        r.set_title("a", "kept")
+        real = r.store._env
+        r.store._env = _FailingWrites(real, message)
+        try:
+            with pytest.raises(crdtim.errors.StoreError) as info:
+                r.set_title("a", "lost")
+            assert str(info.value).startswith(f"{tmp_path / 'r'}: write failed: {words}")
+            assert r.get("a").title == "kept"  # reads go on
+        finally:
+            r.store._env = real

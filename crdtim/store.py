@@ -32,7 +32,7 @@ import lmdb
 
 from .errors import CorruptStoreError, FormatVersionError, NotAReplicaError, StoreError
 
-__all__ = ["FORMAT", "Store", "Txn", "order_key", "order_key_of"]
+__all__ = ["FORMAT", "Store", "Txn", "copy_environment", "order_key", "order_key_of"]
 
 T = TypeVar("T")
 
@@ -301,6 +301,29 @@ class Txn:
                 out[k[1:].decode()] = _u64(v)
             return out
 
+    # maintenance (crdtim/maintenance.py): every record as stored, and the repairs
+    def raw_records(self, database: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of one named database, as stored (sealed values unchecked)."""
+        with self._t.cursor(db=self._s.database(database)) as cur:
+            for k, v in cur:
+                yield bytes(k), bytes(v)
+
+    def delete_record(self, database: str, key: bytes) -> None:
+        self._t.delete(key, db=self._s.database(database))
+
+    def put_order_key(self, key: bytes) -> None:
+        self.replace_order_key(None, key)
+
+    def forget_peers(self, prefixes: bytes = b"ars") -> None:
+        """Delete every `acks` record whose kind (its first byte) is in `prefixes`."""
+        doomed = [k for k, _ in self.raw_records("acks") if k[:1] and k[0] in prefixes]
+        for k in doomed:
+            self._t.delete(k, db=self._s._acks)
+
+    def reidentify(self, replica_id: str) -> None:
+        """Give the replica a new id (specs/storage.md §8b): only restore and repair do."""
+        self.put_meta(b"replica_id", replica_id.encode())
+
 
 class Store:
     """The LMDB environment of one replica directory."""
@@ -397,6 +420,21 @@ class Store:
                 self._grow(0)
             except lmdb.Error as e:  # disk full, read-only file system...: nothing committed
                 raise StoreError(f"{self.path}: write failed: {describe_lmdb_error(e)}") from None
+
+    def database(self, name: str) -> Any:
+        """The handle of a named database (one of DATABASES), by name."""
+        if name.encode() not in DATABASES:
+            raise ValueError(f"no database {name!r}")
+        return getattr(self, "_" + name)
+
+    def copy_compacted(self, dest: str) -> None:
+        """A consistent, compacted copy of the environment into the directory `dest`, read
+        in one read transaction (LMDB's copy with MDB_CP_COMPACT): writers go on meanwhile."""
+        try:
+            self._env.copy(dest, compact=True)
+        except lmdb.Error as e:
+            raise StoreError(f"{self.path}: copy to {dest} failed: {describe_lmdb_error(e)}"
+                             ) from None
 
     def disk_size(self) -> int:
         return os.path.getsize(os.path.join(self.path, "data.mdb"))
@@ -515,6 +553,27 @@ def _check_directory(path: str, create: bool) -> bool:
         except lmdb.MapResizedError:  # a writer grew the map meanwhile: look again
             continue
     raise StoreError(f"{path}: the map kept being resized by another process")
+
+
+def copy_environment(src: str, dest: str) -> None:
+    """A compacted copy of the replica directory `src` into the directory `dest`, for
+    `crdtim restore` (specs/storage.md §8b). `src` is validated first as opening validates
+    (§8: nothing in it is written but, with a lock file, LMDB's reader table) and read under
+    its lock file when it has one, as a registered reader."""
+    if not os.path.isdir(src):
+        raise NotAReplicaError(f"{src}: no such replica directory")
+    _check_directory(src, create=False)
+    lock = os.path.exists(os.path.join(src, "lock.mdb"))
+    try:
+        env = lmdb.open(src, readonly=True, lock=lock, max_dbs=8)
+    except lmdb.Error as e:
+        raise CorruptStoreError(f"{src}: data.mdb is not a readable LMDB database: {e}") from None
+    try:
+        env.copy(dest, compact=True)
+    except lmdb.Error as e:
+        raise StoreError(f"{src}: copy to {dest} failed: {describe_lmdb_error(e)}") from None
+    finally:
+        env.close()
 
 
 def _validate_existing(path: str, create: bool, lock: bool) -> bool:

@@ -20,7 +20,7 @@ import lmdb
 import pytest
 
 import crdtim.store
-from crdtim import Replica
+from crdtim import Replica, maintenance
 from crdtim.errors import CorruptStoreError
 
 HERE = Path(__file__).parent
@@ -199,16 +199,21 @@ def test_flipped_bytes_are_never_read_back_as_altered_values(original, tmp_path)
         cases[damaged_copy(original, tmp_path / f"m{n}",
                            lambda b, o=offset, m=mask: flip(b, o, m))] = offset
     counts: Counter[str] = Counter()
+    crashed = []
     for path, result in run_cases(list(cases)).items():
         outcome = result["outcome"]
         if outcome == "read":
             outcome = "identical" if result["digest"] == reference["digest"] else "silent"
         counts[outcome] += 1
+        if outcome == "crashed":
+            crashed.append(path)
         assert outcome in ("refused", "reported", "identical", "crashed"), \
             (cases[path], result)
     print(f"mutated copies: tried {sum(counts.values())}, {dict(counts)}")
     assert counts["silent"] == 0 and counts["uncaught"] == 0
     assert counts["refused"] + counts["reported"] > 20  # the flips did hit data
+    for path in crashed:  # verify's child may die of it; verify itself reports it
+        assert not maintenance.verify(path).ok
 
 
 def test_a_format_1_directory_is_migrated_when_opened(original, tmp_path):
@@ -237,7 +242,7 @@ def test_a_format_1_directory_is_migrated_when_opened(original, tmp_path):
 MAP_GROWTH_CHILD = """
 import resource, sys
 import crdtim.store
-from crdtim import Replica
+from crdtim import Replica, maintenance
 from crdtim.errors import StoreError
 crdtim.store.INITIAL_MAP_SIZE = 16 << 20
 r = Replica.open(sys.argv[1], durability="nosync")

@@ -20,19 +20,21 @@ reads a decoded state is `order_key_of`, for the two fields the listing index is
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 import struct
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import lmdb
 
+from ._datafile import check_data_file, check_regular_file
+from ._records import CHECKSUM_BYTES, describe_key, describe_lmdb_error, seal, unseal
 from .errors import CorruptStoreError, FormatVersionError, NotAReplicaError, StoreError
 
-__all__ = ["FORMAT", "Store", "Txn", "copy_environment", "order_key", "order_key_of"]
+__all__ = [
+    "CHECKSUM_BYTES", "FORMAT", "Store", "Txn", "copy_environment", "describe_key",
+    "describe_lmdb_error", "order_key", "order_key_of", "seal", "unseal",
+]
 
 T = TypeVar("T")
 
@@ -76,53 +78,6 @@ def order_key_of(cid: str, fields: Mapping[str, Any]) -> bytes | None:
 
 def _u64(b: bytes | None, default: int = 0) -> int:
     return default if b is None else _U64.unpack(b)[0]
-
-
-#: The checksum sealed onto every `convs` and `log` value (specs/storage.md §2, "Checksums").
-_CRC = struct.Struct(">I")
-CHECKSUM_BYTES = _CRC.size
-
-
-def seal(key: bytes, value: bytes) -> bytes:
-    """`value` followed by the CRC-32 of key and value: a value moved to another key, or
-    cut short, fails the check as a flipped byte does."""
-    return value + _CRC.pack(zlib.crc32(value, zlib.crc32(key)))
-
-
-def unseal(path: str, database: str, key: bytes, raw: bytes) -> bytes:
-    """The value sealed in `raw`, or CorruptStoreError naming the database and the key when
-    its checksum does not match: a damaged value is never decoded, shown or sent."""
-    body = raw[:-CHECKSUM_BYTES]
-    if len(raw) < CHECKSUM_BYTES or \
-            _CRC.unpack_from(raw, len(body))[0] != zlib.crc32(body, zlib.crc32(key)):
-        raise CorruptStoreError(
-            f"{path}: damaged record in database {database!r}, key {describe_key(database, key)}:"
-            f" checksum mismatch (run `crdtim verify --repair`)")
-    return body
-
-
-#: The operating system's failures a person should read first (specs/storage.md §6): LMDB
-#: reports them as its call and strerror ("mdb_txn_commit: Input/output error").
-_OS_FAILURES = ((errno.ENOSPC, "no space left on device"), (errno.EDQUOT, "disk quota exceeded"),
-                (errno.EIO, "I/O error (the disk is failing, or full on a device that reports "
-                            "a full disk so)"),
-                (errno.EROFS, "read-only file system"))
-
-
-def describe_lmdb_error(e: BaseException) -> str:
-    """An LMDB error as one line that starts with what went wrong on the disk, if it was."""
-    text = str(e)
-    for code, words in _OS_FAILURES:
-        if os.strerror(code) in text:
-            return f"{words} ({text})"
-    return text
-
-
-def describe_key(database: str, key: bytes) -> str:
-    """A key as a person reads it: a log sequence number, else the text of the key."""
-    if database == "log" and len(key) == _U64.size:
-        return f"seq {_U64.unpack(key)[0]}"
-    return repr(bytes(key).decode("utf-8", "backslashreplace"))
 
 
 class Txn:
@@ -533,7 +488,7 @@ def _check_directory(path: str, create: bool) -> bool:
     names = set(os.listdir(path))
     data = os.path.join(path, "data.mdb")
     if "data.mdb" in names:
-        _check_regular_file(data)
+        check_regular_file(data)
     if names <= {"lock.mdb", "data.mdb"} and (
             not os.path.exists(data) or not os.path.getsize(data)):
         # Empty, or LMDB died between making its lock file, its data file and its first pages.
@@ -610,99 +565,3 @@ def _fresh(path: str, create: bool) -> bool:
     if not create:
         raise NotAReplicaError(f"{path}: empty directory, not a replica (run `crdtim init`)")
     return True
-
-
-# -- the data file, checked with plain file I/O before LMDB maps it (specs/storage.md §8) ------
-
-#: LMDB's page header: mp_pgno (u64), mp_pad (u16), mp_flags (u16), mp_lower/mp_upper (u32).
-_PAGE_HEADER = struct.Struct("<QHHI")
-#: MDB_meta after the page header: magic, version, address, mapsize; two MDB_db records
-#: (free and main: pad -- the page size in meta 0 --, flags, depth, branch, leaf and overflow
-#: pages, entries, root); last_pgno; txnid. Native byte order: little-endian on the x86-64
-#: and arm64 machines LMDB files are made on (a file is not portable across byte orders).
-_META = struct.Struct("<IIQQ" + "IHHQQQQQ" * 2 + "QQ")
-_META_MAGIC = 0xBEEFC0DE
-_META_VERSION = 1
-_P_META = 0x08
-_P_INVALID = 2**64 - 1
-_MIN_PAGE, _MAX_PAGE = 512, 65536
-
-
-def _check_regular_file(data: str) -> None:
-    """A FIFO, a device or a directory named data.mdb is refused before anything opens it
-    (opening a FIFO blocks; /dev/zero maps as endless zeros)."""
-    try:
-        mode = os.stat(data).st_mode
-    except OSError as e:
-        raise CorruptStoreError(f"{data}: cannot be read: {e.strerror or e}") from None
-    if not stat.S_ISREG(mode):
-        raise CorruptStoreError(f"{data}: is not a regular file; the replica is damaged")
-
-
-def _meta_page(buf: bytes) -> tuple[int, int, int, int, int] | None:
-    """(txnid, last_pgno, page size, free root, main root) of one meta page, None if it is
-    not a valid one."""
-    if len(buf) < _PAGE_HEADER.size + _META.size:
-        return None
-    flags = _PAGE_HEADER.unpack_from(buf)[2]
-    m = _META.unpack_from(buf, _PAGE_HEADER.size)
-    if not flags & _P_META or m[0] != _META_MAGIC or m[1] != _META_VERSION:
-        return None
-    psize, free_root, main_root, last_pgno, txnid = m[4], m[11], m[19], m[20], m[21]
-    return txnid, last_pgno, psize, free_root, main_root
-
-
-def check_data_file(data: str, retries: int = 1) -> None:
-    """Refuse, with CorruptStoreError naming the file, a data.mdb that LMDB would map past
-    its end (a truncated file: SIGBUS on the first read) or could not make sense of: the
-    checks on the two meta pages that cost two reads (specs/storage.md §8, step 7a).
-
-    With a writer in another process a meta page may be read while it is being written:
-    a failed check is read again, `retries` times in all, before it is believed.
-    """
-    _check_regular_file(data)
-    for attempt in range(retries):
-        try:
-            _check_meta_pages(data)
-            return
-        except CorruptStoreError:
-            if attempt + 1 == retries:
-                raise
-
-
-def _check_meta_pages(data: str) -> None:
-    try:
-        with open(data, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            first = f.read(_MAX_PAGE)
-    except OSError as e:
-        raise CorruptStoreError(f"{data}: cannot be read: {e.strerror or e}") from None
-    meta0 = _meta_page(first)
-    # Meta 0 records the page size; without it, assume the usual one to look at meta 1.
-    psize = meta0[2] if meta0 is not None and _MIN_PAGE <= meta0[2] <= _MAX_PAGE else 4096
-    if meta0 is not None and psize != meta0[2]:
-        meta0 = None
-    if size < 2 * psize:
-        raise CorruptStoreError(
-            f"{data}: damaged: {size} bytes, shorter than LMDB's two meta pages "
-            f"({2 * psize} bytes); the file was truncated")
-    try:
-        with open(data, "rb") as f:
-            f.seek(psize)
-            meta1 = _meta_page(f.read(_PAGE_HEADER.size + _META.size))
-    except OSError as e:
-        raise CorruptStoreError(f"{data}: cannot be read: {e.strerror or e}") from None
-    valid = [m for m in (meta0, meta1) if m is not None]
-    if not valid:
-        raise CorruptStoreError(f"{data}: damaged: neither of LMDB's two meta pages is valid")
-    txnid, last_pgno, _, free_root, main_root = max(valid)
-    if last_pgno < 1 or any(r != _P_INVALID and not 1 < r <= last_pgno
-                            for r in (free_root, main_root)):
-        raise CorruptStoreError(
-            f"{data}: damaged: the meta page of transaction {txnid} is inconsistent "
-            f"(last page {last_pgno}, roots {free_root} and {main_root})")
-    if size < (last_pgno + 1) * psize:
-        raise CorruptStoreError(
-            f"{data}: damaged: {size} bytes, but its pages run to "
-            f"{(last_pgno + 1) * psize} ({last_pgno + 1} pages of {psize}); the file was "
-            f"truncated")

@@ -1,0 +1,62 @@
+"""How store.py seals the values it reads back as state, and how it names what failed
+(specs/storage.md §2 "Checksums", §6): pure functions over bytes and error text, no lmdb.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import zlib
+
+from .errors import CorruptStoreError
+
+__all__ = ["CHECKSUM_BYTES", "describe_key", "describe_lmdb_error", "seal", "unseal"]
+
+_U64 = struct.Struct(">Q")
+
+#: The checksum sealed onto every `convs` and `log` value (specs/storage.md §2, "Checksums").
+_CRC = struct.Struct(">I")
+CHECKSUM_BYTES = _CRC.size
+
+
+def seal(key: bytes, value: bytes) -> bytes:
+    """`value` followed by the CRC-32 of key and value: a value moved to another key, or
+    cut short, fails the check as a flipped byte does."""
+    return value + _CRC.pack(zlib.crc32(value, zlib.crc32(key)))
+
+
+def unseal(path: str, database: str, key: bytes, raw: bytes) -> bytes:
+    """The value sealed in `raw`, or CorruptStoreError naming the database and the key when
+    its checksum does not match: a damaged value is never decoded, shown or sent."""
+    body = raw[:-CHECKSUM_BYTES]
+    if len(raw) < CHECKSUM_BYTES or \
+            _CRC.unpack_from(raw, len(body))[0] != zlib.crc32(body, zlib.crc32(key)):
+        raise CorruptStoreError(
+            f"{path}: damaged record in database {database!r}, key {describe_key(database, key)}:"
+            f" checksum mismatch (run `crdtim verify --repair`)")
+    return body
+
+
+#: The operating system's failures a person should read first (specs/storage.md §6): LMDB
+#: reports them as its call and strerror ("mdb_txn_commit: Input/output error").
+_OS_FAILURES = ((errno.ENOSPC, "no space left on device"), (errno.EDQUOT, "disk quota exceeded"),
+                (errno.EIO, "I/O error (the disk is failing, or full on a device that reports "
+                            "a full disk so)"),
+                (errno.EROFS, "read-only file system"))
+
+
+def describe_lmdb_error(e: BaseException) -> str:
+    """An LMDB error as one line that starts with what went wrong on the disk, if it was."""
+    text = str(e)
+    for code, words in _OS_FAILURES:
+        if os.strerror(code) in text:
+            return f"{words} ({text})"
+    return text
+
+
+def describe_key(database: str, key: bytes) -> str:
+    """A key as a person reads it: a log sequence number, else the text of the key."""
+    if database == "log" and len(key) == _U64.size:
+        return f"seq {_U64.unpack(key)[0]}"
+    return repr(bytes(key).decode("utf-8", "backslashreplace"))

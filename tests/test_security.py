@@ -940,3 +940,38 @@ async def test_one_server_serves_many_users_each_device_seeing_only_its_own(open
         assert server.get("u1/family").pinned
         assert {l.session.peer_identity for l in ns._links.values()} == {"alice", "bob"}
         assert ns.stats.errors == 0
+
+
+async def test_a_peer_forging_another_devices_dots_cannot_cut_it_off(open_replica):
+    # Regression (issue 12, finding 1): a peer scoped to "shared/" sent the server a pin of
+    # shared/a whose context claimed dot (X, 1000000) of device X; X then refused every
+    # delta from the server, its private prefix included. Now the claim is joined where it
+    # lands, confined to that flag, and X's next pin comes after it (specs/security.md §1).
+    from crdtim.crdt import CausalContext, Flag
+
+    server, x, mallory = open_replica("server"), open_replica("x"), open_replica("mallory")
+    keys = {"x": SECRET, "mallory": OTHER_SECRET}
+    on_server = dataclasses.replace(FAST, security=SecurityConfig(
+        keys=keys, scopes={"x": ("x/", "shared/"), "mallory": ("shared/",)}))
+
+    def device(key: str) -> NodeConfig:
+        return dataclasses.replace(FAST, security=SecurityConfig(keys={key: keys[key]}))
+
+    async with node(server, config=on_server) as ns, \
+            node(x, ns, listen=False, config=device("x")) as nx, \
+            node(mallory, ns, listen=False, config=device("mallory")) as nm:
+        x.pin("shared/a")
+        await settle((ns, 2), (nx, 1), (nm, 1))
+        assert mallory.get("shared/a").pinned
+        mallory.apply_delta(codec.encode_map(ConversationMap({"shared/a": {"pinned": Flag(
+            frozenset(), CausalContext({x.id: 1_000_000}, frozenset()))}})))
+        await settle((ns, 2), (nx, 1), (nm, 1))
+        server.set_title("x/private", "after the attack")
+        await settle((ns, 2), (nx, 1), (nm, 1))
+        assert x.get("x/private").title == "after the attack"
+        assert x.get("shared/a") == server.get("shared/a") == mallory.get("shared/a")
+        x.pin("shared/a")  # healed: a fresh dot past the claim
+        await settle((ns, 2), (nx, 1), (nm, 1))
+        assert all(r.get("shared/a").pinned for r in (x, server, mallory))
+        assert (ns.stats.errors, nx.stats.errors) == (0, 0)
+        assert nx.connected_peers == {server.id}

@@ -12,12 +12,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .. import codec
 from ..crdt import Field, Flag, Lww, MaxReg
 from ..crdt.conversation import Fields, message_arrived_delta
 from ..store import Txn
 from ._checks import InvalidArgument, check_cid, check_seq, check_text
 from ._core import ReplicaCore
 from ._write import LocalOp, WriteTxn
+
+#: The largest dot counter the codec reads (specs/crdt.md §5, §7).
+MAX_DOT_COUNTER = codec.MAX_INT
 
 
 class LocalWrites(ReplicaCore):
@@ -56,7 +60,19 @@ class LocalWrites(ReplicaCore):
         check_cid(cid)
         self._field_of(flag, Flag)
         bottom = Flag.bottom()
-        self._local(cid, lambda w, cur: {flag: cur.get(flag, bottom).enable(self.id)})
+
+        def op(w: WriteTxn, cur: Fields) -> Fields:
+            d = cur.get(flag, bottom).enable(self.id)
+            # The counter comes after every claim on our dots that was joined (specs/crdt.md
+            # §5); one past the codec's bound could never be read back, so it is refused.
+            if max(n for _, n in d.dots) > MAX_DOT_COUNTER:
+                raise InvalidArgument(
+                    f"conversation {cid!r:.80} {flag}: this replica's enables of it are used "
+                    f"up (a peer claimed enable {MAX_DOT_COUNTER} of this replica); its "
+                    f"other conversations and fields are unaffected")
+            return {flag: d}
+
+        self._local(cid, op)
 
     def disable(self, cid: str, flag: str) -> None:
         check_cid(cid)

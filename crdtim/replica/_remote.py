@@ -1,13 +1,16 @@
 """Remote deltas: joining what peers (or any transport) send, after validating it.
 
 A delta is decoded with the peer-facing limits, checked (clock readings not too far in the
-future, no forged dots of this replica, ids storable as LMDB keys) and joined in one write
-transaction that logs only its novel part, with its origin, so that it is forwarded to
-other peers but never back (Enes et al., ICDE 2019; specs/storage.md §3). A delta that
-fails a check changes nothing: the transaction is aborted.
+future, ids storable as LMDB keys) and joined in one write transaction that logs only its
+novel part, with its origin, so that it is forwarded to other peers but never back (Enes et
+al., ICDE 2019; specs/storage.md §3). A delta that fails a check changes nothing: the
+transaction is aborted. A flag context claiming dots of this replica that it never made is
+joined like any other (specs/crdt.md §5: confined and healed, not refused) and logged.
 """
 
 from __future__ import annotations
+
+import logging
 
 from .. import codec
 from ..crdt import ConversationMap, Flag, novel_fields
@@ -17,6 +20,12 @@ from ..store import MAX_CID_BYTES, Txn
 from ._checks import check_origin, storable
 from ._core import UNKNOWN_ORIGIN, ReplicaCore
 from ._write import MAX_REMOTE_COUNTER, WriteTxn
+
+log = logging.getLogger("crdtim.replica")
+
+#: (conversation, origin) pairs already warned about, at most this many remembered: the
+#: warning is evidence, not a record, and a peer must not grow our memory without bound.
+MAX_CLAIM_WARNINGS = 10_000
 
 
 class RemoteApply(ReplicaCore):
@@ -79,7 +88,7 @@ class RemoteApply(ReplicaCore):
             for cid, fields in delta.convs.items():
                 current = {} if fresh else w.fields(cid)
                 if check_dots:
-                    self._refuse_forged_dots(cid, current, fields)
+                    self._note_claims_on_own_dots(cid, current, fields, origin)
                 if not current and wire is not None:
                     w.adopt(cid, fields, codec.store_received(wire, cid))
                 else:
@@ -101,21 +110,31 @@ class RemoteApply(ReplicaCore):
         self._notify(changes, "remote", origin)
         return {cid for cid, _ in changes}
 
-    def _refuse_forged_dots(self, cid: str, current: Fields, delta: Fields) -> None:
-        """Refuse a flag delta claiming enables of *this* replica that it never made.
+    def _note_claims_on_own_dots(self, cid: str, current: Fields, delta: Fields,
+                                 origin: str | None) -> None:
+        """Warn (once per conversation and origin) about a flag context claiming enables of
+        *this* replica beyond the ones it made.
 
-        Only this replica makes its own dots, and each is in its state from the moment it is
-        made; a larger one is forged or corrupt. Accepted, it would make this replica's next
-        enable reuse a counter (silently lost) or run past what the codec can decode.
+        Only this replica makes its own dots, so such a claim is forged or corrupt. It is
+        joined anyway (specs/crdt.md §5): refusing it would let any peer that can write the
+        conversation cut this replica off from whoever relays the claim (specs/security.md
+        §1), while the join keeps every replica convergent and our next enable of that flag,
+        from next_dot, lands past the claim, so no counter is reused.
         """
         for name, state in delta.items():
             if not isinstance(state, Flag):
                 continue
             own = current.get(name, Flag.bottom()).context.next_dot(self.id)[1] - 1
-            claimed = state.context.vv.get(self.id, 0)
-            for replica, n in state.context.cloud:
-                if replica == self.id and n > claimed:
-                    claimed = n
-            if claimed > own:
-                raise DecodeError(f"conversation {cid!r:.80} {name}: claims enable {claimed} of "
-                                  f"this replica, which made only {own}")
+            claimed = state.context.next_dot(self.id)[1] - 1
+            if claimed <= own:
+                continue
+            key = (cid, origin or UNKNOWN_ORIGIN)
+            warned = self._claims_warned
+            if key not in warned:
+                if len(warned) >= MAX_CLAIM_WARNINGS:
+                    warned.clear()
+                warned.add(key)
+                log.warning("conversation %r %s: a delta from %r claims enable %d of this "
+                            "replica, which made only %d (a forging peer, or damage); joined, "
+                            "so this replica's next enable of it comes after the claim",
+                            cid[:80], name, origin or "an unknown origin", claimed, own)

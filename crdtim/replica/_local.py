@@ -18,6 +18,7 @@ from ..crdt.conversation import Fields, message_arrived_delta
 from ..store import Txn
 from ._checks import InvalidArgument, check_cid, check_seq, check_text
 from ._core import ReplicaCore
+from ._pending import Changes, apply_due
 from ._write import LocalOp, WriteTxn
 
 #: The largest dot counter the codec reads (specs/crdt.md §5, §7).
@@ -139,13 +140,19 @@ class LocalWrites(ReplicaCore):
             self._commit_local([(cid, op)])
 
     def _commit_local(self, ops: list[tuple[str, LocalOp]]) -> None:
-        def txn(t: Txn) -> list[tuple[str, frozenset[str]]]:
+        def txn(t: Txn) -> tuple[list[tuple[str, Changes]], Changes]:
+            # Held values whose time has come go first (specs/crdt.md §1): a local write
+            # must stamp after them.
+            due = apply_due(self, t, self._now())
             w = WriteTxn(self, t)
             for cid, op in ops:
                 w.join(cid, op(w, w.fields(cid)))
-            return w.finish(self.id)
+            return due, w.finish(self.id)
 
-        self._notify(self.store.write(txn), "local", None)
+        due, changes = self.store.write(txn)
+        for origin, applied in due:
+            self._notify(applied, "remote", origin or None)
+        self._notify(changes, "local", None)
 
     def _field_of(self, name: str, lattice: type[Any]) -> Field:
         f = self.schema.by_name.get(name)

@@ -222,3 +222,19 @@ def test_held_values_are_in_the_metrics():
     metrics = {m.name: m for m in NodeCollector(node).collect()}
     assert metrics["crdtim_pending_values"].samples[0].value == 2
     assert metrics["crdtim_pending_earliest_ms"].samples[0].value == T0
+
+
+# -- finding 8 (wire part): every msgpack error names its problem ------------------------------
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"\x91" * 5000, "nested too deeply"),
+    (b"\x81" * 3000 + b"\x00", "nested too deeply"),
+    (b"\xc1", "reserved type 0xc1"),
+    (b"\x92\x01", "incomplete input"),
+])
+def test_msgpack_errors_name_the_problem(data, reason):
+    # Regression: StackError and FormatError have no text, so the reason read
+    # "not valid msgpack: " and nothing more.
+    with pytest.raises(DecodeError, match=reason):
+        codec.unpack(data)

@@ -139,14 +139,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         term.print_json(status)
         return EXIT_OK
-    term.print_pairs({
+    pairs = {
         "replica": status["id"],
         "path": status["path"],
         "conversations": str(status["conversations"]),
         "head": str(status["head"]),
         "log floor": str(status["log_floor"]),
         "peers": str(len(status["peers"])) if status["peers"] else "none",
-    })
+    }
+    held = status["pending"]  # values from peers held until their time (specs/crdt.md §1)
+    if held["count"]:
+        pairs["pending"] = f'{held["count"]}, the earliest due at {held["earliest"]} ms'
+    term.print_pairs(pairs)
     if status["peers"]:
         rows = [("  PEER", "ACK", "MISSING")]
         rows += [(f"  {term.printable(peer)}", str(p["ack"]), str(p["missing"]))

@@ -53,6 +53,14 @@ class NodeCollector:
                                 value=status["head"])
         yield GaugeMetricFamily("crdtim_conversations", "Conversations held",
                                 value=status["conversations"])
+        pending = status.get("pending", {})
+        yield GaugeMetricFamily("crdtim_pending_values",
+                                "Values from peers stamped too far ahead, held until their time",
+                                value=pending.get("count", 0))
+        if pending.get("earliest") is not None:
+            yield GaugeMetricFamily("crdtim_pending_earliest_ms",
+                                    "Wall time (ms) at which the earliest held value is due",
+                                    value=pending["earliest"])
         lag = GaugeMetricFamily("crdtim_peer_lag_entries",
                                 "Log entries a peer has not acknowledged", labels=["peer"])
         for peer, info in status["peers"].items():

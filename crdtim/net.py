@@ -65,7 +65,12 @@ class NodeConfig:
     poll_interval: float = 0.1  # how often to look for log entries written by other processes
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
-    max_peers: int = 64  # connections at once; more are refused
+    max_peers: int = 64  # authenticated peers at once; more are refused
+    # Accepted connections still in their handshake (TLS, HELLO, AUTH), at once and per
+    # remote address: an unauthenticated flood must not take the slots of known peers
+    # (specs/security.md §7).
+    max_handshakes: int = 16
+    max_handshakes_per_address: int = 4
     receive_size: int = 65536
     trim_interval: float = 1.0  # seconds between log trims
     security: SecurityConfig | None = None  # pre-shared keys and authorization
@@ -85,7 +90,7 @@ class NodeStats:
     state_transfers_sent: int = 0
     state_transfers_received: int = 0
     tls_failures: int = 0  # TLS handshakes that failed (a certificate not from our CA, ...)
-    refused: int = 0  # connections refused over max_peers
+    refused: int = 0  # connections refused over max_peers or the handshake limits
 
 
 class Node:
@@ -105,8 +110,11 @@ class Node:
             self._check_can_dial()
         self.stats = NodeStats()
         self.listeners: list[trio.SocketListener] = []
-        self._tls_handshakes = 0  # accepted connections still in their TLS handshake
         self._links: dict[str, Link] = {}  # peer replica id -> the link kept for it
+        # Accepted connections not yet authenticated, per remote address (their slots are
+        # given back when the handshake completes or the connection ends).
+        self._handshaking: dict[str, int] = {}
+        self._handshake_slots: dict[Link, _HandshakeSlot] = {}
         self._all_links: set[Link] = set()
         self._changed = trio.Condition()
         self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
@@ -240,15 +248,51 @@ class Node:
                     log.error("accept failed (%s); retrying in %g s", e, ACCEPT_RETRY_DELAY)
                     await trio.sleep(ACCEPT_RETRY_DELAY)
                     continue
-                if len(self._all_links) + self._tls_handshakes >= self.config.max_peers:
-                    log.warning("refusing a connection: %d peers already", len(self._all_links))
+                address = _remote_address(stream)
+                busy = self._handshake_refusal(address)
+                if busy is not None:
+                    log.warning("refusing a connection from %s: %s", address, busy)
                     self.stats.refused += 1
                     if self.config.tls is None:
-                        self._tasks.start_soon(_refuse, stream, "too many peers")
+                        self._tasks.start_soon(_refuse, stream, busy)
                     else:  # before TLS, an ERROR frame would only be garbage to the peer
                         await trio.aclose_forcefully(stream)
                     continue
-                self._tasks.start_soon(self._run_link, stream, False, None)
+                # The slot is taken now, before the task starts, so that a burst of
+                # accepts cannot overshoot the limits.
+                self._handshaking[address] = self._handshaking.get(address, 0) + 1
+                self._tasks.start_soon(self._run_accepted, stream, address)
+
+    def _handshake_refusal(self, address: str) -> str | None:
+        """Why a new connection from `address` cannot start a handshake now, or None.
+        Only handshakes count here: authenticated peers are counted against max_peers when
+        they complete theirs (_register), so a flood of connections that never authenticate
+        cannot keep a known peer out (specs/security.md §7)."""
+        cfg = self.config
+        if self._handshaking.get(address, 0) >= cfg.max_handshakes_per_address:
+            return "too many connections in their handshake from this address"
+        if sum(self._handshaking.values()) >= cfg.max_handshakes:
+            return "too many connections in their handshake"
+        return None
+
+    def _release_handshake(self, slot: _HandshakeSlot) -> None:
+        """Give a handshake slot back (once: at registration or at the end, whichever is
+        first)."""
+        if not slot.held:
+            return
+        slot.held = False
+        n = self._handshaking.get(slot.address, 0) - 1
+        if n > 0:
+            self._handshaking[slot.address] = n
+        else:
+            self._handshaking.pop(slot.address, None)
+
+    async def _run_accepted(self, stream: trio.abc.Stream, address: str) -> None:
+        slot = _HandshakeSlot(address)
+        try:
+            await self._run_link(stream, False, None, slot)
+        finally:
+            self._release_handshake(slot)
 
     async def _dial_loop(self, addr: tuple[str, int]) -> None:
         delay = self.config.backoff_initial
@@ -280,20 +324,16 @@ class Node:
             delay = min(delay * 2, self.config.backoff_max)
 
     async def _run_link(self, stream: trio.abc.Stream, dialed: bool,
-                        addr: tuple[str, int] | None) -> tuple[str | None, bool]:
+                        addr: tuple[str, int] | None, slot: _HandshakeSlot | None = None
+                        ) -> tuple[str | None, bool]:
         """Run one connection to its end; (the peer's replica id if the session learned it,
         whether its handshake completed)."""
         tls_identity = None
         if self.config.tls is not None:
-            if not dialed:
-                self._tls_handshakes += 1  # holds one of max_peers' slots (accept loop)
-            try:
-                tls_stream, tls_identity = await tls_handshake(
-                    stream, self.config.tls, self.config.session.handshake_timeout,
-                    dialed=dialed, addr=addr)
-            finally:
-                if not dialed:
-                    self._tls_handshakes -= 1
+            # An accepted connection holds its handshake slot (`slot`) through TLS too.
+            tls_stream, tls_identity = await tls_handshake(
+                stream, self.config.tls, self.config.session.handshake_timeout,
+                dialed=dialed, addr=addr)
             if tls_stream is None:
                 self.stats.tls_failures += 1
                 await _notify_quietly(self)  # (stats changed: tests and status wait on this)
@@ -305,10 +345,13 @@ class Node:
                     stats=self.stats, register=self._register,
                     notify_changed=self._notify_changed)
         self._all_links.add(link)
+        if slot is not None:
+            self._handshake_slots[link] = slot
         self.stats.connections += 1
         try:
             handshook = await link.run()
         finally:
+            self._handshake_slots.pop(link, None)
             self._all_links.discard(link)
             if session.peer_id is not None and self._links.get(session.peer_id) is link:
                 del self._links[session.peer_id]
@@ -322,6 +365,14 @@ class Node:
         (both sides decide alike); of two dialed by the same side, the newer."""
         peer = link.session.peer_id
         assert peer is not None  # a session reports HandshakeComplete once it knows the peer
+        slot = self._handshake_slots.pop(link, None)
+        if slot is not None:  # authenticated: its handshake slot is free for the next one
+            self._release_handshake(slot)
+        if peer not in self._links and len(self._links) >= self.config.max_peers:
+            log.warning("refusing peer %s: %d peers already", peer, len(self._links))
+            self.stats.refused += 1
+            link.session.close("too many peers")
+            return False
         link.dialer = dialer = self.replica.id if link.dialed else peer
         old = self._links.get(peer)
         if old is not None:
@@ -341,6 +392,26 @@ class Node:
                  f", identity {identity!r}" if identity is not None else "")
         self._tasks.start_soon(self._notify_changed)
         return True
+
+
+class _HandshakeSlot:
+    """One accepted connection's place among the handshakes in progress."""
+
+    __slots__ = ("address", "held")
+
+    def __init__(self, address: str):
+        self.address = address
+        self.held = True
+
+
+def _remote_address(stream: trio.abc.Stream) -> str:
+    """The peer's IP address, for the per-address handshake limit ("" if unknown)."""
+    if not isinstance(stream, trio.SocketStream):
+        return ""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:  # already reset by the peer
+        return ""
 
 
 async def _notify_quietly(node: Node) -> None:

@@ -11,6 +11,8 @@ One environment per replica directory, with named databases (layout in specs/sto
            b"r" + peer id -> highest sequence of the peer's log applied here;
            b"i" + peer id -> the identity the peer first authenticated as (utf-8);
            b"s" + peer id -> the scope the peer's ack was earned under (absent: everything)
+    pending  8-byte big-endian wall ms + conversation id (utf-8) -> origin length, origin,
+             encoded one-conversation delta held until that time (specs/storage.md §2)
 
 Every mutation runs as one write transaction through `Store.write`, which re-runs it after
 growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here decodes
@@ -48,7 +50,7 @@ _MAX_U64 = 2**64 - 1
 
 INITIAL_MAP_SIZE = 64 * 1024 * 1024
 #: The named databases, as Store opens them (specs/storage.md).
-DATABASES = (b"meta", b"convs", b"order", b"log", b"acks")
+DATABASES = (b"meta", b"convs", b"order", b"log", b"acks", b"pending")
 #: LMDB refuses keys longer than 511 bytes (its default build); an ordering key is a 9-byte
 #: prefix and the conversation id, so that is the longest id, in UTF-8 bytes, we can store.
 MAX_CID_BYTES = 511 - 9
@@ -74,6 +76,12 @@ def order_key_of(cid: str, fields: Mapping[str, Any]) -> bytes | None:
     return order_key(
         pinned is not None and bool(pinned.value), 0 if last is None else last.stamp.wall, cid
     )
+
+
+def _framed(v: bytes) -> tuple[str, bytes]:
+    """(origin, payload) of a value framed as one length byte, the origin, the payload."""
+    n = v[0]
+    return bytes(v[1 : 1 + n]).decode(), bytes(v[1 + n :])
 
 
 def _u64(b: bytes | None, default: int = 0) -> int:
@@ -280,6 +288,41 @@ class Txn:
         self.put_meta(b"replica_id", replica_id.encode())
 
 
+    # pending: values from peers stamped too far ahead, held until their time (see _pending)
+    def pending_entry(self, wall: int, cid: str) -> tuple[str, bytes] | None:
+        raw = self._t.get(_U64.pack(wall) + cid.encode(), db=self._s._pending)
+        return None if raw is None else _framed(raw)
+
+    def put_pending(self, wall: int, cid: str, origin: str, payload: bytes) -> None:
+        o = origin.encode()
+        self._t.put(_U64.pack(wall) + cid.encode(), bytes([len(o)]) + o + payload,
+                    db=self._s._pending)
+
+    def delete_pending(self, wall: int, cid: str) -> None:
+        self._t.delete(_U64.pack(wall) + cid.encode(), db=self._s._pending)
+
+    def first_pending_wall(self) -> int | None:
+        """The earliest held time: one cursor probe (every write transaction makes it)."""
+        with self._t.cursor(db=self._s._pending) as cur:
+            return _u64(cur.key()[:8]) if cur.first() else None
+
+    def pending_upto(self, wall: int) -> list[tuple[int, str, str, bytes]]:
+        """(wall, cid, origin, payload) of the values held until `wall` or earlier."""
+        out: list[tuple[int, str, str, bytes]] = []
+        with self._t.cursor(db=self._s._pending) as cur:
+            if not cur.first():
+                return out
+            for k, v in cur:
+                held = _u64(k[:8])
+                if held > wall:
+                    break
+                out.append((held, k[8:].decode(), *_framed(v)))
+        return out
+
+    def pending_count(self) -> int:
+        return self._t.stat(self._s._pending)["entries"]
+
+
 class Store:
     """The LMDB environment of one replica directory."""
 
@@ -306,6 +349,7 @@ class Store:
             self._order = self._env.open_db(b"order")
             self._log = self._env.open_db(b"log")
             self._acks = self._env.open_db(b"acks")
+            self._pending = self._env.open_db(b"pending")
         except lmdb.Error as e:
             self._env.close()
             raise CorruptStoreError(f"{path}: damaged database: {e}") from None

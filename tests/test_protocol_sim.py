@@ -320,15 +320,29 @@ def test_overlapping_connections_never_move_the_resume_point_back(a, b):
     assert b.state() == a.state() and b.received_from(a.id) == 3
 
 
-def test_delta_from_the_future_refused(a, b):
+def test_a_delta_from_the_future_is_acknowledged_and_its_future_value_held(a, b):
+    # Was refused whole, stalling what came after it (specs/crdt.md §1, protocol.md §4).
+    from crdtim.crdt import Stamp
+
+    wire = handshaken(a, b)
+    future = ConversationMap.bottom().set_title("c", "x", Stamp(START_WALL_MS * 10, 0, b.id))
+    future = future.join(ConversationMap.bottom().raise_to("d", "last_seq", 2))
+    wire.sessions[0].receive_data(
+        encode_frame(Delta(start=0, end=1, payload=codec.encode_map(future))))
+    assert isinstance(frames_of(wire.sessions[0].data_to_send())[-1], Ack)
+    assert a.get("c") is None and a.get("d").last_seq == 2 and a.received_from(b.id) == 1
+    assert a.status()["pending"]["count"] == 1
+
+
+def test_a_delta_with_a_clock_counter_over_the_limit_is_refused(a, b):
     from crdtim.crdt import Stamp
 
     wire = handshaken(a, b)
     before = snapshot(a)
-    future = ConversationMap.bottom().set_title("c", "x", Stamp(START_WALL_MS * 10, 0, b.id))
+    bad = ConversationMap.bottom().set_title("c", "x", Stamp(START_WALL_MS, 2**31, b.id))
     with pytest.raises(RemoteProtocolError, match="refused"):
         wire.sessions[0].receive_data(
-            encode_frame(Delta(start=0, end=1, payload=codec.encode_map(future))))
+            encode_frame(Delta(start=0, end=1, payload=codec.encode_map(bad))))
     assert isinstance(frames_of(wire.sessions[0].data_to_send())[-1], Error)
     assert snapshot(a) == before
 
@@ -1025,11 +1039,11 @@ def test_deltas_that_arrive_together_are_applied_in_one_transaction(a, b):
 def test_a_refused_delta_in_a_burst_does_not_undo_the_ones_before_it(a, b):
     wire = handshaken(a, b)
     wire.run_until_quiet()
-    future = START_WALL_MS * 10  # far ahead of the replicas' (real) wall clock
     good = encode_frame(Delta(start=0, end=1, payload=codec.encode_map(
         ConversationMap.bottom().raise_to("g", "last_seq", 4))))
     drifting = encode_frame(Delta(start=1, end=2, payload=codec.encode_map(
-        ConversationMap.bottom().set_title("h", "from the future", Stamp(future, 0, b.id)))))
+        ConversationMap.bottom().set_title("h", "counter over the limit",
+                                           Stamp(START_WALL_MS, 2**31, b.id)))))
     with pytest.raises(RemoteProtocolError, match="refused") as refused:
         wire.sessions[0].receive_data(good + drifting)
     assert a.get("g").last_seq == 4 and a.get("h") is None

@@ -630,25 +630,78 @@ async def test_running_out_of_file_descriptors_pauses_accepting_and_does_not_sto
 
 
 async def test_more_than_max_peers_get_an_error_and_the_node_serves_on(open_replica):
-    a, b = open_replica("a"), open_replica("b")
-    config = dataclasses.replace(FAST, max_peers=2)
+    # Peers count against max_peers once authenticated (specs/security.md §7): the second
+    # is refused at the end of its handshake, and the node serves the first on.
+    a, b, c = open_replica("a"), open_replica("b"), open_replica("c")
+    config = dataclasses.replace(FAST, max_peers=1)
+    async with node(a, config=config) as na, node(b, na, listen=False) as nb:
+        await settle((na, 1), (nb, 1))
+        async with node(c, na, listen=False):
+            await wait_until(na, lambda: na.stats.refused >= 1)
+        assert na.connected_peers == {b.id}
+        b.set_title("c", "served after")
+        await settle((na, 1), (nb, 1))
+        assert a.get("c").title == "served after" and c.get("c") is None
+
+
+async def test_handshakes_in_progress_are_limited_per_address_and_in_all(open_replica):
+    a = open_replica("a")
+    config = dataclasses.replace(FAST, max_handshakes=3, max_handshakes_per_address=2)
     async with node(a, config=config) as na:
-        first = await trio.open_tcp_stream(LOCAL, na.port)
-        second = await trio.open_tcp_stream(LOCAL, na.port)
-        for stream in (first, second):  # the node's HELLO: its link holds a slot
-            with trio.fail_after(GUARD):
+        held = []
+        for source in ("127.0.0.2", "127.0.0.2", "127.0.0.3"):
+            stream = await trio.open_tcp_stream(LOCAL, na.port, local_address=source)
+            with trio.fail_after(GUARD):  # the node's HELLO: the handshake holds a slot
                 assert await stream.receive_some(1 << 16)
-        third = await trio.open_tcp_stream(LOCAL, na.port)
-        async with third:
-            frames = frames_of(await read_to_eof(third))
-        assert len(frames) == 1 and frames[0].reason == "too many peers"
-        assert na.stats.refused == 1
-        await first.aclose()
-        await second.aclose()
-        async with node(b, na, listen=False) as nb:
-            b.set_title("c", "served after")
-            await settle((na, 1), (nb, 1))
-            assert a.get("c").title == "served after"
+            held.append(stream)
+        for source, reason in (("127.0.0.2", "from this address"), ("127.0.0.4", "handshake")):
+            stream = await trio.open_tcp_stream(LOCAL, na.port, local_address=source)
+            async with stream:
+                frames = frames_of(await read_to_eof(stream))
+            assert len(frames) == 1 and reason in frames[0].reason
+        assert na.stats.refused == 2
+        for stream in held:
+            await stream.aclose()
+
+
+async def test_a_connection_flood_does_not_keep_a_restarted_peer_out(open_replica):
+    # Regression (issue 12, finding 7): idle connections took every one of max_peers' slots,
+    # and a restarted honest peer was refused for as long as the flood lasted.
+    server, phone = open_replica("server"), open_replica("phone")
+    config = dataclasses.replace(FAST, max_peers=4)
+    async with node(server, config=config) as ns:
+        async with node(phone, ns, listen=False) as np:
+            await settle((ns, 1), (np, 1))
+        stop = trio.Event()
+
+        async def flood() -> None:
+            held: list[trio.SocketStream] = []
+            i = 0
+            while not stop.is_set():
+                try:  # idle connections, never a byte sent, from three addresses
+                    held.append(await trio.open_tcp_stream(
+                        LOCAL, ns.port, local_address=f"127.0.0.{2 + i % 3}"))
+                except OSError:
+                    pass
+                i += 1
+                if len(held) > 200:
+                    await held.pop(0).aclose()
+            for stream in held:
+                await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood)
+            await wait_until(ns, lambda: ns.stats.refused >= 100)  # the flood is on
+            started = trio.current_time()
+            phone.set_title("c", "after the restart")
+            with trio.fail_after(2):
+                async with node(phone, ns, listen=False) as np:
+                    await settle((ns, 1), (np, 1))
+            waited = trio.current_time() - started
+            stop.set()
+        assert server.get("c").title == "after the restart"
+        print(f"restarted peer waited {waited:.3f} s under a flood of "
+              f"{ns.stats.refused} refused connections")
 
 
 async def test_an_oversize_frame_gets_an_error_before_its_body_is_sent(open_replica):
@@ -940,3 +993,38 @@ async def test_one_server_serves_many_users_each_device_seeing_only_its_own(open
         assert server.get("u1/family").pinned
         assert {l.session.peer_identity for l in ns._links.values()} == {"alice", "bob"}
         assert ns.stats.errors == 0
+
+
+async def test_a_peer_forging_another_devices_dots_cannot_cut_it_off(open_replica):
+    # Regression (issue 12, finding 1): a peer scoped to "shared/" sent the server a pin of
+    # shared/a whose context claimed dot (X, 1000000) of device X; X then refused every
+    # delta from the server, its private prefix included. Now the claim is joined where it
+    # lands, confined to that flag, and X's next pin comes after it (specs/security.md §1).
+    from crdtim.crdt import CausalContext, Flag
+
+    server, x, mallory = open_replica("server"), open_replica("x"), open_replica("mallory")
+    keys = {"x": SECRET, "mallory": OTHER_SECRET}
+    on_server = dataclasses.replace(FAST, security=SecurityConfig(
+        keys=keys, scopes={"x": ("x/", "shared/"), "mallory": ("shared/",)}))
+
+    def device(key: str) -> NodeConfig:
+        return dataclasses.replace(FAST, security=SecurityConfig(keys={key: keys[key]}))
+
+    async with node(server, config=on_server) as ns, \
+            node(x, ns, listen=False, config=device("x")) as nx, \
+            node(mallory, ns, listen=False, config=device("mallory")) as nm:
+        x.pin("shared/a")
+        await settle((ns, 2), (nx, 1), (nm, 1))
+        assert mallory.get("shared/a").pinned
+        mallory.apply_delta(codec.encode_map(ConversationMap({"shared/a": {"pinned": Flag(
+            frozenset(), CausalContext({x.id: 1_000_000}, frozenset()))}})))
+        await settle((ns, 2), (nx, 1), (nm, 1))
+        server.set_title("x/private", "after the attack")
+        await settle((ns, 2), (nx, 1), (nm, 1))
+        assert x.get("x/private").title == "after the attack"
+        assert x.get("shared/a") == server.get("shared/a") == mallory.get("shared/a")
+        x.pin("shared/a")  # healed: a fresh dot past the claim
+        await settle((ns, 2), (nx, 1), (nm, 1))
+        assert all(r.get("shared/a").pinned for r in (x, server, mallory))
+        assert (ns.stats.errors, nx.stats.errors) == (0, 0)
+        assert nx.connected_peers == {server.id}

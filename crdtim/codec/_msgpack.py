@@ -56,4 +56,13 @@ def unpack(data: bytes, max_bytes: int = DEFAULT_LIMITS.max_bytes) -> Any:
         raise DecodeError("trailing bytes after the msgpack value") from None
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as e:
         # ValueError covers UnicodeDecodeError, FormatError, StackError, "Unpack failed".
-        raise DecodeError(f"not valid msgpack: {e}") from None
+        raise DecodeError(f"not valid msgpack: {_reason(e)}") from None
+
+
+def _reason(e: BaseException) -> str:
+    """What was wrong, never empty: msgpack raises StackError and FormatError without text."""
+    if isinstance(e, msgpack.StackError) or isinstance(e, RecursionError):
+        return "arrays or maps nested too deeply"
+    if isinstance(e, msgpack.FormatError):
+        return "a byte that starts no msgpack value (reserved type 0xc1)"
+    return str(e) or type(e).__name__

@@ -89,6 +89,8 @@ class ReplicaCore:
         #: True when open() made this replica (and its id) just now.
         self.created = False
         self._pending_acks: dict[str, int] = {}  # peer -> ack not yet written (record_ack)
+        #: (conversation, origin) already warned of a claim on our own dots (_remote.py).
+        self._claims_warned: set[tuple[str, str]] = set()
         self._feed = ChangeFeed()
 
     @property

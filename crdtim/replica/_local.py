@@ -12,12 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .. import codec
 from ..crdt import Field, Flag, Lww, MaxReg
 from ..crdt.conversation import Fields, message_arrived_delta
 from ..store import Txn
 from ._checks import InvalidArgument, check_cid, check_seq, check_text
 from ._core import ReplicaCore
+from ._pending import Changes, apply_due
 from ._write import LocalOp, WriteTxn
+
+#: The largest dot counter the codec reads (specs/crdt.md §5, §7).
+MAX_DOT_COUNTER = codec.MAX_INT
 
 
 class LocalWrites(ReplicaCore):
@@ -56,7 +61,19 @@ class LocalWrites(ReplicaCore):
         check_cid(cid)
         self._field_of(flag, Flag)
         bottom = Flag.bottom()
-        self._local(cid, lambda w, cur: {flag: cur.get(flag, bottom).enable(self.id)})
+
+        def op(w: WriteTxn, cur: Fields) -> Fields:
+            d = cur.get(flag, bottom).enable(self.id)
+            # The counter comes after every claim on our dots that was joined (specs/crdt.md
+            # §5); one past the codec's bound could never be read back, so it is refused.
+            if max(n for _, n in d.dots) > MAX_DOT_COUNTER:
+                raise InvalidArgument(
+                    f"conversation {cid!r:.80} {flag}: this replica's enables of it are used "
+                    f"up (a peer claimed enable {MAX_DOT_COUNTER} of this replica); its "
+                    f"other conversations and fields are unaffected")
+            return {flag: d}
+
+        self._local(cid, op)
 
     def disable(self, cid: str, flag: str) -> None:
         check_cid(cid)
@@ -123,13 +140,19 @@ class LocalWrites(ReplicaCore):
             self._commit_local([(cid, op)])
 
     def _commit_local(self, ops: list[tuple[str, LocalOp]]) -> None:
-        def txn(t: Txn) -> list[tuple[str, frozenset[str]]]:
+        def txn(t: Txn) -> tuple[list[tuple[str, Changes]], Changes]:
+            # Held values whose time has come go first (specs/crdt.md §1): a local write
+            # must stamp after them.
+            due = apply_due(self, t, self._now())
             w = WriteTxn(self, t)
             for cid, op in ops:
                 w.join(cid, op(w, w.fields(cid)))
-            return w.finish(self.id)
+            return due, w.finish(self.id)
 
-        self._notify(self.store.write(txn), "local", None)
+        due, changes = self.store.write(txn)
+        for origin, applied in due:
+            self._notify(applied, "remote", origin or None)
+        self._notify(changes, "local", None)
 
     def _field_of(self, name: str, lattice: type[Any]) -> Field:
         f = self.schema.by_name.get(name)

@@ -141,9 +141,16 @@ class Peers(ReplicaCore):
         """A long-running server's periodic upkeep, in the replica's own thread: trim_log()
         (which also writes the acks noted since the last trim), then status() as of after
         the trim. The result is a fresh dict, safe to hand to readers in other threads
-        (metrics), which must never use the replica itself (specs/protocol.md §9)."""
+        (metrics), which must never use the replica itself (specs/protocol.md §9). First
+        it applies held values whose time has come (specs/crdt.md §1), so that they do
+        not wait for the next write."""
+        self.apply_pending()
         self.trim_log()
         return self.status()
+
+    def apply_pending(self) -> set[str]:
+        """Defined by the remote-apply concern (_remote.RemoteApply)."""
+        raise NotImplementedError
 
     def status(self) -> dict[str, Any]:
         """This replica's id, path, conversation count, log head and floor, clock, and per
@@ -158,6 +165,8 @@ class Peers(ReplicaCore):
                 "head": head,
                 "log_floor": t.log_floor(),
                 "clock": list(t.clock()),
+                # Values from peers stamped too far ahead, held until their time.
+                "pending": {"count": t.pending_count(), "earliest": t.first_pending_wall()},
                 "peers": {
                     peer: {"ack": ack, "missing": _missing(t, peer, ack),
                            "received": t.received(peer)}

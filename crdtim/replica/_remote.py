@@ -1,13 +1,17 @@
 """Remote deltas: joining what peers (or any transport) send, after validating it.
 
-A delta is decoded with the peer-facing limits, checked (clock readings not too far in the
-future, no forged dots of this replica, ids storable as LMDB keys) and joined in one write
-transaction that logs only its novel part, with its origin, so that it is forwarded to
-other peers but never back (Enes et al., ICDE 2019; specs/storage.md §3). A delta that
-fails a check changes nothing: the transaction is aborted.
+A delta is decoded with the peer-facing limits, checked (clock counters in range, ids
+storable as LMDB keys; register values stamped too far ahead are held back, `_pending`) and
+joined in one write transaction that logs only its novel part, with its origin, so that it
+is forwarded to other peers but never back (Enes et al., ICDE 2019; specs/storage.md §3).
+A delta that fails a check changes nothing: the transaction is aborted. A flag context
+claiming dots of this replica that it never made is joined like any other (specs/crdt.md §5:
+confined and healed, not refused) and logged.
 """
 
 from __future__ import annotations
+
+import logging
 
 from .. import codec
 from ..crdt import ConversationMap, Flag, novel_fields
@@ -16,7 +20,14 @@ from ..errors import ClockDriftError, DecodeError
 from ..store import MAX_CID_BYTES, Txn
 from ._checks import check_origin, storable
 from ._core import UNKNOWN_ORIGIN, ReplicaCore
+from ._pending import Changes, apply_due, hold, split_future
 from ._write import MAX_REMOTE_COUNTER, WriteTxn
+
+log = logging.getLogger("crdtim.replica")
+
+#: (conversation, origin) pairs already warned about, at most this many remembered: the
+#: warning is evidence, not a record, and a peer must not grow our memory without bound.
+MAX_CLAIM_WARNINGS = 10_000
 
 
 class RemoteApply(ReplicaCore):
@@ -27,7 +38,9 @@ class RemoteApply(ReplicaCore):
 
         Only the part that was new here is logged, with `origin` (the replica it came from,
         if known) so that it is forwarded to others but not back. Raises DecodeError or
-        ClockDriftError, changing nothing, for a delta that is malformed or from the future.
+        ClockDriftError, changing nothing, for a delta that is malformed or holds a clock
+        counter over the limit; register values stamped more than the drift bound ahead are
+        held and applied when their time comes (specs/crdt.md §1).
         """
         delta = codec.decode_map(data, self.schema, self.limits)
         return self.apply_map(delta, origin)
@@ -54,7 +67,9 @@ class RemoteApply(ReplicaCore):
             if not storable(cid, MAX_CID_BYTES):
                 raise DecodeError(f"conversation id {cid!r:.80} is over {MAX_CID_BYTES} bytes")
 
-        def txn(t: Txn) -> list[tuple[str, frozenset[str]]]:
+        def txn(t: Txn) -> tuple[list[tuple[str, Changes]], Changes]:
+            now = self._now()
+            due = apply_due(self, t, now)
             w = WriteTxn(self, t)
             # Bound every counter, not only the largest reading's: whether a delta is refused
             # must not depend on what else it was joined with (group commit), and a stamp
@@ -63,59 +78,89 @@ class RemoteApply(ReplicaCore):
             if counter > MAX_REMOTE_COUNTER:
                 raise ClockDriftError(f"remote clock counter {counter} is over the limit "
                                       f"of {MAX_REMOTE_COUNTER}")
+            # Register values stamped more than the drift bound ahead (`latest`: message
+            # times too, which are not clocked) are held, the rest applied now
+            # (specs/crdt.md §1): one wrong clock must not stall what comes after it.
+            applied, received_wire = delta, wire
+            if latest > now + self.max_clock_drift_ms:
+                applied, later = split_future(delta, now + self.max_clock_drift_ms)
+                hold(t, later, origin or UNKNOWN_ORIGIN, self.schema)
+                remote, received_wire = applied.stamp_bounds()[0], None
             if remote is not None:
                 w.observe(remote)
-            # `latest`: message times are not clocked, but bounded alike.
-            if latest > self._now() + self.max_clock_drift_ms:
-                raise ClockDriftError(f"a register stamp of {latest} ms is more than "
-                                      f"{self.max_clock_drift_ms} ms in the future")
-            whole = wire is not None
+            whole = received_wire is not None
             # A state chunk's ids come in order, and a newcomer holds none of them: one cursor
             # probe then says that none is here, for a lookup per conversation. And only a
             # message whose replica table names this replica can claim one of its dots.
-            fresh = wire is not None and bool(delta.convs) and not t.has_conversation_between(
-                min(delta.convs), max(delta.convs))
-            check_dots = wire is None or self.id in wire.rids
-            for cid, fields in delta.convs.items():
+            fresh = received_wire is not None and bool(applied.convs) \
+                and not t.has_conversation_between(min(applied.convs), max(applied.convs))
+            check_dots = received_wire is None or self.id in received_wire.rids
+            for cid, fields in applied.convs.items():
                 current = {} if fresh else w.fields(cid)
                 if check_dots:
-                    self._refuse_forged_dots(cid, current, fields)
-                if not current and wire is not None:
-                    w.adopt(cid, fields, codec.store_received(wire, cid))
+                    self._note_claims_on_own_dots(cid, current, fields, origin)
+                if not current and received_wire is not None:
+                    w.adopt(cid, fields, codec.store_received(received_wire, cid))
                 else:
                     part = novel_fields(current, fields)
                     whole = whole and part == fields
                     w.join(cid, part)
-            if whole and w.delta and wire is not None:
+            if whole and w.delta and received_wire is not None:
                 # All of the chunk was novel: the novel part is what was received. (Parts
                 # the decoder dropped, bottom fields or empty conversations, decode away
                 # again when the entry is read.)
-                w.log_payload = wire.payload
+                w.log_payload = received_wire.payload
             # Resume points only move forward: two overlapping connections to one peer may
             # deliver an older interval after a newer one.
             if received is not None and received[1] > t.received(received[0]):
                 t.put_received(*received)
-            return w.finish(origin or UNKNOWN_ORIGIN)
+            return due, w.finish(origin or UNKNOWN_ORIGIN)
 
-        changes = self.store.write(txn)
+        due, changes = self.store.write(txn)
+        self._notify_applied(due)
         self._notify(changes, "remote", origin)
         return {cid for cid, _ in changes}
 
-    def _refuse_forged_dots(self, cid: str, current: Fields, delta: Fields) -> None:
-        """Refuse a flag delta claiming enables of *this* replica that it never made.
+    def apply_pending(self) -> set[str]:
+        """Apply the held values whose time has come (specs/crdt.md §1); the ids changed.
+        A read probe first: no write transaction when nothing is due."""
+        now = self._now()
+        first = self.store.read(lambda t: t.first_pending_wall())
+        if first is None or first > now + self.max_clock_drift_ms:
+            return set()
+        due = self.store.write(lambda t: apply_due(self, t, now))
+        self._notify_applied(due)
+        return {cid for _, changes in due for cid, _ in changes}
 
-        Only this replica makes its own dots, and each is in its state from the moment it is
-        made; a larger one is forged or corrupt. Accepted, it would make this replica's next
-        enable reuse a counter (silently lost) or run past what the codec can decode.
+    def _notify_applied(self, due: list[tuple[str, Changes]]) -> None:
+        for held_origin, changes in due:
+            self._notify(changes, "remote", held_origin or None)
+
+    def _note_claims_on_own_dots(self, cid: str, current: Fields, delta: Fields,
+                                 origin: str | None) -> None:
+        """Warn (once per conversation and origin) about a flag context claiming enables of
+        *this* replica beyond the ones it made.
+
+        Only this replica makes its own dots, so such a claim is forged or corrupt. It is
+        joined anyway (specs/crdt.md §5): refusing it would let any peer that can write the
+        conversation cut this replica off from whoever relays the claim (specs/security.md
+        §1), while the join keeps every replica convergent and our next enable of that flag,
+        from next_dot, lands past the claim, so no counter is reused.
         """
         for name, state in delta.items():
             if not isinstance(state, Flag):
                 continue
             own = current.get(name, Flag.bottom()).context.next_dot(self.id)[1] - 1
-            claimed = state.context.vv.get(self.id, 0)
-            for replica, n in state.context.cloud:
-                if replica == self.id and n > claimed:
-                    claimed = n
-            if claimed > own:
-                raise DecodeError(f"conversation {cid!r:.80} {name}: claims enable {claimed} of "
-                                  f"this replica, which made only {own}")
+            claimed = state.context.next_dot(self.id)[1] - 1
+            if claimed <= own:
+                continue
+            key = (cid, origin or UNKNOWN_ORIGIN)
+            warned = self._claims_warned
+            if key not in warned:
+                if len(warned) >= MAX_CLAIM_WARNINGS:
+                    warned.clear()
+                warned.add(key)
+                log.warning("conversation %r %s: a delta from %r claims enable %d of this "
+                            "replica, which made only %d (a forging peer, or damage); joined, "
+                            "so this replica's next enable of it comes after the claim",
+                            cid[:80], name, origin or "an unknown origin", claimed, own)

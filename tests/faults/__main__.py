@@ -87,7 +87,7 @@ def _sim_lines(sim: dict[str, Any]) -> list[str]:
     lines.append(f"  longest convergence after heal: {sim['max_converge_virtual_ms_after_heal']}"
                  f" ms of virtual time; by clock spread (runs, longest ms): {spread}")
     lines.append("  (synced: +-50 ms, skewed: +-2.5 min, wild: +-1 h; beyond the 5 min drift "
-                 "bound a peer's deltas wait for time to pass)")
+                 "bound a peer's values stamped ahead are held until time passes)")
     lines.append(_outcome(sim, "diverged_runs", "errors"))
     if sim["failing_seeds"]:
         lines.append(f"  FAILING SEEDS {sim['failing_seeds']} (replay: python -m "

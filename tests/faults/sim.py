@@ -345,7 +345,8 @@ class Simulation:
         self.replicas[i] = self._open(i)
 
     def trim(self) -> None:
-        self.rng.choice(self.replicas).trim_log()
+        # What a Node does every second: apply held values now due, trim the log.
+        self.rng.choice(self.replicas).housekeeping()
 
     def tick(self) -> None:
         dt = self.rng.choice([0.5, 1.0, 3.0, 6.0, 21.0])
@@ -386,6 +387,10 @@ class Simulation:
         healed_at = self.wall_ms
         n = len(self.replicas)
         for _ in range(self.config.heal_rounds):
+            for r in self.replicas:  # a Node's housekeeping: held values now due
+                if r.status()["pending"]["count"]:
+                    self.result.faults["clock_held"] += 1
+                r.apply_pending()
             self.wires.clear()
             for i in range(n):
                 for j in range(i + 1, n):

@@ -1118,14 +1118,14 @@ def test_set_register_refuses_a_register_that_is_not_clocked(tmp_path):
     # Regression: stamped with the hybrid clock but not advanced past by receivers, a
     # causally later write could lose.
     schema = crdtim.DEFAULT_SCHEMA.extend(
-        crdtim.Field("nickname", 6, Lww), crdtim.Field("draft", 7, Lww, clocked=True))
+        crdtim.Field("nickname", 64, Lww), crdtim.Field("folder", 65, Lww, clocked=True))
     with Replica.open(tmp_path / "r", schema=schema) as r:
         with pytest.raises(InvalidArgument, match="not a clocked register"):
             r.set_register("c", "nickname", "x")
         with pytest.raises(InvalidArgument):
             r.set_register("c", "last_message", "x")
-        r.set_register("c", "draft", "hello")
-        assert r.get("c").extra["draft"] == "hello"
+        r.set_register("c", "folder", "hello")
+        assert r.get("c").extra["folder"] == "hello"
 
 
 def test_a_delta_claiming_enables_this_replica_never_made_is_refused(tmp_path):

@@ -10,6 +10,7 @@ from .conversation import (
     ConversationMap,
     Field,
     Schema,
+    clear_covered,
     conversation_view,
     join_fields,
     novel_fields,
@@ -18,13 +19,15 @@ from .conversation import (
 from .flag import CausalContext, Flag
 from .hlc import DEFAULT_MAX_DRIFT_MS, ClockDriftError, Hlc
 from .lattice import Lattice
-from .lww import BOTTOM_STAMP, Lww, Stamp
+from .lww import BOTTOM_STAMP, Lww, LwwInt, Stamp
+from .maxmap import MAX_READ_BY_MEMBERS, MaxMap
 from .maxreg import MaxReg
 
 __all__ = [
     "BOTTOM_STAMP",
     "DEFAULT_MAX_DRIFT_MS",
     "DEFAULT_SCHEMA",
+    "MAX_READ_BY_MEMBERS",
     "CausalContext",
     "ClockDriftError",
     "Conversation",
@@ -34,9 +37,12 @@ __all__ = [
     "Hlc",
     "Lattice",
     "Lww",
+    "LwwInt",
+    "MaxMap",
     "MaxReg",
     "Schema",
     "Stamp",
+    "clear_covered",
     "conversation_view",
     "join_fields",
     "novel_fields",

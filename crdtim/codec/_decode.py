@@ -25,8 +25,6 @@ from ..crdt import (
     ConversationMap,
     Flag,
     Lww,
-    LwwInt,
-    MaxMap,
     MaxReg,
     Schema,
     Stamp,

@@ -32,7 +32,7 @@ def _flat(pairs: Any, ids: dict[str, int]) -> list[int]:
 
 def encode_field_map(fields: Fields, ids: dict[str, int], schema: Schema) -> dict[int, Any]:
     by_name = schema.by_name
-    out = {}
+    out: dict[int, Any] = {}
     for name, state in fields.items():
         f = by_name[name]
         lattice = f.lattice

@@ -4,6 +4,7 @@ Nothing here imports the rest of the package but crdtim.errors, the bottom layer
 classes only), so that the clock raises the same ClockDriftError the replica does.
 """
 
+from . import features
 from .conversation import (
     DEFAULT_SCHEMA,
     Conversation,
@@ -44,6 +45,7 @@ __all__ = [
     "Stamp",
     "clear_covered",
     "conversation_view",
+    "features",
     "join_fields",
     "novel_fields",
     "trusted_map",

@@ -196,7 +196,7 @@ def test_plain_ls_is_a_table_with_markers_and_a_next_page_hint(cli, data):
     assert status == 0
     header, first, second, third = out.splitlines()
     assert header.split() == ["PIN", "MUTE", "UNREAD", "ID", "TITLE", "LAST", "AT", "LAST",
-                              "MESSAGE"]
+                              "MESSAGE", "NOTES"]  # NOTES: the features set, empty here
     assert first.split()[:4] == ["pin", "3", "c1", "Family"]
     assert first.split()[4][:10] in ("2023-11-14", "2023-11-15")  # local time, any zone
     assert first.endswith(" " + "x" * 37 + "...")  # long previews are cut

@@ -123,12 +123,13 @@ def stored_sizes(r: Replica, limit: int = 20_000) -> float:
 # -- a. durable single ops -------------------------------------------------------------------
 
 
-def populate(r: Replica, n_convs: int, batch: int = 10_000) -> None:
+def populate(r: Replica, n_convs: int, batch: int = 10_000, last_seq: int = 1) -> None:
+    """One message (sequence `last_seq`) and a title in each conversation."""
     for start in range(0, n_convs, batch):
         with r.batch():
             for i in range(start, min(n_convs, start + batch)):
                 c = cid(i)
-                r.message_arrived(c, 1, "first message of the conversation", at=T0 + i)
+                r.message_arrived(c, last_seq, "first message of the conversation", at=T0 + i)
                 r.set_title(c, f"Conversation {i}")
 
 
@@ -281,7 +282,9 @@ def make_deltas(cfg: argparse.Namespace, wd: Workdir) -> dict[str, Any]:
     n_convs, n = 1000, cfg.deltas
     adir = wd.fresh("deltas-A")
     a = Replica.open(adir, durability="nosync")
-    populate(a, n_convs)
+    # Read markers are of messages that have arrived (mark_read above last_seq is refused):
+    # the first message's seq is the plan's highest read marker.
+    populate(a, n_convs, last_seq=max(1, -(-n // n_convs)))
     init_delta = a.delta_since(0)
     first = a.head
     kinds, deltas = [], []

@@ -14,7 +14,19 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 # Pure: the lattices (specs/crdt.md) and the errors.
-from .crdt import DEFAULT_SCHEMA, Conversation, ConversationMap, Field, Flag, Lww, MaxReg, Schema
+from .crdt import (  # the conversation features' lattices
+    DEFAULT_SCHEMA,
+    MAX_READ_BY_MEMBERS,
+    Conversation,
+    ConversationMap,
+    Field,
+    Flag,
+    Lww,
+    LwwInt,
+    MaxMap,
+    MaxReg,
+    Schema,
+)
 from .errors import (
     ClockDriftError,
     ConfigError,
@@ -84,6 +96,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEFAULT_SCHEMA",
+    "MAX_READ_BY_MEMBERS",
     "Change",
     "ClockDriftError",
     "ConfigError",
@@ -99,6 +112,8 @@ __all__ = [
     "LocalProtocolError",
     "LogTrimmedError",
     "Lww",
+    "LwwInt",
+    "MaxMap",
     "MaxReg",
     "Node",
     "NodeConfig",

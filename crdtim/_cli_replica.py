@@ -73,7 +73,7 @@ def cmd_unpin(args: argparse.Namespace) -> int:
 
 
 def cmd_mute(args: argparse.Namespace) -> int:
-    return _mutate(args, lambda r: r.mute(args.cid))
+    return _mutate(args, lambda r: r.mute(args.cid, until=args.until))
 
 
 def cmd_unmute(args: argparse.Namespace) -> int:
@@ -105,7 +105,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     with existing_replica(args) as replica:
-        page = replica.list(args.limit, args.cursor)
+        page = replica.list(args.limit, args.cursor, archived=args.archived,
+                            unread=True if args.unread else None,
+                            pinned=True if args.pinned else None)
     if args.json:
         term.print_json({"items": [c.as_dict() for c in page.items], "cursor": page.cursor,
                      "has_more": page.has_more})
@@ -113,20 +115,23 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not page.items:
         print("no conversations" if args.cursor is None else "no more conversations")
         return EXIT_OK
-    rows = [("PIN", "MUTE", "UNREAD", "ID", "TITLE", "LAST AT", "LAST MESSAGE")]
+    rows = [("PIN", "MUTE", "UNREAD", "ID", "TITLE", "LAST AT", "LAST MESSAGE", "NOTES")]
     for c in page.items:
         rows.append((
             "pin" if c.pinned else "",
             "mute" if c.muted else "",
-            str(c.unread) if c.unread else "",
+            str(c.unread) if c.unread else "*" if c.marked_unread else "",
             term.printable(c.id),
             term.cut(term.printable(c.title), TITLE_WIDTH),
             term.local_time(c.last_at) if c.last_at else "-",
             term.cut(term.printable(c.last_preview), PREVIEW_WIDTH),
+            term.notes(c),
         ))
     term.print_table(rows, right_aligned={2})
     if page.has_more:
         limit = "" if args.limit == 50 else f" --limit {args.limit}"
+        limit += "".join(f" --{name}" for name in ("archived", "unread", "pinned")
+                         if getattr(args, name))
         data = "" if args.data is None else f" --data {shlex.quote(args.data)}"
         print(f"more: crdtim{data} ls{limit} --cursor={page.cursor}")
     return EXIT_OK
@@ -232,7 +237,9 @@ REPLICA_COMMANDS: dict[str, Subcommand] = {
                         (CID, arg("text", metavar="TEXT", help="the new title"))),
     "pin": Subcommand(cmd_pin, "pin a conversation", (CID,)),
     "unpin": Subcommand(cmd_unpin, "unpin a conversation", (CID,)),
-    "mute": Subcommand(cmd_mute, "mute a conversation", (CID,)),
+    "mute": Subcommand(cmd_mute, "mute a conversation", (
+        CID, arg("--until", metavar="MS", type=whole_number, default=None,
+                 help="only until this time, ms since the epoch (default: until unmute)"))),
     "unmute": Subcommand(cmd_unmute, "unmute a conversation", (CID,)),
     "arrive": Subcommand(cmd_arrive, "record that message SEQ arrived in a conversation", (
         CID, SEQ,
@@ -245,6 +252,9 @@ REPLICA_COMMANDS: dict[str, Subcommand] = {
     "ls": Subcommand(cmd_ls, "list conversations: pinned first, then newest message first", (
         arg("--limit", metavar="N", type=positive, default=50, help="page size (default 50)"),
         arg("--cursor", metavar="C", default=None, help="continue after a previous page"),
+        arg("--archived", action="store_true", help="list the archive instead"),
+        arg("--unread", action="store_true", help="only unread (or marked unread) ones"),
+        arg("--pinned", action="store_true", help="only pinned ones"),
         JSON,
     )),
     "status": Subcommand(cmd_status, "replica id, log and peers", (JSON,)),

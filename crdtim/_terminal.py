@@ -27,6 +27,7 @@ __all__ = [
     "error",
     "local_time",
     "note",
+    "notes",
     "print_json",
     "print_pairs",
     "print_table",
@@ -64,10 +65,30 @@ def change_json(seq: int, change: Change) -> str:
 def show_value(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if key == "read_by":
+        return ", ".join(f"{printable(m)}: {n}" for m, n in sorted(value.items())) or "-"
+    if key == "muted_until":
+        return "-" if not value else f"{local_time(value)} ({value} ms)"
     if key == "last_at":
         shown = local_time(value)
         return "-" if not value else shown if shown.endswith(" ms") else f"{shown} ({value} ms)"
     return printable(str(value))
+
+
+def notes(c: Any) -> str:
+    """The `ls` NOTES column: the conversation features that are set (specs/crdt.md §6)."""
+    out = []
+    if c.archived:
+        out.append("archived")
+    if c.marked_unread:
+        out.append("marked unread")
+    if c.muted and c.muted_until:
+        out.append(f"muted until {local_time(c.muted_until)}")
+    if c.draft:
+        out.append("draft")
+    if c.read_by:
+        out.append(f"read by {len(c.read_by)}")
+    return ", ".join(out)
 
 
 def print_pairs(pairs: Mapping[str, str]) -> None:

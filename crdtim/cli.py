@@ -32,6 +32,7 @@ from ._cli_common import (
     arg,
     data_dir,
 )
+from ._cli_features import FEATURE_COMMANDS
 from ._cli_ops import OPS_COMMANDS
 from ._cli_replica import REPLICA_COMMANDS, WATCH_INTERVAL, watch_log
 from ._cli_serve import SERVE_COMMANDS
@@ -64,7 +65,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 # `crdtim --help` lists the commands in this order.
-COMMANDS: dict[str, Subcommand] = {**REPLICA_COMMANDS, **SERVE_COMMANDS, **TOOL_COMMANDS}
+COMMANDS: dict[str, Subcommand] = {**REPLICA_COMMANDS, **FEATURE_COMMANDS, **SERVE_COMMANDS,
+                                   **TOOL_COMMANDS}
 COMMANDS.update(OPS_COMMANDS)  # verify, backup, restore, unbind-peer (_cli_ops)
 
 

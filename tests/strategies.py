@@ -27,6 +27,8 @@ from crdtim.crdt import (
     Field,
     Flag,
     Lww,
+    LwwInt,
+    MaxMap,
     MaxReg,
     Schema,
     Stamp,
@@ -45,7 +47,7 @@ CONVERSATION_IDS = ("c1", "c2", "c3")
 TEXTS = ("", "a", "b", "hello")
 
 #: The default schema plus one user field, to check that everything is schema-driven.
-ARCHIVED = Field("archived", 6, Flag)
+ARCHIVED = Field("starred", 64, Flag)  # an app's own flag (tags 64..127)
 EXTENDED_SCHEMA = DEFAULT_SCHEMA.extend(ARCHIVED)
 
 replica_ids = st.sampled_from(REPLICA_IDS)
@@ -66,6 +68,28 @@ def lwws(allow_bottom: bool = True) -> st.SearchStrategy[Lww]:
 
 def maxregs() -> st.SearchStrategy[MaxReg]:
     return st.integers(0, 8).map(MaxReg)
+
+
+def lww_ints() -> st.SearchStrategy[LwwInt]:
+    """muted_until registers: a few times, 0 (until unmuted) among them."""
+    return st.one_of(st.just(LwwInt.bottom()), st.builds(LwwInt, stamps, st.integers(0, 4)))
+
+
+MEMBERS = ("ann", "bob", "cy", "dee", "eve")
+
+
+class SmallMaxMap(MaxMap):
+    """A read-position map bounded to 3 members, so that draws exercise the join's top-k
+    truncation (the real bound, 1024, is out of a small draw's reach)."""
+
+    __slots__ = ()
+    LIMIT = 3
+
+
+def maxmaps(cls: type[MaxMap] = MaxMap) -> st.SearchStrategy[MaxMap]:
+    """Any canonical map: members from a small alphabet, positions 0..4 (zeros dropped)."""
+    return st.dictionaries(st.sampled_from(MEMBERS), st.integers(0, 4), max_size=5).map(
+        cls.bounded)
 
 
 # -- causal contexts and flags ----------------------------------------------------------------
@@ -124,6 +148,8 @@ _FIELD_STATES: dict[type, Callable[[], st.SearchStrategy]] = {
     Lww: lwws,
     MaxReg: maxregs,
     Flag: flags,
+    LwwInt: lww_ints,
+    MaxMap: maxmaps,
 }
 
 
@@ -147,7 +173,20 @@ def map_deltas(draw: Callable, state: ConversationMap) -> ConversationMap:
     schema = state.schema
     cid = draw(conversation_ids)
     flag_names = [f.name for f in schema.fields if f.lattice is Flag]
-    op = draw(st.sampled_from(("title", "enable", "disable", "arrive", "read")))
+    op = draw(st.sampled_from(("title", "enable", "disable", "arrive", "read", "archive",
+                               "unarchive", "delete", "mark_unread", "mute", "read_by")))
+    if op == "archive":
+        return state.archive(cid, draw(replica_ids), draw(st.booleans()))
+    if op == "unarchive":
+        return state.unarchive(cid)
+    if op == "delete":
+        return state.delete(cid, draw(st.integers(0, 4)))
+    if op == "mark_unread":
+        return state.mark_unread(cid, draw(replica_ids))
+    if op == "mute":
+        return state.mute(cid, draw(replica_ids), draw(st.integers(0, 4)), draw(stamps))
+    if op == "read_by":
+        return state.mark_read_by(cid, draw(st.sampled_from(MEMBERS)), draw(st.integers(0, 6)))
     if op == "title":
         return state.set_title(cid, draw(texts), draw(stamps))
     if op == "enable":

@@ -153,6 +153,8 @@ def test_every_mutating_command_shows_in_show_and_ls(cli):
     assert shown(cli, "c1") == {
         "id": "c1", "title": "Family", "pinned": False, "muted": False, "unread": 1,
         "last_seq": 5, "read_seq": 4, "last_preview": "see you", "last_at": 1_700_000_000_000,
+        "archived": False, "deleted": False, "marked_unread": False, "draft": "",
+        "muted_until": 0, "read_by": {},
     }
 
     status, out, _ = cli("ls", "--json")
@@ -174,11 +176,14 @@ def test_plain_show_is_aligned_key_value_lines(cli):
     lines = out.splitlines()
     keys = [line.split(":", 1)[0] for line in lines]
     assert keys == ["id", "title", "pinned", "muted", "unread", "last_seq", "read_seq",
-                    "last_preview", "last_at"]
-    assert all(line[13] == " " and line[14] != " " for line in lines)  # values line up
-    assert "pinned:       yes" in lines and "muted:        no" in lines
-    assert "unread:       3" in lines
-    assert lines[-1].startswith("last_at:      2023-11-1") and "(1700000000000 ms)" in lines[-1]
+                    "last_preview", "last_at", "archived", "deleted", "marked_unread", "draft",
+                    "muted_until", "read_by"]
+    # values line up, after the longest key ("marked_unread:") and one space
+    assert all(line[14] == " " and line[15] != " " for line in lines if not line.endswith(":"))
+    assert "pinned:        yes" in lines and "muted:         no" in lines
+    assert "unread:        3" in lines
+    last_at = lines[keys.index("last_at")]
+    assert last_at.startswith("last_at:       2023-11-1") and "(1700000000000 ms)" in last_at
 
 
 def test_plain_ls_is_a_table_with_markers_and_a_next_page_hint(cli, data):
@@ -191,7 +196,7 @@ def test_plain_ls_is_a_table_with_markers_and_a_next_page_hint(cli, data):
     assert status == 0
     header, first, second, third = out.splitlines()
     assert header.split() == ["PIN", "MUTE", "UNREAD", "ID", "TITLE", "LAST", "AT", "LAST",
-                              "MESSAGE"]
+                              "MESSAGE", "NOTES"]  # NOTES: the features set, empty here
     assert first.split()[:4] == ["pin", "3", "c1", "Family"]
     assert first.split()[4][:10] in ("2023-11-14", "2023-11-15")  # local time, any zone
     assert first.endswith(" " + "x" * 37 + "...")  # long previews are cut
@@ -406,7 +411,7 @@ def test_watch_log_emits_each_change_once_as_it_is_logged(data):
         assert naps == [0.2] * 4
         assert seen == [(2, "c1", ["title"], "local"),
                         (3, "c2", ["last_message", "last_seq"], "local"),
-                        (4, "c1", ["muted"], "local")]
+                        (4, "c1", ["muted", "muted_until"], "local")]
         assert last == r.head == 4
 
 

@@ -19,7 +19,10 @@ from hypothesis import strategies as st
 import strategies as s
 from crdtim import codec
 from crdtim.codec import DEFAULT_LIMITS, FORMAT_VERSION, Limits, decode_fields, decode_map
-from crdtim.crdt import DEFAULT_SCHEMA, ConversationMap, Flag, Lww, MaxReg, Stamp
+from crdtim.crdt import (
+    DEFAULT_SCHEMA, MAX_READ_BY_MEMBERS, ConversationMap, Flag, Lww, LwwInt, MaxMap, MaxReg, Stamp
+)
+from crdtim.crdt.maxmap import valid_member
 from crdtim.errors import DecodeError
 
 SCHEMAS = [DEFAULT_SCHEMA, s.EXTENDED_SCHEMA]
@@ -34,6 +37,12 @@ def check_valid_fields(fields: dict[str, Any], schema) -> None:
             assert all(state.context.contains(d) for d in state.dots)
         elif lattice is Lww:
             assert type(state.value) is str and state.stamp.replica
+        elif lattice is LwwInt:
+            assert type(state.value) is int and state.value >= 0 and state.stamp.replica
+        elif lattice is MaxMap:
+            assert len(state.entries) <= MAX_READ_BY_MEMBERS
+            assert all(valid_member(m) and type(n) is int and n > 0
+                       for m, n in state.entries.items())
         else:
             assert type(state.value) is int and state.value > 0
 

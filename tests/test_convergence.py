@@ -13,6 +13,18 @@ all replicas must be equal and equal a plain model that does not use the lattice
   delta carries nothing else);
 - last_seq / read_seq: max of the arrived / read sequences; unread = max(0, last - read);
 - last message: the arrival with the largest (at, seq, replica), then preview.
+
+and the conversation features (specs/crdt.md §6), by the same add-wins rule for their
+flags (archived, archive_keep, marked_unread, and muted, which mark_read, unarchive and
+unmute disable):
+- archived: the flag, and keep or (last_seq <= the largest last_seq and last_at <= the
+  largest last_at any archive saw);
+- delete: cleared_at = the largest max(wall, last_at seen); it raises read_seq to the last_seq
+  it saw; the last message is shown only if newer than cleared_at; deleted iff cleared and
+  no newer message;
+- draft: the text of the largest stamp; muted_until: the `until` of the mute with the largest
+  stamp, shown while muted, and muted reads false from that time on;
+- read_by: per member, the largest position.
 """
 
 from __future__ import annotations
@@ -53,6 +65,11 @@ class Op:
     seq: int = 0
     at: int = 0
     observed: frozenset[int] = frozenset()  # flag ops this op had seen (flag ops only)
+    # The flags the op enables or disables, flag -> "enable" | "disable" (enable and disable
+    # ops: their one flag), and per flag the ops of that flag it had seen.
+    effects: dict[str, str] = field(default_factory=dict)
+    seen: dict[str, frozenset[int]] = field(default_factory=dict)
+    member: str = ""
 
 
 @dataclass
@@ -95,9 +112,13 @@ class Convergence(RuleBasedStateMachine):
         node = self.nodes[i]
         op = Op(id=len(self.ops), replica=i, **op_kwargs)
         if op.kind in ("enable", "disable"):
-            key = (op.cid, op.flag)
-            op.observed = node.flag_seen.get(key, frozenset()) | {op.id}
-            node.flag_seen[key] = op.observed
+            op.effects = {op.flag: op.kind}
+        for flag in op.effects:
+            key = (op.cid, flag)
+            op.seen[flag] = node.flag_seen.get(key, frozenset()) | {op.id}
+            node.flag_seen[key] = op.seen[flag]
+        if op.kind in ("enable", "disable"):
+            op.observed = op.seen[op.flag]
         self.ops.append(op)
         node.state = node.state.join(op.delta)
         node.known.add(op.id)
@@ -112,9 +133,9 @@ class Convergence(RuleBasedStateMachine):
             node.clock = hlc.receive(node.clock, remote, self.wall(node))
         node.state = node.state.join(op.delta)
         node.known.add(op.id)
-        if op.kind in ("enable", "disable"):
-            key = (op.cid, op.flag)
-            node.flag_seen[key] = node.flag_seen.get(key, frozenset()) | op.observed
+        for flag, seen in op.seen.items():
+            key = (op.cid, flag)
+            node.flag_seen[key] = node.flag_seen.get(key, frozenset()) | seen
 
     # -- local ops --------------------------------------------------------------------------
 
@@ -160,7 +181,73 @@ class Convergence(RuleBasedStateMachine):
     def read(self, data, cid, seq):
         i = self.node_index(data)
         delta = self.nodes[i].state.mark_read(cid, seq)
-        self.record(i, dict(kind="read", cid=cid, seq=seq, delta=delta))
+        self.record(i, dict(kind="read", cid=cid, seq=seq, delta=delta,
+                            effects={"marked_unread": "disable"}))
+
+    # -- the conversation features (specs/crdt.md §6) -------------------------------------
+
+    def position(self, i: int, cid: str) -> tuple[int, int]:
+        """(last_seq, last_at) of `cid` as replica i sees it now."""
+        view = self.nodes[i].state.view(cid)
+        return (0, 0) if view is None else (view.last_seq, view.last_at)
+
+    @rule(data=st.data(), cid=st.sampled_from(CIDS), keep=st.booleans())
+    def archive(self, data, cid, keep):
+        i = self.node_index(data)
+        seq, at = self.position(i, cid)
+        delta = self.nodes[i].state.archive(cid, self.nodes[i].rid, keep)
+        self.record(i, dict(kind="archive", cid=cid, seq=seq, at=at, delta=delta, effects={
+            "archived": "enable", "archive_keep": "enable" if keep else "disable"}))
+
+    @rule(data=st.data(), cid=st.sampled_from(CIDS))
+    def unarchive(self, data, cid):
+        i = self.node_index(data)
+        delta = self.nodes[i].state.unarchive(cid)
+        self.record(i, dict(kind="unarchive", cid=cid, delta=delta,
+                            effects={"archived": "disable", "archive_keep": "disable"}))
+
+    @rule(data=st.data(), cid=st.sampled_from(CIDS))
+    def delete(self, data, cid):
+        i = self.node_index(data)
+        seq, at = self.position(i, cid)
+        wall = self.wall(self.nodes[i]) % 5  # message times are 0..3: both sides of them
+        delta = self.nodes[i].state.delete(cid, wall)
+        self.record(i, dict(kind="delete", cid=cid, seq=seq, at=max(wall, at), delta=delta))
+
+    @rule(data=st.data(), cid=st.sampled_from(CIDS))
+    def mark_unread(self, data, cid):
+        i = self.node_index(data)
+        delta = self.nodes[i].state.mark_unread(cid, self.nodes[i].rid)
+        self.record(i, dict(kind="mark_unread", cid=cid, delta=delta,
+                            effects={"marked_unread": "enable"}))
+
+    def tick(self, i: int) -> Stamp:
+        node = self.nodes[i]
+        node.clock = hlc.tick(node.clock, self.wall(node))
+        return Stamp(node.clock.wall, node.clock.counter, node.rid)
+
+    @rule(data=st.data(), cid=st.sampled_from(CIDS), text=st.sampled_from(TEXTS))
+    def draft(self, data, cid, text):
+        i = self.node_index(data)
+        stamp = self.tick(i)
+        delta = self.nodes[i].state.set_register(cid, "draft", text, stamp)
+        self.record(i, dict(kind="draft", cid=cid, delta=delta, text=text, stamp=stamp))
+
+    @rule(data=st.data(), cid=st.sampled_from(CIDS), until=st.integers(-1, 4))
+    def mute_until(self, data, cid, until):
+        i = self.node_index(data)
+        end = 0 if until < 0 else self.now + until  # 0: until unmuted
+        stamp = self.tick(i)
+        delta = self.nodes[i].state.mute(cid, self.nodes[i].rid, end, stamp)
+        self.record(i, dict(kind="mute", cid=cid, delta=delta, seq=end, stamp=stamp,
+                            effects={"muted": "enable"}))
+
+    @rule(data=st.data(), cid=st.sampled_from(CIDS), member=st.sampled_from(("ann", "bob")),
+          seq=st.integers(0, 6))
+    def read_by(self, data, cid, member, seq):
+        i = self.node_index(data)
+        delta = self.nodes[i].state.mark_read_by(cid, member, seq)
+        self.record(i, dict(kind="read_by", cid=cid, member=member, seq=seq, delta=delta))
 
     # -- time -------------------------------------------------------------------------------
 
@@ -236,7 +323,7 @@ class Convergence(RuleBasedStateMachine):
         for node in self.nodes:
             assert node.state.join(self.everything) == self.everything
         # ... which must be what the plain model says.
-        assert views(self.everything) == self.model()
+        assert views(self.everything, self.now) == self.model()
 
     def teardown(self):
         for j, node in enumerate(self.nodes):
@@ -249,7 +336,7 @@ class Convergence(RuleBasedStateMachine):
         first = self.nodes[0].state if self.nodes else ConversationMap()
         for node in self.nodes:
             assert node.state == first
-            assert views(node.state) == self.model()
+            assert views(node.state, self.now) == self.model()
 
     def model(self) -> dict[str, Conversation]:
         out = {}
@@ -258,22 +345,43 @@ class Convergence(RuleBasedStateMachine):
             titles = [op for op in ops if op.kind == "title"]
             arrivals = [op for op in ops if op.kind == "arrive"]
             last_seq = max((op.seq for op in arrivals), default=0)
-            read_seq = max((op.seq for op in ops if op.kind == "read"), default=0)
+            read_seq = max((op.seq for op in ops if op.kind in ("read", "delete")), default=0)
             last = max(
                 arrivals,
                 key=lambda op: (op.at, op.seq, self.nodes[op.replica].rid, op.text),
                 default=None,
             )
+            cleared = max((op.at for op in ops if op.kind == "delete"), default=None)
+            if last is not None and cleared is not None and last.at <= cleared:
+                last = None  # dropped by the delete
+            last_at = last.at if last else 0
+            archives = [op for op in ops if op.kind == "archive"]
+            drafts = [op for op in ops if op.kind == "draft"]
+            mutes = [op for op in ops if op.kind == "mute"]
+            muted = add_wins(ops, "muted")
+            until = max(mutes, key=lambda op: op.stamp).seq if muted and mutes else 0
+            read_by: dict[str, int] = {}
+            for op in ops:
+                if op.kind == "read_by" and op.seq > read_by.get(op.member, 0):
+                    read_by[op.member] = op.seq
             conv = Conversation(
                 id=cid,
                 title=max(titles, key=lambda op: op.stamp).text if titles else "",
                 pinned=add_wins(ops, "pinned"),
-                muted=add_wins(ops, "muted"),
+                muted=muted and (until == 0 or self.now < until),
                 unread=max(0, last_seq - read_seq),
                 last_seq=last_seq,
                 read_seq=read_seq,
                 last_preview=last.text if last else "",
-                last_at=last.at if last else 0,
+                last_at=last_at,
+                archived=add_wins(ops, "archived") and (add_wins(ops, "archive_keep") or (
+                    last_seq <= max((op.seq for op in archives), default=0)
+                    and last_at <= max((op.at for op in archives), default=0))),
+                deleted=cleared is not None and cleared > 0 and last_at <= cleared,
+                marked_unread=add_wins(ops, "marked_unread"),
+                draft=max(drafts, key=lambda op: op.stamp).text if drafts else "",
+                muted_until=until,
+                read_by=read_by,
             )
             if conv != Conversation(cid):
                 out[cid] = conv
@@ -281,17 +389,17 @@ class Convergence(RuleBasedStateMachine):
 
 
 def add_wins(ops: list[Op], flag: str) -> bool:
-    enables = [op.id for op in ops if op.kind == "enable" and op.flag == flag]
-    disables = [op for op in ops if op.kind == "disable" and op.flag == flag]
-    return any(all(e not in d.observed for d in disables) for e in enables)
+    enables = [op.id for op in ops if op.effects.get(flag) == "enable"]
+    disables = [op for op in ops if op.effects.get(flag) == "disable"]
+    return any(all(e not in d.seen[flag] for d in disables) for e in enables)
 
 
-def views(m: ConversationMap) -> dict[str, Conversation]:
+def views(m: ConversationMap, now: int = 0) -> dict[str, Conversation]:
     # A conversation whose fields are all at bottom is absent from the map; the model leaves
     # out a conversation whose view is all defaults (e.g. only a disable of an unset flag).
     out = {}
     for cid in m:
-        view = m.view(cid)
+        view = m.view(cid, now)
         if view != Conversation(cid):
             out[cid] = view
     return out

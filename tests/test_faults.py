@@ -101,6 +101,7 @@ def test_the_checker_accepts_converged_replicas_and_follows_the_rules(open_repli
     ops.append(_acked(b, "title", "c", text="second"))
     ops.append(_acked(a, "arrive", "c", text="hi", seq=7, at=5))
     ops.append(_acked(b, "arrive", "c", text="older", seq=2, at=4))
+    _sync(a, b)  # b reads message 3, so it must have it (specs/crdt.md §6)
     ops.append(_acked(b, "read", "c", seq=3))
     ops.append(_acked(a, "read", "c", seq=1))  # below the marker: logs nothing, still acked
     _sync(a, b)
@@ -120,7 +121,7 @@ def test_the_checker_accepts_converged_replicas_and_follows_the_rules(open_repli
 
 def test_the_checker_flags_a_lost_write_and_a_divergence(open_replica):
     a, b = open_replica("a"), open_replica("b")
-    ops = [_acked(a, "title", "c", text="kept"), _acked(b, "read", "d", seq=4)]
+    ops = [_acked(a, "title", "c", text="kept"), _acked(b, "arrive", "d", seq=4, at=1)]
     _sync(a, b)
     ops.append(_acked(a, "enable", "c", "pinned"))  # never reaches b: lost there
     verdict = check({"a": a.state(), "b": b.state()}, ops)
@@ -183,7 +184,7 @@ def test_a_call_killed_in_progress_may_or_may_not_take_effect(open_replica):
     assert not verdict.ok and len(verdict.wrong) == 2
     # ...and the acknowledged ops are still required: dropping one is caught.
     verdict = check({"a": a.state(), "b": b.state()},
-                    [*ops, _acked(b, "read", "d", seq=4)], [(a.id, i) for i in killed])
+                    [*ops, _acked(b, "arrive", "d", seq=4, at=1)], [(a.id, i) for i in killed])
     assert verdict.lost_ops == 1 and "missing at a" in verdict.lost[0]
 
 
@@ -235,7 +236,10 @@ def test_the_simulation_flags_a_call_that_silently_does_nothing(monkeypatch, bro
         monkeypatch.setattr(Replica, "enable", lambda self, cid, flag: None
                             if flag == "pinned" else enable(self, cid, flag))
     summary = run_many(20, first_seed=0)
-    assert summary.lost_writes > 0 and len(summary.failing_seeds) > 10
+    # A read lands only on a conversation with arrivals at that replica (mark_read above
+    # last_seq is refused, specs/crdt.md §6), so fewer runs hold a read that changes anything.
+    assert summary.lost_writes > 0 and len(summary.failing_seeds) > (
+        5 if broken == "mark_read" else 10)
 
 
 def test_the_simulation_flags_a_write_that_a_crash_leaves_half_done(monkeypatch):

@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 
 import strategies as s
 from crdtim import codec
-from crdtim.crdt import CausalContext, ConversationMap, Flag, Lww, MaxReg, Stamp, join_fields
+from crdtim.crdt import (
+    CausalContext, ConversationMap, Flag, Lww, LwwInt, MaxMap, MaxReg, Stamp, join_fields
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class LatticeCase:
 LATTICES = [
     LatticeCase("Lww", s.lwws(), Lww.bottom()),
     LatticeCase("MaxReg", s.maxregs(), MaxReg.bottom()),
+    LatticeCase("LwwInt", s.lww_ints(), LwwInt.bottom()),
+    LatticeCase("MaxMap", s.maxmaps(), MaxMap.bottom()),
+    # The join's top-k truncation, reached with a bound of 3 members (specs/crdt.md §3a).
+    LatticeCase("MaxMap[limit 3]", s.maxmaps(s.SmallMaxMap), s.SmallMaxMap.bottom()),
     LatticeCase("Flag", s.flags(), Flag.bottom()),
     LatticeCase("CausalContext", s.contexts(), CausalContext()),
     LatticeCase("ConversationMap", s.conversation_maps(), ConversationMap.bottom()),
@@ -258,9 +264,107 @@ def map_message_arrived(draw: Callable) -> Mutation:
 
 @st.composite
 def map_mark_read(draw: Callable) -> Mutation:
+    # Reads up to n and removes the marks as unread seen so far.
     m, cid, n = draw(s.conversation_maps()), draw(s.conversation_ids), draw(st.integers(0, 10))
-    expected = with_fields(m, cid, {"read_seq": MaxReg(max(current(m, cid, "read_seq").value, n))})
-    return Mutation(m, m.mark_read(cid, n), expected, {cid: {"read_seq"}})
+    expected = with_fields(m, cid, {
+        "read_seq": MaxReg(max(current(m, cid, "read_seq").value, n)),
+        "marked_unread": model_disable(current(m, cid, "marked_unread")),
+    })
+    return Mutation(m, m.mark_read(cid, n), expected, {cid: {"read_seq", "marked_unread"}})
+
+
+@st.composite
+def lww_int_set(draw: Callable) -> Mutation:
+    state = draw(s.lww_ints())
+    value, stamp = draw(st.integers(0, 9)), draw(fresh_stamps(state.stamp))
+    return Mutation(state, state.set(value, stamp), LwwInt(stamp, value))
+
+
+@st.composite
+def maxmap_raise(draw: Callable) -> Mutation:
+    cls = draw(st.sampled_from([MaxMap, s.SmallMaxMap]))
+    state, member, n = draw(s.maxmaps(cls)), draw(st.sampled_from(s.MEMBERS)), draw(st.integers(0, 6))
+    # The model: the member's position is max(old, n), then the top LIMIT by (seq, member).
+    entries = dict(state.entries)
+    entries[member] = max(entries.get(member, 0), n)
+    ranked = sorted(((v, k) for k, v in entries.items() if v), reverse=True)[: cls.LIMIT]
+    return Mutation(state, state.raise_to(member, n), cls({k: v for v, k in ranked}))
+
+
+def last_at(m: ConversationMap, cid: str) -> int:
+    return current(m, cid, "last_message").stamp.wall
+
+
+def seq_of(m: ConversationMap, cid: str, name: str) -> int:
+    return current(m, cid, name).value
+
+
+@st.composite
+def map_archive(draw: Callable) -> Mutation:
+    m, cid, replica = draw(s.conversation_maps()), draw(s.conversation_ids), draw(s.replica_ids)
+    keep = draw(st.booleans())
+    keep_flag = current(m, cid, "archive_keep")
+    expected = with_fields(m, cid, {
+        "archived": model_enable(current(m, cid, "archived"), replica),
+        "archived_seq": MaxReg(max(seq_of(m, cid, "archived_seq"), seq_of(m, cid, "last_seq"))),
+        "archived_at": MaxReg(max(seq_of(m, cid, "archived_at"), last_at(m, cid))),
+        "archive_keep": model_enable(keep_flag, replica) if keep else model_disable(keep_flag),
+    })
+    names = {"archived", "archived_seq", "archived_at", "archive_keep"}
+    return Mutation(m, m.archive(cid, replica, keep), expected, {cid: names})
+
+
+@st.composite
+def map_unarchive(draw: Callable) -> Mutation:
+    m, cid = draw(s.conversation_maps()), draw(s.conversation_ids)
+    expected = with_fields(m, cid, {
+        "archived": model_disable(current(m, cid, "archived")),
+        "archive_keep": model_disable(current(m, cid, "archive_keep")),
+    })
+    return Mutation(m, m.unarchive(cid), expected, {cid: {"archived", "archive_keep"}})
+
+
+@st.composite
+def map_delete(draw: Callable) -> Mutation:
+    # cleared_at = max(now, last_at), read_seq = last_seq; the last message is dropped (the
+    # constructor's normalization, i.e. the plain model of clear_covered).
+    m, cid, now = draw(s.conversation_maps()), draw(s.conversation_ids), draw(st.integers(0, 5))
+    expected = with_fields(m, cid, {
+        "cleared_at": MaxReg(max(seq_of(m, cid, "cleared_at"), now, last_at(m, cid))),
+        "read_seq": MaxReg(max(seq_of(m, cid, "read_seq"), seq_of(m, cid, "last_seq"))),
+    })
+    assert "last_message" not in expected.fields(cid)
+    return Mutation(m, m.delete(cid, now), expected, {cid: {"cleared_at", "read_seq"}})
+
+
+@st.composite
+def map_mark_unread(draw: Callable) -> Mutation:
+    m, cid, replica = draw(s.conversation_maps()), draw(s.conversation_ids), draw(s.replica_ids)
+    expected = with_fields(
+        m, cid, {"marked_unread": model_enable(current(m, cid, "marked_unread"), replica)})
+    return Mutation(m, m.mark_unread(cid, replica), expected, {cid: {"marked_unread"}})
+
+
+@st.composite
+def map_mute(draw: Callable) -> Mutation:
+    m, cid, replica = draw(s.conversation_maps()), draw(s.conversation_ids), draw(s.replica_ids)
+    until = draw(st.integers(0, 9))
+    stamp = draw(fresh_stamps(current(m, cid, "muted_until").stamp))
+    expected = with_fields(m, cid, {
+        "muted": model_enable(current(m, cid, "muted"), replica),
+        "muted_until": LwwInt(stamp, until),
+    })
+    return Mutation(m, m.mute(cid, replica, until, stamp), expected, {cid: {"muted", "muted_until"}})
+
+
+@st.composite
+def map_mark_read_by(draw: Callable) -> Mutation:
+    m, cid = draw(s.conversation_maps()), draw(s.conversation_ids)
+    member, n = draw(st.sampled_from(s.MEMBERS)), draw(st.integers(0, 6))
+    entries = dict(current(m, cid, "read_by").entries)
+    entries[member] = max(entries.get(member, 0), n)
+    expected = with_fields(m, cid, {"read_by": MaxMap.bounded(entries)})
+    return Mutation(m, m.mark_read_by(cid, member, n), expected, {cid: {"read_by"}})
 
 
 MUTATORS = [
@@ -274,6 +378,14 @@ MUTATORS = [
     MutatorCase("ConversationMap.raise_to", map_raise_to()),
     MutatorCase("ConversationMap.message_arrived", map_message_arrived()),
     MutatorCase("ConversationMap.mark_read", map_mark_read()),
+    MutatorCase("LwwInt.set", lww_int_set()),
+    MutatorCase("MaxMap.raise_to", maxmap_raise()),
+    MutatorCase("ConversationMap.archive", map_archive()),
+    MutatorCase("ConversationMap.unarchive", map_unarchive()),
+    MutatorCase("ConversationMap.delete", map_delete()),
+    MutatorCase("ConversationMap.mark_unread", map_mark_unread()),
+    MutatorCase("ConversationMap.mute", map_mute()),
+    MutatorCase("ConversationMap.mark_read_by", map_mark_read_by()),
 ]
 
 

@@ -45,6 +45,7 @@ async def test_three_nodes_converge(open_replica):
     async with node(a) as na, node(b, na) as nb, node(c, na, nb) as nc:
         b.pin("c1")
         c.message_arrived("c2", 7, "hello", at=1000)
+        a.message_arrived("c2", 5, "earlier", at=900)  # a read is of a message seen here
         a.mark_read("c2", 5)
         with b.batch():
             for i in range(50):

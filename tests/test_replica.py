@@ -255,12 +255,32 @@ class ReplicaMachine(RuleBasedStateMachine):
             changed = True
         return changed
 
+    def reads_unseen(self, i: int, batch: list[tuple]) -> bool:
+        """Whether an op of the batch reads past the last_seq it would see."""
+        last = {cid: conv["last_seq"] for cid, conv in self.models[i].items()}
+        for kind, cid, *args in batch:
+            if kind == "arrive":
+                last[cid] = max(last[cid], args[0])
+            elif kind == "read" and args[0] > last[cid]:
+                return True
+        return False
+
     def local(self, i: int, batch: list[tuple]) -> None:
         """Run ops on replica i (several: in one batch) and check them against the model."""
         self.time += 1000
         r = self.replicas[i]
         clock_before = self.max_title_clock(i)
         head_before = r.head
+        if self.reads_unseen(i, batch):
+            # mark_read above the conversation's last_seq is refused, and with it the whole
+            # batch (specs/crdt.md §6): nothing changes.
+            state_before = r.state()
+            with pytest.raises(InvalidArgument, match="record the message's arrival first"):
+                with r.batch():
+                    for op in batch:
+                        do(r, op)
+            assert r.head == head_before and r.state() == state_before
+            return
         if len(batch) == 1:
             do(r, batch[0])
         else:
@@ -606,7 +626,8 @@ def test_callback_subscription_sees_local_and_remote_changes(tmp_path):
         b.set_title("z", "1")
         b.mute("z")
         b.set_title("z", "2")
-    assert seen[3:] == [Change("z", frozenset({"title", "muted"}), "local", None)]
+    # (mute writes muted_until too: 0, until unmuted; specs/crdt.md §6)
+    assert seen[3:] == [Change("z", frozenset({"title", "muted", "muted_until"}), "local", None)]
 
     sub.close()
     b.set_title("x", "after")
@@ -627,7 +648,7 @@ async def test_trio_channel_subscription(tmp_path):
             break
     assert got == [
         Change("x", frozenset({"title"}), "local", None),
-        Change("y", frozenset({"muted"}), "remote", a.id),
+        Change("y", frozenset({"muted", "muted_until"}), "remote", a.id),
     ]
 
     # A slow consumer: past max_buffer, events are counted as dropped, not buffered.
@@ -1127,14 +1148,14 @@ def test_set_register_refuses_a_register_that_is_not_clocked(tmp_path):
     # Regression: stamped with the hybrid clock but not advanced past by receivers, a
     # causally later write could lose.
     schema = crdtim.DEFAULT_SCHEMA.extend(
-        crdtim.Field("nickname", 6, Lww), crdtim.Field("draft", 7, Lww, clocked=True))
+        crdtim.Field("nickname", 64, Lww), crdtim.Field("folder", 65, Lww, clocked=True))
     with Replica.open(tmp_path / "r", schema=schema) as r:
         with pytest.raises(InvalidArgument, match="not a clocked register"):
             r.set_register("c", "nickname", "x")
         with pytest.raises(InvalidArgument):
             r.set_register("c", "last_message", "x")
-        r.set_register("c", "draft", "hello")
-        assert r.get("c").extra["draft"] == "hello"
+        r.set_register("c", "folder", "hello")
+        assert r.get("c").extra["folder"] == "hello"
 
 
 def test_a_delta_claiming_enables_this_replica_never_made_is_joined(tmp_path):

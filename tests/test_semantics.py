@@ -262,26 +262,26 @@ def test_a_late_older_message_does_not_replace_the_preview():
 
 
 def test_user_extended_schema_works_through_mutators_join_view_and_codec():
-    schema = DEFAULT_SCHEMA.extend(Field("archived", 6, Flag))
+    schema = DEFAULT_SCHEMA.extend(Field("starred", 64, Flag))
     phone, laptop = Device("phone", 0, schema), Device("laptop", 0, schema)
     assert phone.state.view(CID) is None
 
-    archive = phone.apply(phone.state.enable(CID, "archived", phone.rid))
-    assert phone.view.extra == {"archived": True}
-    assert phone.view.as_dict()["extra"] == {"archived": True}
+    star = phone.apply(phone.state.enable(CID, "starred", phone.rid))
+    assert phone.view.extra == {"starred": True}
+    assert phone.view.as_dict()["extra"] == {"starred": True}
 
     # The delta travels through the codec, decoded with the same schema.
-    wire = codec.encode_map(archive)
+    wire = codec.encode_map(star)
     laptop.receive(codec.decode_map(wire, schema))
-    assert laptop.view.extra == {"archived": True}
+    assert laptop.view.extra == {"starred": True}
 
-    # Add-wins like pinned: a concurrent unarchive loses against a fresh archive.
-    unarchive = laptop.apply(laptop.state.disable(CID, "archived"))
-    rearchive = phone.apply(phone.state.enable(CID, "archived", phone.rid))
-    phone.receive(unarchive)
-    laptop.receive(rearchive)
+    # Add-wins like pinned: a concurrent unstar loses against a fresh star.
+    unstar = laptop.apply(laptop.state.disable(CID, "starred"))
+    restar = phone.apply(phone.state.enable(CID, "starred", phone.rid))
+    phone.receive(unstar)
+    laptop.receive(restar)
     assert phone.state == laptop.state
-    assert phone.view.extra == {"archived": True}
+    assert phone.view.extra == {"starred": True}
 
     # Per-conversation storage encoding too.
     fields = phone.state.fields(CID)
@@ -290,15 +290,21 @@ def test_user_extended_schema_works_through_mutators_join_view_and_codec():
     # A conversation with other fields shows the extra field's bottom value.
     laptop.set_title("hello")
     other = laptop.state.set_title("other", "x", laptop.stamp())
-    assert laptop.state.join(other).view("other").extra == {"archived": False}
+    assert laptop.state.join(other).view("other").extra == {"starred": False}
 
     # A replica on the default schema refuses the unknown field instead of dropping it.
-    with pytest.raises(DecodeError, match="unknown field tag 6"):
+    with pytest.raises(DecodeError, match="unknown field tag 64"):
         codec.decode_map(wire)
 
 
 def test_schema_refuses_a_field_declared_twice():
     with pytest.raises(ValueError, match="declared twice"):
-        DEFAULT_SCHEMA.extend(Field("pinned", 9, Flag))
+        DEFAULT_SCHEMA.extend(Field("pinned", 70, Flag))
     with pytest.raises(ValueError, match="declared twice"):
-        DEFAULT_SCHEMA.extend(Field("archived", 1, Flag))
+        DEFAULT_SCHEMA.extend(Field("starred", 64, Flag), Field("starred2", 64, Flag))
+
+
+def test_schema_extension_refuses_a_tag_reserved_for_crdtim():
+    # Tags 0..63 are crdtim's own fields (specs/crdt.md §6); an app's take 64..127.
+    with pytest.raises(ValueError, match="reserved for crdtim"):
+        DEFAULT_SCHEMA.extend(Field("starred", 63, Flag))

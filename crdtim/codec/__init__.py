@@ -15,6 +15,7 @@ Callers use `codec.<name>` or import from here, never from a private module.
 """
 
 from ..crdt.conversation import trusted_map
+from ..crdt.maxmap import MAX_READ_BY_MEMBERS
 from ._decode import decode_fields, decode_map
 from ._encode import encode_fields, encode_map
 from ._limits import (
@@ -40,6 +41,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_COUNTER",
     "MAX_INT",
+    "MAX_READ_BY_MEMBERS",  # fixed: part of the read_by lattice's join (crdt/maxmap.py)
     "MAX_REPLICA_ID",
     "MAX_SHARED_TABLE",
     "STORAGE_LIMITS",

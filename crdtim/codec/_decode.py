@@ -29,7 +29,7 @@ from ..crdt import (
     Schema,
     Stamp,
 )
-from ..crdt.conversation import Fields, trusted_map
+from ..crdt.conversation import Fields, clear_covered, trusted_map
 from ..errors import DecodeError
 from ._limits import DEFAULT_LIMITS, FORMAT_VERSION, MAX_INT, MAX_REPLICA_ID, Limits
 from ._msgpack import unpack
@@ -220,18 +220,21 @@ def decode_field_map(x: Any, rids: list[str], schema: Schema, limits: Limits, ci
                     _set_maxreg_value(maxreg, value)
                     fields[f.name] = maxreg
                 continue
-        else:
+        elif lattice is Flag:
             flag = _flag(value, rids, nrids, 2 * limits.max_dots)
             if flag is not None:
                 if flag is not _BOTTOM_FLAG:
                     fields[f.name] = flag
                 continue
+        # LwwInt and MaxMap (rarer fields) have no inline path: their validators decode them.
         # Something is wrong with this field: the slow decoder says what (and, should the
         # inline checks ever refuse a valid field, decodes it).
         state = DECODERS[lattice](value, rids, limits, f"conversation {cid!r} {f.name}")
         if not state.is_bottom():
             fields[f.name] = state
-    return fields
+    # A last message covered by cleared_at is dropped, as the join drops it (specs/crdt.md
+    # §6): decoded maps are canonical too.
+    return clear_covered(fields) if "cleared_at" in fields else fields
 
 
 # -- public decoders ---------------------------------------------------------------------------

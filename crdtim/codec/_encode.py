@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crdt import DEFAULT_SCHEMA, ConversationMap, Lww, MaxReg, Schema
+from ..crdt import DEFAULT_SCHEMA, ConversationMap, Lww, LwwInt, MaxMap, MaxReg, Schema
 from ..crdt.conversation import Fields
 from ._limits import FORMAT_VERSION
 from ._msgpack import pack
@@ -32,15 +32,17 @@ def _flat(pairs: Any, ids: dict[str, int]) -> list[int]:
 
 def encode_field_map(fields: Fields, ids: dict[str, int], schema: Schema) -> dict[int, Any]:
     by_name = schema.by_name
-    out = {}
+    out: dict[int, Any] = {}
     for name, state in fields.items():
         f = by_name[name]
         lattice = f.lattice
-        if lattice is Lww:
+        if lattice is Lww or lattice is LwwInt:  # the same shape; the value's type differs
             wall, counter, replica = state.stamp
             out[f.tag] = [wall, counter, ids.setdefault(replica, len(ids)), state.value]
         elif lattice is MaxReg:
             out[f.tag] = state.value
+        elif lattice is MaxMap:  # {member: seq}, members in code point order
+            out[f.tag] = dict(sorted(state.entries.items()))
         else:  # Flag; ids are met in the order dots, version vector, cloud
             dots = state.dots
             context = state.context

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..crdt import CausalContext, Flag, Lww, MaxReg, Stamp
+from ..crdt import CausalContext, Flag, Lww, LwwInt, MaxMap, MaxReg, Stamp
+from ..crdt.maxmap import MAX_MEMBER_NAME, MAX_READ_BY_MEMBERS, valid_member
 from ..errors import DecodeError
 from ._limits import FORMAT_VERSION, MAX_INT, MAX_REPLICA_ID, Limits
 
@@ -59,6 +60,30 @@ def _dec_lww(x: Any, rids: list[str], limits: Limits, what: str) -> Lww:
     return Lww(stamp, dec_str(value, f"{what} value", limits.max_text))
 
 
+def _dec_lww_int(x: Any, rids: list[str], limits: Limits, what: str) -> LwwInt:
+    wall, counter, ri, value = _list(x, what, 4)
+    stamp = Stamp(_int(wall, f"{what} wall time"), _int(counter, f"{what} counter"),
+                  _replica(rids, ri, what))
+    return LwwInt(stamp, _int(value, f"{what} value"))
+
+
+def _dec_maxmap(x: Any, rids: list[str], limits: Limits, what: str) -> MaxMap:
+    if type(x) is not dict:
+        raise DecodeError(f"{what}: expected a map of member -> seq, got {type(x).__name__}")
+    if len(x) > MAX_READ_BY_MEMBERS:
+        raise DecodeError(
+            f"{what}: {len(x)} members is over the limit of {MAX_READ_BY_MEMBERS}")
+    entries = {}
+    for member, seq in x.items():
+        if not valid_member(member):
+            raise DecodeError(f"{what}: member {member!r:.80} is not a name of 1 to "
+                              f"{MAX_MEMBER_NAME} characters without control characters")
+        n = _int(seq, f"{what} {member!r}")
+        if n:  # a zero position is bottom: dropped
+            entries[member] = n
+    return MaxMap(entries)
+
+
 def _dec_maxreg(x: Any, rids: list[str], limits: Limits, what: str) -> MaxReg:
     return MaxReg(_int(x, what))
 
@@ -91,6 +116,8 @@ DECODERS: dict[type, Callable[[Any, list[str], Limits, str], Any]] = {
     Lww: _dec_lww,
     MaxReg: _dec_maxreg,
     Flag: _dec_flag,
+    LwwInt: _dec_lww_int,
+    MaxMap: _dec_maxmap,
 }
 
 

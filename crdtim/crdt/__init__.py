@@ -4,12 +4,14 @@ Nothing here imports the rest of the package but crdtim.errors, the bottom layer
 classes only), so that the clock raises the same ClockDriftError the replica does.
 """
 
+from . import features
 from .conversation import (
     DEFAULT_SCHEMA,
     Conversation,
     ConversationMap,
     Field,
     Schema,
+    clear_covered,
     conversation_view,
     join_fields,
     novel_fields,
@@ -18,13 +20,15 @@ from .conversation import (
 from .flag import CausalContext, Flag
 from .hlc import DEFAULT_MAX_DRIFT_MS, ClockDriftError, Hlc
 from .lattice import Lattice
-from .lww import BOTTOM_STAMP, Lww, Stamp
+from .lww import BOTTOM_STAMP, Lww, LwwInt, Stamp
+from .maxmap import MAX_READ_BY_MEMBERS, MaxMap
 from .maxreg import MaxReg
 
 __all__ = [
     "BOTTOM_STAMP",
     "DEFAULT_MAX_DRIFT_MS",
     "DEFAULT_SCHEMA",
+    "MAX_READ_BY_MEMBERS",
     "CausalContext",
     "ClockDriftError",
     "Conversation",
@@ -34,10 +38,14 @@ __all__ = [
     "Hlc",
     "Lattice",
     "Lww",
+    "LwwInt",
+    "MaxMap",
     "MaxReg",
     "Schema",
     "Stamp",
+    "clear_covered",
     "conversation_view",
+    "features",
     "join_fields",
     "novel_fields",
     "trusted_map",

@@ -16,10 +16,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import features
 from .flag import Flag
 from .hlc import Hlc
 from .lattice import Lattice
-from .lww import Lww, Stamp
+from .lww import Lww, LwwInt, Stamp
+from .maxmap import MaxMap
 from .maxreg import MaxReg
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "Field",
     "Fields",
     "Schema",
+    "clear_covered",
     "conversation_view",
     "join_fields",
     "message_arrived_delta",
@@ -37,7 +40,7 @@ __all__ = [
 ]
 
 #: The lattice types a field may have: the codec has an encoding for each (specs/crdt.md §7).
-LATTICES: tuple[type[Lattice], ...] = (Lww, Flag, MaxReg)
+LATTICES: tuple[type[Lattice], ...] = (Lww, Flag, MaxReg, LwwInt, MaxMap)
 
 #: One conversation's state: field name -> non-bottom lattice state. The values are typed
 #: Any, not Lattice: callers reach the type-specific parts (a register's stamp, a flag's dots)
@@ -73,9 +76,16 @@ class Schema:
             self.by_tag[f.tag] = f
         #: (name, clocked) of the fields with stamps (the registers), for stamp_bounds.
         self.registers: tuple[tuple[str, bool], ...] = tuple(
-            (f.name, f.clocked) for f in self.fields if f.lattice is Lww)
+            (f.name, f.clocked) for f in self.fields if f.lattice is Lww or f.lattice is LwwInt)
 
     def extend(self, *fields: Field) -> Schema:
+        """This schema with an app's own fields, whose tags must be in 64..127: 0..63 are
+        reserved for crdtim's (specs/crdt.md §6)."""
+        for f in fields:
+            if f.tag < FIRST_APP_TAG:
+                raise ValueError(f"field {f.name!r}: tag {f.tag} is reserved for crdtim's own "
+                                 f"fields (0..{FIRST_APP_TAG - 1}); an app's take "
+                                 f"{FIRST_APP_TAG}..127")
         return Schema(self.fields + fields)
 
     def __eq__(self, other: object) -> bool:
@@ -98,8 +108,36 @@ DEFAULT_SCHEMA = Schema(
         # Keyed by (message time, sequence, replica): the newest message wins, not the
         # newest arrival.
         Field("last_message", 5, Lww),
+        # The conversation features (specs/crdt.md §6). Tags 0..63 are crdtim's own, 64..127
+        # an embedding app's.
+        Field("archived", 6, Flag),
+        Field("archived_seq", 7, MaxReg),  # last_seq when archived
+        Field("archived_at", 8, MaxReg),  # last_at when archived
+        Field("archive_keep", 9, Flag),
+        Field("cleared_at", 10, MaxReg),  # delete for me: history through this time is gone
+        Field("marked_unread", 11, Flag),
+        Field("draft", 12, Lww, clocked=True),
+        Field("muted_until", 13, LwwInt, clocked=True),  # ms, 0 = until unmuted
+        Field("read_by", 14, MaxMap),
     ]
 )
+
+#: The first tag an embedding app may give its own fields (specs/crdt.md §6).
+FIRST_APP_TAG = 64
+
+
+def clear_covered(fields: Fields) -> Fields:
+    """The conversation without its last message if that message is at or before the time
+    it was cleared through (delete for me, specs/crdt.md §6 "Join"): the normalization after
+    the pointwise join. Returns `fields` itself when nothing is dropped."""
+    cleared = fields.get("cleared_at")
+    if cleared is not None:
+        last = fields.get("last_message")
+        if last is not None and last.stamp.wall <= cleared.value:
+            out = dict(fields)
+            del out["last_message"]
+            return out
+    return fields
 
 
 def join_fields(a: Fields, b: Fields) -> Fields:
@@ -112,7 +150,7 @@ def join_fields(a: Fields, b: Fields) -> Fields:
     for name, state in b.items():
         mine = out.get(name)
         out[name] = state if mine is None else mine.join(state)
-    return out
+    return clear_covered(out)
 
 
 def novel_fields(state: Fields, delta: Fields) -> Fields:
@@ -123,7 +161,19 @@ def novel_fields(state: Fields, delta: Fields) -> Fields:
         mine = state.get(name)
         if mine is None or mine.join(d) != mine:
             out[name] = d
+    last = out.get("last_message")
+    if last is not None and _covered(last.stamp.wall, state, delta):  # the join drops it
+        del out["last_message"]
     return out
+
+
+def _covered(at: int, *parts: Fields) -> bool:
+    """Whether a message at `at` ms is at or before a cleared_at of one of `parts`."""
+    for fields in parts:
+        c = fields.get("cleared_at")
+        if c is not None and at <= c.value:
+            return True
+    return False
 
 
 def message_arrived_delta(state: Fields, seq: int, preview: str, at: int, replica: str) -> Fields:
@@ -138,7 +188,7 @@ def message_arrived_delta(state: Fields, seq: int, preview: str, at: int, replic
         delta["last_seq"] = last_seq
     message = Lww(Stamp(at, seq, replica), preview)
     shown = state.get("last_message")
-    if shown is None or shown.join(message) != shown:
+    if (shown is None or shown.join(message) != shown) and not _covered(at, state):
         delta["last_message"] = message
     return delta
 
@@ -146,7 +196,7 @@ def message_arrived_delta(state: Fields, seq: int, preview: str, at: int, replic
 def _normalized(convs: Mapping[str, Fields]) -> dict[str, Fields]:
     out = {}
     for cid, fields in convs.items():
-        kept = {name: s for name, s in fields.items() if not s.is_bottom()}
+        kept = clear_covered({name: s for name, s in fields.items() if not s.is_bottom()})
         if kept:
             out[cid] = kept
     return out
@@ -306,13 +356,33 @@ class ConversationMap:
         return self._new({cid: message_arrived_delta(self.fields(cid), seq, preview, at, replica)})
 
     def mark_read(self, cid: str, seq: int) -> ConversationMap:
-        return self.raise_to(cid, "read_seq", seq)
+        return self._new({cid: features.mark_read_delta(self.fields(cid), seq)})
+
+    # The conversation features (specs/crdt.md §6, "Feature mutators").
+
+    def archive(self, cid: str, replica: str, keep: bool = False) -> ConversationMap:
+        return self._new({cid: features.archive_delta(self.fields(cid), replica, keep)})
+
+    def unarchive(self, cid: str) -> ConversationMap:
+        return self._new({cid: features.unarchive_delta(self.fields(cid))})
+
+    def delete(self, cid: str, now: int) -> ConversationMap:
+        return self._new({cid: features.delete_delta(self.fields(cid), now)})
+
+    def mark_unread(self, cid: str, replica: str) -> ConversationMap:
+        return self._new({cid: features.mark_unread_delta(self.fields(cid), replica)})
+
+    def mute(self, cid: str, replica: str, until: int, stamp: Stamp) -> ConversationMap:
+        return self._new({cid: features.mute_delta(self.fields(cid), replica, until, stamp)})
+
+    def mark_read_by(self, cid: str, member: str, seq: int) -> ConversationMap:
+        return self._new({cid: features.mark_read_by_delta(self.fields(cid), member, seq)})
 
     # -- views --------------------------------------------------------------------------------
 
-    def view(self, cid: str) -> Conversation | None:
+    def view(self, cid: str, now: int = 0) -> Conversation | None:
         fields = self.convs.get(cid)
-        return None if fields is None else conversation_view(cid, fields, self.schema)
+        return None if fields is None else conversation_view(cid, fields, self.schema, now)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -340,23 +410,36 @@ class Conversation:
     read_seq: int = 0
     last_preview: str = ""
     last_at: int = 0
+    # The conversation features (specs/crdt.md §6, "View").
+    archived: bool = False
+    deleted: bool = False
+    marked_unread: bool = False
+    draft: str = ""
+    muted_until: int = 0
+    read_by: Mapping[str, int] = field(default_factory=dict)
     # Values of fields an embedding app added to the schema, by name.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in _VIEW_NAMES}
+        d["read_by"] = dict(self.read_by)
         if self.extra:
             d["extra"] = dict(self.extra)
         return d
 
 
 _VIEW_NAMES = (
-    "id", "title", "pinned", "muted", "unread", "last_seq", "read_seq", "last_preview", "last_at"
+    "id", "title", "pinned", "muted", "unread", "last_seq", "read_seq", "last_preview", "last_at",
+    "archived", "deleted", "marked_unread", "draft", "muted_until",
 )
 _BUILTIN = {f.name for f in DEFAULT_SCHEMA.fields}
 
 
-def conversation_view(cid: str, fields: Fields, schema: Schema = DEFAULT_SCHEMA) -> Conversation:
+def conversation_view(
+    cid: str, fields: Fields, schema: Schema = DEFAULT_SCHEMA, now: int = 0
+) -> Conversation:
+    """The view of specs/crdt.md §6; `now` (ms, the caller's wall clock: this module reads
+    none) decides whether a mute with an end time still holds."""
     def val(name: str, default: Any) -> Any:
         s = fields.get(name)
         return default if s is None else s.value
@@ -364,6 +447,10 @@ def conversation_view(cid: str, fields: Fields, schema: Schema = DEFAULT_SCHEMA)
     last_seq = val("last_seq", 0)
     read_seq = val("read_seq", 0)
     last = fields.get("last_message")
+    last_at = 0 if last is None else last.stamp.wall
+    muted_flag = val("muted", False)
+    muted_until = val("muted_until", 0) if muted_flag else 0
+    cleared_at = val("cleared_at", 0)
     extra = {
         f.name: (fields[f.name].value if f.name in fields else f.lattice.bottom().value)
         for f in schema.fields
@@ -373,11 +460,19 @@ def conversation_view(cid: str, fields: Fields, schema: Schema = DEFAULT_SCHEMA)
         id=cid,
         title=val("title", ""),
         pinned=val("pinned", False),
-        muted=val("muted", False),
+        muted=muted_flag and (muted_until == 0 or now < muted_until),
         unread=max(0, last_seq - read_seq),
         last_seq=last_seq,
         read_seq=read_seq,
         last_preview="" if last is None else last.value,
-        last_at=0 if last is None else last.stamp.wall,
+        last_at=last_at,
+        archived=val("archived", False) and (
+            val("archive_keep", False)
+            or (last_seq <= val("archived_seq", 0) and last_at <= val("archived_at", 0))),
+        deleted=cleared_at > 0 and last_at <= cleared_at,
+        marked_unread=val("marked_unread", False),
+        draft=val("draft", ""),
+        muted_until=muted_until,
+        read_by=val("read_by", {}),
         extra=extra,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["BOTTOM_STAMP", "Lww", "Stamp"]
+__all__ = ["BOTTOM_STAMP", "Lww", "LwwInt", "Stamp"]
 
 
 class Stamp(NamedTuple):
@@ -49,3 +49,31 @@ class Lww:
 
 
 _BOTTOM = Lww(BOTTOM_STAMP, "")
+
+
+@dataclass(frozen=True, slots=True)
+class LwwInt:
+    """The LWW register of §2 with an integer value (0..2^63-1; `muted_until`'s time in
+    ms, specs/crdt.md §2): the same stamps and the same join, on (stamp, value)."""
+
+    stamp: Stamp
+    value: int
+
+    @classmethod
+    def bottom(cls) -> LwwInt:
+        return _BOTTOM_INT
+
+    def is_bottom(self) -> bool:
+        return self.stamp == BOTTOM_STAMP
+
+    def join(self, other: LwwInt) -> LwwInt:
+        if (other.stamp, other.value) > (self.stamp, self.value):
+            return other
+        return self
+
+    def set(self, value: int, stamp: Stamp) -> LwwInt:
+        """Delta mutator: the delta that writes `value` at `stamp` (a fresh, larger stamp)."""
+        return LwwInt(stamp, value)
+
+
+_BOTTOM_INT = LwwInt(BOTTOM_STAMP, 0)

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import codec
-from ..crdt import Field, Flag, Lww, MaxReg
+from ..crdt import MAX_READ_BY_MEMBERS, Field, Flag, Lww, MaxMap, MaxReg, features
 from ..crdt.conversation import Fields, message_arrived_delta
+from ..crdt.maxmap import MAX_MEMBER_NAME, valid_member
 from ..store import Txn
 from ._checks import InvalidArgument, check_cid, check_seq, check_text
 from ._core import ReplicaCore
@@ -50,8 +51,17 @@ class LocalWrites(ReplicaCore):
     def unpin(self, cid: str) -> None:
         self.disable(cid, "pinned")
 
-    def mute(self, cid: str) -> None:
-        self.enable(cid, "muted")
+    def mute(self, cid: str, until: int | None = None) -> None:
+        """Mute; with `until` (ms), only until then: the view reads unmuted from that time
+        on, with no write (specs/crdt.md §6). `until` must be in the future."""
+        check_cid(cid)
+        if until is not None:
+            check_seq(until, "until")
+            if until <= self._now():
+                raise InvalidArgument(f"until {until} ms is not in the future (now is "
+                                      f"{self._now()} ms)")
+        end = 0 if until is None else until
+        self._local(cid, lambda w, cur: features.mute_delta(cur, self.id, end, w.stamp()))
 
     def unmute(self, cid: str) -> None:
         self.disable(cid, "muted")
@@ -100,14 +110,67 @@ class LocalWrites(ReplicaCore):
                                                               self.id))
 
     def mark_read(self, cid: str, seq: int) -> None:
+        """Read through `seq`, which must not be above the conversation's last_seq (else
+        every later message up to it would arrive already read); clears a mark as unread
+        seen here (specs/crdt.md §6). Checked against the state the write applies to, so a
+        batch may record an arrival and then read it."""
         check_cid(cid)
         check_seq(seq, "seq")
         self._field_of("read_seq", MaxReg)
-        bottom = MaxReg.bottom()
 
         def op(w: WriteTxn, cur: Fields) -> Fields:
-            d = cur.get("read_seq", bottom).raise_to(seq)
-            return {} if d.is_bottom() else {"read_seq": d}
+            _check_seen(cid, seq, cur)
+            return features.mark_read_delta(cur, seq)
+
+        self._local(cid, op)
+
+    # -- the conversation features (specs/crdt.md §6, "Feature mutators") -----------------
+
+    def archive(self, cid: str, keep: bool = False) -> None:
+        """Hide from the default listing until a later message (higher seq or newer time)
+        arrives; with keep=True, until unarchive."""
+        check_cid(cid)
+        if type(keep) is not bool:
+            raise InvalidArgument(f"keep must be True or False, not {keep!r:.40}")
+        self._local(cid, lambda w, cur: features.archive_delta(cur, self.id, keep))
+
+    def unarchive(self, cid: str) -> None:
+        check_cid(cid)
+        self._local(cid, lambda w, cur: features.unarchive_delta(cur))
+
+    def delete_conversation(self, cid: str) -> None:
+        """Delete for me, on all my devices: hidden from listings and its last message
+        dropped, until a message newer than now arrives (specs/crdt.md §6)."""
+        check_cid(cid)
+        self._local(cid, lambda w, cur: features.delete_delta(cur, self._now()))
+
+    def mark_unread(self, cid: str) -> None:
+        """Show as unread (Conversation.marked_unread) until a mark_read on any device."""
+        check_cid(cid)
+        self._local(cid, lambda w, cur: features.mark_unread_delta(cur, self.id))
+
+    def set_draft(self, cid: str, text: str) -> None:
+        """The conversation's draft text (LWW); "" clears it."""
+        check_cid(cid)
+        check_text(text, "draft")
+        self._local(cid, lambda w, cur: {"draft": Lww(w.stamp(), text)})
+
+    def mark_read_by(self, cid: str, member: str, seq: int) -> None:
+        """Raise `member`'s read position (a group's read receipts) to `seq`."""
+        check_cid(cid)
+        if not valid_member(member):
+            raise InvalidArgument(f"member must be a name of 1 to {MAX_MEMBER_NAME} characters "
+                                  f"without control characters, not {member!r:.80}")
+        check_seq(seq, "seq")
+
+        def op(w: WriteTxn, cur: Fields) -> Fields:
+            # Not bounded by last_seq, unlike mark_read: a member's receipt may come before
+            # the message reaches this device.
+            entries = cur.get("read_by", MaxMap.bottom()).entries
+            if member not in entries and len(entries) >= MAX_READ_BY_MEMBERS:
+                raise InvalidArgument(f"conversation {cid!r:.80} already has read positions of "
+                                      f"{MAX_READ_BY_MEMBERS} members (the limit)")
+            return features.mark_read_by_delta(cur, member, seq)
 
         self._local(cid, op)
 
@@ -159,3 +222,10 @@ class LocalWrites(ReplicaCore):
         if f is None or f.lattice is not lattice:
             raise InvalidArgument(f"no {lattice.__name__} field {name!r} in the schema")
         return f
+
+
+def _check_seen(cid: str, seq: int, cur: Fields) -> None:
+    last = cur.get("last_seq", MaxReg.bottom()).value
+    if seq > last:
+        raise InvalidArgument(f"seq {seq} is above conversation {cid!r:.80}'s last_seq {last}: "
+                              f"record the message's arrival first")

@@ -9,7 +9,7 @@ Every read runs in one LMDB read transaction, a consistent snapshot (specs/stora
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .. import codec
@@ -36,37 +36,63 @@ class Reads(ReplicaCore):
     def get(self, cid: str) -> Conversation | None:
         check_cid(cid)
         fields = self.store.read(lambda t: self._load(t, cid))
-        return conversation_view(cid, fields, self.schema) if fields else None
+        return conversation_view(cid, fields, self.schema, self._now()) if fields else None
 
-    def list_conversations(self, limit: int = 50, cursor: str | None = None) -> Page:
+    def list_conversations(self, limit: int = 50, cursor: str | None = None, *,
+                           archived: bool = False, unread: bool | None = None,
+                           pinned: bool | None = None) -> Page:
         """One page of conversations: pinned first, then newest message first, then by id.
 
-        Costs O(limit) through the ordering index, whatever the number of conversations.
+        Lists the conversations that are not deleted and are archived iff `archived`; with
+        `unread` (True/False), only those that are (not) unread or marked unread; with
+        `pinned`, only those that are (not) pinned (specs/storage.md §4, "Filters"). A page
+        has fewer than `limit` items only at the end, and has_more says whether more match.
+        Costs O(limit) index entries when most conversations match, up to all of them when
+        few do.
         """
         if type(limit) is not int or not 1 <= limit <= 10_000:
             raise InvalidArgument(f"limit must be an integer from 1 to 10000, not {limit!r}")
-        after = _decode_cursor(cursor)
+        if type(archived) is not bool:
+            raise InvalidArgument(f"archived must be True or False, not {archived!r:.40}")
+        for name, value in (("unread", unread), ("pinned", pinned)):
+            if value is not None and type(value) is not bool:
+                raise InvalidArgument(f"{name} must be True, False or None, not {value!r:.40}")
 
-        def read(t: Txn) -> tuple[list[tuple[bytes, Fields]], bool]:
-            keys = t.order_keys(after)
-            items: list[tuple[bytes, Fields]] = []
-            for key in keys:
-                if len(items) == limit:
-                    return items, True
+        def wanted(c: Conversation) -> bool:
+            return (not c.deleted and c.archived == archived
+                    and (unread is None or (c.unread > 0 or c.marked_unread) == unread)
+                    and (pinned is None or c.pinned == pinned))
+
+        return self._page(limit, _decode_cursor(cursor), wanted)
+
+    def _page(self, limit: int, after: bytes | None,
+              wanted: Callable[[Conversation], bool]) -> Page:
+        """Up to `limit` conversations after index key `after` that are `wanted`, in list
+        order, in one read transaction."""
+        now = self._now()
+
+        def read(t: Txn) -> tuple[list[tuple[bytes, Conversation]], bool]:
+            items: list[tuple[bytes, Conversation]] = []
+            for key in t.order_keys(after):
                 cid = key[9:].decode()
-                items.append((key, self._load(t, cid)))
+                view = conversation_view(cid, self._load(t, cid), self.schema, now)
+                if not wanted(view):
+                    continue
+                if len(items) == limit:
+                    return items, True  # one more matches: the page is not the last
+                items.append((key, view))
             return items, False
 
         rows, has_more = self.store.read(read)
-        items = [conversation_view(key[9:].decode(), f, self.schema) for key, f in rows]
         next_cursor = _encode_cursor(rows[-1][0]) if has_more else None
-        return Page(items, next_cursor, has_more)
+        return Page([view for _, view in rows], next_cursor, has_more)
 
     def __iter__(self) -> Iterator[Conversation]:
-        """Every conversation, in list order, a page at a time."""
+        """Every conversation, in list order, a page at a time (archived and deleted ones
+        too: no filter)."""
         cursor = None
         while True:
-            page = self.list_conversations(500, cursor)
+            page = self._page(500, _decode_cursor(cursor), lambda c: True)
             yield from page.items
             if not page.has_more:
                 return

@@ -100,7 +100,13 @@ class RemoteApply(ReplicaCore):
                 if check_dots:
                     self._note_claims_on_own_dots(cid, current, fields, origin)
                 if not current and received_wire is not None:
-                    w.adopt(cid, fields, codec.store_received(received_wire, cid))
+                    # A conversation cleared through a time (delete for me) is stored as
+                    # decoded, so that no last message it covers stays on disk as received
+                    # (specs/crdt.md §6, "Join").
+                    as_received = "cleared_at" not in fields
+                    w.adopt(cid, fields,
+                            codec.store_received(received_wire, cid) if as_received else None)
+                    whole = whole and as_received
                 else:
                     part = novel_fields(current, fields)
                     whole = whole and part == fields

@@ -9,6 +9,7 @@ conversation's fields just before and just after the call.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Sequence
 
@@ -17,7 +18,7 @@ from crdtim.replica import Replica
 
 from .checker import FLAGS, KINDS, AckedOp, Intent, call_defect
 
-__all__ = ["draw", "call", "perform"]
+__all__ = ["draw", "call", "perform", "readable"]
 
 
 def draw(rng: random.Random, cids: Sequence[str], text: str, max_seq: int,
@@ -34,6 +35,16 @@ def draw(rng: random.Random, cids: Sequence[str], text: str, max_seq: int,
         return Intent(kind, cid, text=text, seq=rng.randint(1, max_seq),
                       at=max(0, now_ms - rng.randint(0, 5000)))
     return Intent(kind, cid, seq=rng.randint(0, max_seq))
+
+
+def readable(r: Replica, i: Intent) -> Intent:
+    """The intent, with a read marker lowered to what has arrived at `r`: mark_read above
+    the conversation's last_seq is refused (specs/crdt.md §6), and a device reads only the
+    messages it has. The draw is unchanged (same random numbers), so seeds still replay."""
+    if i.kind != "read":
+        return i
+    seen = r.get(i.cid)
+    return dataclasses.replace(i, seq=min(i.seq, seen.last_seq if seen else 0))
 
 
 def call(r: Replica, i: Intent) -> None:

@@ -202,7 +202,8 @@ class Simulation:
         rng = self.rng
         i = rng.randrange(len(self.replicas))
         r = self.replicas[i]
-        intent = ops.draw(rng, CIDS, rng.choice(TEXTS), 6, self.wall_ms + self.offsets[i])
+        intent = ops.readable(
+            r, ops.draw(rng, CIDS, rng.choice(TEXTS), 6, self.wall_ms + self.offsets[i]))
         self.ops.append(ops.perform(r, intent, exclusive=True))
         self.result.acked_ops += 1
         if rng.random() < 0.7:  # a Node pushes a local write at once
@@ -220,7 +221,8 @@ class Simulation:
         rng = self.rng
         i = rng.randrange(len(self.replicas))
         r = self.replicas[i]
-        intent = ops.draw(rng, CIDS, rng.choice(TEXTS), 6, self.wall_ms + self.offsets[i])
+        intent = ops.readable(
+            r, ops.draw(rng, CIDS, rng.choice(TEXTS), 6, self.wall_ms + self.offsets[i]))
         head, state = r.head, r.state()
         store = r.store
         write = store.write

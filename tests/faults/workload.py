@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 n += 1
                 now_ms = time.time_ns() // 1_000_000 + offset_ms
-                intent = ops.draw(rng, CIDS, f"{args.name}-{n}", 10_000, now_ms)
+                intent = ops.readable(r, ops.draw(rng, CIDS, f"{args.name}-{n}", 10_000, now_ms))
                 emit({"calling": intent.to_json()})  # before the call: it may die in it
                 emit(ops.perform(r, intent, exclusive=False).to_json())
             time.sleep(rng.uniform(0, 2 * args.interval))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from crdtim.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +84,44 @@ def test_data_under_a_file_printed_a_raw_errno_20(cli, tmp_path, argv):
     assert "Errno" not in err and err.count("\n") == 1
     assert f"{afile} is a file, not a directory" in err and "afile/sub" in err
     assert afile.read_text() == "not a directory"
+
+
+# -- item 2: a second `crdtim serve` on one directory -----------------------------------------
+
+
+def test_second_serve_on_one_directory_looped_on_duplicate_connections(cli, data, monkeypatch):
+    """The first server holds serve.lock while it runs: a second one is refused at once,
+    naming the directory and the pid; a one-shot write beside the server still works."""
+    import crdtim._cli_serve as serve_module
+    from crdtim._serve_lock import SERVE_LOCK_FILE, ServeLock, ServeLockedError
+
+    seen = {}
+
+    async def fake_serve(replica, listen, peers, metrics, config=None):
+        # Inside the first server: a second one, and a one-shot write beside it.
+        with pytest.raises(ServeLockedError) as refused:
+            with ServeLock(replica.path):
+                pass
+        seen["refusal"] = str(refused.value)
+        # Another process (LMDB allows one environment per directory per process).
+        seen["write"] = subprocess.run(
+            [sys.executable, "-m", "crdtim", "--data", str(data), "title", "c1",
+             "written beside the server"], capture_output=True, text=True, timeout=30,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode
+
+    monkeypatch.setattr(serve_module, "_serve", fake_serve)
+    assert cli("serve", "--listen", "127.0.0.1:0")[0] == 0
+    assert f"{data} is already being served by process {os.getpid()}" in seen["refusal"]
+    assert seen["write"] == 0
+    status, out, _ = cli("show", "c1")
+    assert status == 0 and "written beside the server" in out
+    assert (data / SERVE_LOCK_FILE).exists()
+
+    with ServeLock(str(data)):  # a server is running: `crdtim serve` says so and exits 1
+        monkeypatch.setattr(serve_module, "_serve", pytest.fail)
+        status, out, err = cli("serve", "--listen", "127.0.0.1:0")
+        assert status == 1 and out == "" and err.count("\n") == 1
+        assert f"{data} is already being served by process {os.getpid()}" in err
+    # Released when the server stops: the next one starts.
+    monkeypatch.setattr(serve_module, "_serve", fake_serve)
+    assert cli("serve", "--listen", "127.0.0.1:0")[0] == 0

@@ -92,7 +92,7 @@ class Node:
     """Replicates `replica` with its peers while the `async with` block runs.
 
     >>> async with Node(replica, listen=("127.0.0.1", 0), peers=[("127.0.0.1", 7001)]) as node:
-    ...     await node.wait_caught_up()
+    ...     await node.wait_caught_up(timeout=30)
     """
 
     def __init__(self, replica: Replica, listen: tuple[str, int] | str | None = None,
@@ -107,6 +107,7 @@ class Node:
         self.listeners: list[trio.SocketListener] = []
         self._tls_handshakes = 0  # accepted connections still in their TLS handshake
         self._links: dict[str, Link] = {}  # peer replica id -> the link kept for it
+        self._seen_peers: set[str] = set()  # every peer id linked while this Node ran
         self._all_links: set[Link] = set()
         self._changed = trio.Condition()
         self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
@@ -185,17 +186,52 @@ class Node:
             while len(self._links) < n:
                 await self._changed.wait()
 
-    async def wait_caught_up(self, n: int | None = None) -> None:
-        """Until at least `n` peers (default: every configured peer) are connected and have
-        acknowledged everything in our log."""
+    async def wait_caught_up(self, n: int | None = None, *, timeout: float | None = None
+                             ) -> None:
+        """Until at least `n` peers (default: as many as were configured) hold everything in
+        our log: acknowledged, or come from them (specs/protocol.md §9, caught up). A peer
+        counts once its link completed a handshake while this Node runs; one that then left
+        still counts if its last acknowledgement covers the log, so that waiting does not
+        depend on which side exits first.
+
+        `timeout` (seconds; None: no bound) raises TimeoutError naming the peers that are
+        not caught up, so that a down peer cannot hang the caller forever."""
         want = len(self.peers) if n is None else n
-        async with self._changed:
-            while True:
-                self._notice_foreign_writes()
-                links = list(self._links.values())
-                if len(links) >= want and all(link.session.caught_up for link in links):
-                    return
-                await self._changed.wait()
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            async with self._changed:
+                while True:
+                    self._notice_foreign_writes()
+                    if len(self._caught_up_peers()) >= want:
+                        return
+                    await self._changed.wait()
+        raise TimeoutError(self._lag_report(want, timeout))
+
+    def _caught_up_peers(self) -> set[str]:
+        """The peers seen by this Node that hold everything in our log: a linked peer per
+        its session, one that left per the replica's record of its acknowledgements."""
+        caught_up = set()
+        for peer in self._seen_peers:
+            link = self._links.get(peer)
+            if link is not None:
+                if link.session.caught_up:
+                    caught_up.add(peer)
+            elif self.replica.missing_entries(peer) == 0:
+                caught_up.add(peer)
+        return caught_up
+
+    def _lag_report(self, want: int, timeout: float | None) -> str:
+        behind = []
+        caught_up = self._caught_up_peers()
+        for peer in sorted(self._seen_peers - caught_up):
+            missing = self.replica.missing_entries(peer)
+            lacks = "a state transfer" if missing is None else f"{missing} log entries"
+            linked = "connected" if peer in self._links else "not connected"
+            behind.append(f"{peer} ({linked}) lacks {lacks}")
+        never = max(0, want - len(self._seen_peers))
+        if never:
+            behind.append(f"{never} more peer(s) never connected")
+        return (f"not caught up within {timeout:g} s: {len(caught_up)} of {want} peer(s) "
+                f"hold our whole log; " + "; ".join(behind))
 
     async def _notify_changed(self) -> None:
         async with self._changed:
@@ -335,6 +371,7 @@ class Node:
             old.cancel_scope.deadline = trio.current_time() + ERROR_GRACE  # let the ERROR out
             self.stats.connections_open -= 1
         self._links[peer] = link
+        self._seen_peers.add(peer)
         self.stats.connections_open += 1
         identity = link.session.peer_identity
         log.info("connected to %s (%s%s)", peer, "dialed" if link.dialed else "accepted",

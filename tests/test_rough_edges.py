@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 from crdtim.cli import main
 
@@ -125,3 +127,64 @@ def test_second_serve_on_one_directory_looped_on_duplicate_connections(cli, data
     # Released when the server stops: the next one starts.
     monkeypatch.setattr(serve_module, "_serve", fake_serve)
     assert cli("serve", "--listen", "127.0.0.1:0")[0] == 0
+
+
+# -- item 1: wait_caught_up hung; the missing count -------------------------------------------
+
+
+def test_caught_up_waited_for_an_ack_of_entries_that_came_from_the_peer(open_replica):
+    """B's write, applied at A, is an entry of A's log that B already has: A must count B
+    as caught up without the empty DELTA covering it being acknowledged (B may leave
+    before it acks: the hang of issue 14)."""
+    from test_protocol_sim import handshaken
+
+    a, b = open_replica("a"), open_replica("b")
+    wire = handshaken(a, b)
+    session_a = wire.sessions[0]
+    assert session_a.caught_up
+    b.set_title("c1", "from b")
+    wire.sessions[1].pump()
+    wire.collect()
+    wire.deliver(1)  # B's DELTA reaches A: A's log grows by an entry from B
+    assert a.get("c1").title == "from b" and a.head == 1
+    assert session_a.caught_up  # before: False until A's empty DELTA came back acked
+    assert a.missing_entries(b.id) == 0 and a.status()["peers"][b.id]["missing"] == 0
+    a.set_title("c2", "from a")  # an entry B does lack
+    assert not session_a.caught_up and a.missing_entries(b.id) == 1
+
+
+async def test_wait_caught_up_hung_after_the_other_node_exited_first(open_replica):
+    from nodes import FAST, GUARD, LOCAL, settle
+
+    from crdtim.net import Node
+
+    a, b = open_replica("a"), open_replica("b")
+    a.set_title("c1", "from a")
+    b.set_title("c2", "from b")
+    async with Node(b, listen=(LOCAL, 0), config=FAST) as nb:
+        async with Node(a, peers=[(LOCAL, nb.port)], config=FAST) as na:
+            await settle((na, 1), (nb, 1))
+        # A left; B's state is A's and A acknowledged all of B's log: B is caught up.
+        with trio.fail_after(GUARD):
+            await nb.wait_caught_up(1)
+            await nb.wait_caught_up(1, timeout=GUARD)
+        assert b.missing_entries(a.id) == 0
+        b.set_title("c3", "written after A left")  # now A lacks one: a bounded wait fails
+        with pytest.raises(TimeoutError, match=rf"{a.id} \(not connected\) lacks 1 log entr"):
+            await nb.wait_caught_up(1, timeout=0.05)
+
+
+async def test_wait_caught_up_on_a_peer_that_is_down_had_no_timeout(open_replica,
+                                                                      autojump_clock):
+    from crdtim.net import Node
+
+    a = open_replica("a")
+    a.set_title("c1", "x")
+    with socket.socket() as closed:  # a port nobody listens on: the peer is down
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    async with Node(a, peers=[("127.0.0.1", port)]) as na:
+        started = trio.current_time()
+        with pytest.raises(TimeoutError, match=r"0 of 1 peer.*1 more peer.*never connected"):
+            await na.wait_caught_up(timeout=30)
+        assert trio.current_time() - started == pytest.approx(30)

@@ -337,7 +337,8 @@ class SyncSession:
 
     @property
     def caught_up(self) -> bool:
-        """True when the peer acknowledged everything in our log as of now."""
+        """True when the peer holds everything in our log as of now: acknowledged, or
+        entries that came from the peer itself (which are not sent back)."""
         return self.state is State.OPEN and self._outbound.caught_up
 
     # -- time ----------------------------------------------------------------------------------

@@ -22,10 +22,11 @@ import errno
 import logging
 import math
 import random
+import re
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -45,6 +46,14 @@ ACCEPT_RETRY_DELAY = 0.1  # seconds
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); ValueError naming the problem."""
+    scheme, slashes, _ = text.partition("://")
+    if slashes:
+        # 'http://host:port' parses as host 'http://host': refused here, or it would be
+        # dialed (and fail as an unknown host) forever.
+        raise ValueError(f"address {text!r:.80} is a URL: give HOST:PORT, without "
+                         f"{scheme[:20]}://")
+    if "/" in text:
+        raise ValueError(f"address {text!r:.80} is not HOST:PORT (it has a '/')")
     host, sep, port = text.rpartition(":")
     if not sep:
         raise ValueError(f"address {text!r} is not HOST:PORT")
@@ -289,7 +298,7 @@ class Node:
     async def _dial_loop(self, addr: tuple[str, int]) -> None:
         delay = self.config.backoff_initial
         peer_id: str | None = None
-        failing = False
+        reported: str | None = None  # the kind of failure last logged for this address
         while True:
             while peer_id is not None and peer_id in self._links:
                 async with self._changed:  # connected (maybe by the peer dialing us): wait
@@ -297,34 +306,44 @@ class Node:
             try:
                 stream = await trio.open_tcp_stream(*addr)
             except OSError as e:
-                # Say so once per outage (a mistyped or down peer must not be silent), then
-                # keep retrying quietly.
-                (log.warning if not failing else log.debug)(
-                    "cannot reach peer %s:%d: %s (retrying)", *addr, e.strerror or e)
-                failing = True
+                end = _LinkEnd(None, False, f"cannot reach it: {e.strerror or e}", False)
             else:
-                failing = False
                 started = trio.current_time()
-                peer_id, handshook = await self._run_link(stream, True, addr)
+                end = await self._run_link(stream, True, addr)
+                peer_id = end.peer_id
+                if end.to_self:
+                    log.warning("peer %s:%d is this node itself (its HELLO carries our replica "
+                                "id %s: our own address, or a copy of our data directory); no "
+                                "longer dialing it", *addr, self.replica.id)
+                    self.peers.remove(addr)  # wait_caught_up no longer waits for it
+                    await _notify_quietly(self)
+                    return
                 # Start again from a short delay only after a link that worked for a while:
                 # a peer that accepts and then refuses us (say, a schema it cannot read)
                 # must not be redialed in a tight loop.
-                if handshook and trio.current_time() - started >= self.config.backoff_max:
+                if end.handshook and trio.current_time() - started >= self.config.backoff_max:
                     delay = self.config.backoff_initial
+            if end.handshook:
+                reported = None  # it was up (its link logged that, and its end): a new state
+            elif end.reason is not None and _failure_kind(end.reason) != reported:
+                # A peer that keeps failing is logged once per kind of failure (a mistyped
+                # or down peer must not be silent), then retried quietly (§9).
+                reported = _failure_kind(end.reason)
+                log.warning("peer %s:%d: %s (retrying; logged again only if that changes)",
+                            *addr, end.reason)
             # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
             await trio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, self.config.backoff_max)
 
     async def _run_link(self, stream: trio.abc.Stream, dialed: bool,
-                        addr: tuple[str, int] | None) -> tuple[str | None, bool]:
-        """Run one connection to its end; (the peer's replica id if the session learned it,
-        whether its handshake completed)."""
+                        addr: tuple[str, int] | None) -> _LinkEnd:
+        """Run one connection to its end; how it ended."""
         tls_identity = None
         if self.config.tls is not None:
             if not dialed:
                 self._tls_handshakes += 1  # holds one of max_peers' slots (accept loop)
             try:
-                tls_stream, tls_identity = await tls_handshake(
+                tls_stream, tls_identity, failure = await tls_handshake(
                     stream, self.config.tls, self.config.session.handshake_timeout,
                     dialed=dialed, addr=addr)
             finally:
@@ -333,7 +352,7 @@ class Node:
             if tls_stream is None:
                 self.stats.tls_failures += 1
                 await _notify_quietly(self)  # (stats changed: tests and status wait on this)
-                return None, False
+                return _LinkEnd(None, False, failure, False)
             stream = tls_stream
         session = SyncSession(self.replica, self.config.session, self.config.security,
                               dialed=dialed, tls_identity=tls_identity)
@@ -351,7 +370,7 @@ class Node:
                 self.stats.connections_open -= 1
                 log.info("disconnected from %s", session.peer_id)
             await _notify_quietly(self)
-        return session.peer_id, handshook
+        return _LinkEnd(session.peer_id, handshook, link.end_reason, session.connected_to_self)
 
     def _register(self, link: Link) -> bool:
         """Keep one link per peer: of two, the one dialed by the replica with the smaller id
@@ -378,6 +397,21 @@ class Node:
                  f", identity {identity!r}" if identity is not None else "")
         self._tasks.start_soon(self._notify_changed)
         return True
+
+
+class _LinkEnd(NamedTuple):
+    """How a connection ended, for the dial loop."""
+
+    peer_id: str | None  # the peer's replica id, if its HELLO said
+    handshook: bool  # the session's handshake completed
+    reason: str | None  # why it ended, if it failed
+    to_self: bool  # it reached this very replica
+
+
+def _failure_kind(reason: str) -> str:
+    """A failure reason with its numbers left out: "silent for 20.1 s" and "silent for
+    20.3 s" are one kind of failure, logged once."""
+    return re.sub(r"\d+(\.\d+)?", "#", reason)
 
 
 async def _notify_quietly(node: Node) -> None:

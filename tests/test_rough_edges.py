@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import trio
 from crdtim.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+GUARD_SECONDS = 10  # only a guard against a hang
 
 
 @pytest.fixture(autouse=True)
@@ -188,3 +191,79 @@ async def test_wait_caught_up_on_a_peer_that_is_down_had_no_timeout(open_replica
         with pytest.raises(TimeoutError, match=r"0 of 1 peer.*1 more peer.*never connected"):
             await na.wait_caught_up(timeout=30)
         assert trio.current_time() - started == pytest.approx(30)
+
+
+# -- item 3: a URL as --peer, a node dialing itself, a peer that keeps failing -----------------
+
+
+def test_peer_given_as_a_url_was_accepted_and_retried_forever(cli, data, monkeypatch):
+    import crdtim._cli_serve as serve_module
+
+    async def serve_at_once(*args, **kw):  # (before the fix, serve started: never block)
+        pass
+
+    monkeypatch.setattr(serve_module, "_serve", serve_at_once)
+    status, out, err = cli("serve", "--listen", "127.0.0.1:0", "--peer", "http://127.0.0.1:17101")
+    assert status == 2 and out == ""
+    assert "is a URL: give HOST:PORT, without http://" in err
+    assert not data.exists()  # refused before anything was created
+
+
+def _net_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "crdtim.net" and r.levelno >= logging.WARNING]
+
+
+async def test_node_dialing_its_own_address_logged_two_lines_per_retry_forever(open_replica,
+                                                                               caplog):
+    from nodes import FAST, LOCAL, wait_until
+
+    from crdtim.net import Node
+
+    caplog.set_level(logging.DEBUG, logger="crdtim.net")
+    a = open_replica("a")
+    async with Node(a, listen=(LOCAL, 0), config=FAST) as na:
+        port = na.port
+        na.add_peer((LOCAL, port))
+        await wait_until(na, lambda: not na.peers)  # it gave that address up
+        with trio.fail_after(GUARD_SECONDS):
+            await na.wait_caught_up()  # no configured peer is left to wait for
+    (warning,) = _net_warnings(caplog)
+    assert f"127.0.0.1:{port} is this node itself" in warning and a.id in warning
+
+
+async def test_a_peer_that_keeps_failing_was_logged_on_every_retry(open_replica, caplog):
+    """A peer that accepts and refuses every time (here: another protocol version) is
+    logged once, not once per retry."""
+    from nodes import LOCAL
+
+    from crdtim.net import Node, NodeConfig
+    from crdtim.protocol import PROTOCOL_VERSION, Hello, encode_frame
+
+    caplog.set_level(logging.DEBUG, logger="crdtim.net")
+    a = open_replica("a")
+    attempts = 0
+    enough = trio.Event()
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        nonlocal attempts
+        async with stream:
+            await stream.send_all(encode_frame(Hello(version=PROTOCOL_VERSION + 1,
+                                                     replica_id="otherpeer")))
+            with trio.move_on_after(GUARD_SECONDS):
+                while await stream.receive_some(1 << 16):
+                    pass
+        attempts += 1
+        if attempts == 5:
+            enough.set()
+
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(partial(trio.serve_tcp, refuse, 0, host=LOCAL))
+        port = listener.socket.getsockname()[1]
+        config = NodeConfig(backoff_initial=0.001, backoff_max=0.002)
+        async with Node(a, peers=[(LOCAL, port)], config=config):
+            with trio.fail_after(GUARD_SECONDS):
+                await enough.wait()
+        nursery.cancel_scope.cancel()
+    (warning,) = _net_warnings(caplog)
+    assert f"peer 127.0.0.1:{port}: protocol version {PROTOCOL_VERSION + 1}" in warning

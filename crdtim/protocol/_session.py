@@ -154,6 +154,12 @@ class SyncSession:
         from ourselves, arrived (also when the handshake then failed, for the logs)."""
         return self._handshake.peer_id or None
 
+    @property
+    def connected_to_self(self) -> bool:
+        """The peer's HELLO carried our own replica id: this connection reached ourselves
+        (our own address, or a copy of our data directory); the session refused it."""
+        return self._handshake.to_self
+
     # -- outgoing bytes ------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:

@@ -143,6 +143,7 @@ class Node:
         self._nursery = nursery = await cm.__aenter__()
         try:
             self._known_head = self.replica.head
+            self.replica.deliver_other_processes_changes()  # from here on
             self._subscription = self.replica.subscribe(self._on_replica_change)
             for listener in self.listeners:
                 nursery.start_soon(self._accept_loop, listener)
@@ -257,6 +258,8 @@ class Node:
         head = self.replica.head
         if head != self._known_head:
             self._known_head = head
+            # Subscribers hear of other processes' writes from here (specs/protocol.md §9).
+            self.replica.deliver_other_processes_changes()
             for link in list(self._links.values()):
                 link.poke()
 

@@ -267,3 +267,34 @@ async def test_a_peer_that_keeps_failing_was_logged_on_every_retry(open_replica,
         nursery.cancel_scope.cancel()
     (warning,) = _net_warnings(caplog)
     assert f"peer 127.0.0.1:{port}: protocol version {PROTOCOL_VERSION + 1}" in warning
+
+
+# -- item 4: subscribers hear of other processes' writes while a Node serves ------------------
+
+
+async def test_subscribe_never_fired_for_writes_of_another_process(open_replica, tmp_path):
+    from nodes import FAST
+
+    from crdtim.net import Node
+
+    a = open_replica("a")
+    events = []
+    foreign = trio.Event()
+
+    def on_change(change) -> None:
+        events.append(change)
+        if change.conversation == "c-cli":
+            foreign.set()
+
+    a.subscribe(on_change)
+    async with Node(a, config=FAST):
+        a.set_title("c-own", "written here")  # delivered at commit, and only then
+        await trio.run_process(
+            [sys.executable, "-m", "crdtim", "--data", str(tmp_path / "a"), "title", "c-cli",
+             "written by the CLI"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_stdout=True, capture_stderr=True)
+        with trio.fail_after(GUARD_SECONDS):
+            await foreign.wait()
+    assert [(c.conversation, c.origin, c.peer) for c in events] == [
+        ("c-own", "local", None), ("c-cli", "local", None)]
+    assert "title" in events[1].fields

@@ -33,6 +33,8 @@ __all__ = [
     "printable",
     "show_value",
     "silence_stdout",
+    "snapshot_json",
+    "snapshot_line",
     "tolerate_unencodable",
 ]
 
@@ -59,6 +61,20 @@ def change_json(seq: int, change: Change) -> str:
     return json.dumps({"seq": seq, "conversation": change.conversation,
                        "fields": sorted(change.fields), "origin": change.origin,
                        "peer": change.peer})
+
+
+def snapshot_line(seq: int, state: Mapping[str, Any]) -> str:
+    """A conversation's whole state as `watch` prints it before following the log: the
+    columns of change_line, with key=value pairs for the fields and `snapshot` as origin."""
+    fields = {k: v for k, v in state.items() if k not in ("id", "extra")}
+    fields.update(state.get("extra", {}))
+    pairs = ",".join(f"{k}={show_value(k, v)}" for k, v in fields.items())
+    return f"{seq}\t{printable(str(state['id']))}\t{pairs}\tsnapshot"
+
+
+def snapshot_json(seq: int, state: Mapping[str, Any]) -> str:
+    return json.dumps({"seq": seq, "conversation": state["id"], "snapshot": True,
+                       "state": state, "origin": "snapshot"})
 
 
 def show_value(key: str, value: Any) -> str:

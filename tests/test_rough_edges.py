@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -298,3 +299,51 @@ async def test_subscribe_never_fired_for_writes_of_another_process(open_replica,
     assert [(c.conversation, c.origin, c.peer) for c in events] == [
         ("c-own", "local", None), ("c-cli", "local", None)]
     assert "title" in events[1].fields
+
+
+# -- item 6: watch on a served replica (trimmed log), and a since beyond the head --------------
+
+
+def _trimmed_replica(path: Path) -> tuple[int, int]:
+    from crdtim import Replica
+
+    with Replica.open(path, durability="nosync") as r:
+        for i in range(3):
+            r.set_title(f"c{i}", f"title {i}")
+        r.pin("c1")
+        r.record_ack("somepeer", r.head)  # a peer acknowledged everything: the log is trimmed
+        r.trim_log()
+        r.set_title("c3", "after the trim")
+        return r.log_floor, r.head
+
+
+def test_watch_since_0_failed_on_any_replica_whose_peers_had_acked(cli, data, monkeypatch):
+    import crdtim._cli_replica as replica_commands
+
+    floor, head = _trimmed_replica(data)
+    assert floor == 4 and head == 5
+    followed = []
+    monkeypatch.setattr(replica_commands, "watch_log",
+                        lambda replica, after, emit, **kw: followed.append(after) or after)
+    status, out, err = cli("watch", "--since", "0")
+    assert status == 0 and followed == [floor]
+    lines = out.splitlines()
+    assert len(lines) == 4 and all(line.endswith("\tsnapshot") for line in lines)
+    by_id = {line.split("\t")[1]: line for line in lines}
+    assert "title=title 1,pinned=yes" in by_id["c1"] and "title=after the trim" in by_id["c3"]
+    assert "were dropped" in err and "trimmed before they could be shown" not in err
+    status, out, _ = cli("watch", "--since", "0", "--json")
+    first = json.loads(out.splitlines()[0])
+    assert first["snapshot"] is True and first["state"]["id"] == first["conversation"]
+    followed.clear()
+    assert cli("watch", "--since", str(floor))[:2] == (0, "") and followed == [floor]
+
+
+def test_watch_since_beyond_the_head_was_accepted_silently(cli, data, monkeypatch):
+    import crdtim._cli_replica as replica_commands
+
+    _, head = _trimmed_replica(data)
+    monkeypatch.setattr(replica_commands, "watch_log", pytest.fail)
+    status, out, err = cli("watch", "--since", "99999")
+    assert status == 2 and out == ""
+    assert f"--since 99999 is beyond the log head {head}" in err and err.count("\n") == 1

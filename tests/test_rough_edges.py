@@ -347,3 +347,51 @@ def test_watch_since_beyond_the_head_was_accepted_silently(cli, data, monkeypatc
     status, out, err = cli("watch", "--since", "99999")
     assert status == 2 and out == ""
     assert f"--since 99999 is beyond the log head {head}" in err and err.count("\n") == 1
+
+
+# -- item 7: fields of another schema are skipped on read and carried intact -------------------
+
+
+def test_a_schema_extension_field_made_ls_and_show_fail_for_the_whole_store(
+        open_replica, tmp_path, capsys, monkeypatch, caplog):
+    """A (app schema) - B (default schema) - C (app schema) in a line: C receives A's app
+    fields through B, B's ls and show work, and B warns once per unknown tag."""
+    import crdtim.codec._decode as decode_module
+    from crdtim import DEFAULT_SCHEMA, Field, Flag, Lww, MaxReg, codec
+    from crdtim.crdt import ConversationMap
+    from test_protocol_sim import handshaken
+
+    monkeypatch.setattr(decode_module, "_WARNED_TAGS", set(), raising=False)
+    caplog.set_level(logging.WARNING, logger="crdtim.codec")
+    app = DEFAULT_SCHEMA.extend(Field("nickname", 64, Lww, clocked=True),
+                                Field("starred", 65, Flag), Field("stars", 66, MaxReg))
+    a, b, c = open_replica("a", schema=app), open_replica("b"), open_replica("c", schema=app)
+
+    def raise_stars(r, n: int) -> None:  # (the API has no mutator for an app's counter)
+        r.apply_delta(codec.encode_map(ConversationMap.bottom(app).raise_to("c1", "stars", n)))
+    a.set_title("c1", "family")
+    a.set_register("c1", "nickname", "fam")
+    a.enable("c1", "starred")
+    raise_stars(a, 3)
+    handshaken(a, b)
+    handshaken(b, c)
+    assert c.get("c1").extra == {"nickname": "fam", "starred": True, "stars": 3}
+    assert c.get("c1").title == "family" and b.get("c1").title == "family"
+    # Concurrent writes on both sides of B join at B as they do at A and C.
+    c.set_register("c1", "nickname", "the family")
+    c.disable("c1", "starred")
+    raise_stars(a, 5)
+    handshaken(a, b)
+    handshaken(b, c)
+    handshaken(a, b)
+    assert a.get("c1").extra == c.get("c1").extra == {
+        "nickname": "the family", "starred": False, "stars": 5}
+    warnings = [r.getMessage() for r in caplog.records if r.name == "crdtim.codec"]
+    assert len(warnings) == 3 and all("which this schema does not know" in w for w in warnings)
+    assert {w.split("tag ")[1].split(",")[0] for w in warnings} == {"64", "65", "66"}
+    b.close()
+    for argv in (["ls"], ["show", "c1"], ["show", "c1", "--json"]):
+        capsys.readouterr()
+        assert main(["--data", str(tmp_path / "b"), *argv]) == 0, argv
+        out, err = capsys.readouterr()
+        assert "family" in out and "fam\"" not in out and "unknown field tag" not in err

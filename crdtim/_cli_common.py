@@ -95,9 +95,14 @@ def whole_number(text: str) -> int:
 
 
 def positive(text: str) -> int:
-    n = whole_number(text)
+    # The same wording as whole_number's, for -1 and 0 alike: one rule, one message.
+    try:
+        n = whole_number(text)
+    except argparse.ArgumentTypeError:
+        n = 0
     if n == 0:
-        raise argparse.ArgumentTypeError("expected a number of 1 or more, not 0")
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 1 to {MAX_SEQ}, not {text!r:.40}")
     return n
 
 
@@ -110,8 +115,24 @@ def data_dir(args: argparse.Namespace) -> str:
         if not args.data:
             raise UsageError("--data needs a directory, not an empty string")
         path: str = args.data
-        return path
-    return os.environ.get(DATA_ENV) or DEFAULT_DATA
+    else:
+        path = os.environ.get(DATA_ENV) or DEFAULT_DATA
+    _check_parents(path)
+    return path
+
+
+def _check_parents(path: str) -> None:
+    """A data directory under a file (`--data afile/sub`) is refused naming that file, rather
+    than surfacing as the OS's raw "[Errno 20] Not a directory"."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        up = os.path.dirname(parent)
+        if up == parent:
+            return
+        parent = up
+    if parent and not os.path.isdir(parent):
+        raise CommandFailed(f"data directory {path}: {parent} is a file, not a directory",
+                            EXIT_USAGE)
 
 
 @contextmanager

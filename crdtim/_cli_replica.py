@@ -19,6 +19,7 @@ from collections.abc import Callable
 from . import _terminal as term
 from ._cli_common import (
     EXIT_OK,
+    EXIT_USAGE,
     CommandFailed,
     Subcommand,
     arg,
@@ -170,6 +171,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     try:
         with existing_replica(args) as replica:
             after = replica.head if args.since is None else args.since
+            if after > replica.head:
+                raise CommandFailed(f"--since {after} is beyond the log head {replica.head}: "
+                                    "nothing has been logged there yet", EXIT_USAGE)
+            after = _snapshot_if_trimmed(replica, after, args.json)
             term.note(f"watching {replica.path} (replica {replica.id}) after log entry "
                       f"{after}; Ctrl-C to stop")
             emit = term.change_json if args.json else term.change_line
@@ -179,6 +184,24 @@ def cmd_watch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass  # the way to stop watching: not an error
     return EXIT_OK
+
+
+def _snapshot_if_trimmed(replica: Replica, after: int, as_json: bool) -> int:
+    """`watch --since` below the log floor: the entries after it were dropped (peers had
+    them), so print each conversation's current state, one line each marked as a snapshot,
+    and return the floor to follow the log from. Changes logged after the floor were folded
+    into the snapshot already and are printed again as they are read: joins are idempotent,
+    and so is reading them twice."""
+    floor = replica.log_floor  # before the snapshot: whatever is trimmed after it, it holds
+    if after >= floor:
+        return after
+    term.note(f"log entries {after + 1} to {floor} were dropped (every peer had them): "
+              f"showing the current state of each conversation, then the log after {floor}")
+    for conversation in replica:
+        state = conversation.as_dict()
+        print(term.snapshot_json(floor, state) if as_json else term.snapshot_line(floor, state),
+              flush=True)
+    return floor
 
 
 def watch_log(

@@ -28,6 +28,7 @@ from ._cli_common import (
     whole_number,
     writable_replica,
 )
+from ._serve_lock import ServeLock
 from .errors import ConfigError
 from .net import Node, NodeConfig, parse_address
 from .protocol import MIN_FRAME_BYTES, SessionConfig
@@ -43,7 +44,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = _serve_config(args)  # before the replica: a refused setting creates nothing
-    with writable_replica(args) as replica:
+    # A second server on the directory is refused (exit 1) before it listens or dials
+    # (specs/storage.md §1); the lock is held until the server stops.
+    with writable_replica(args) as replica, ServeLock(replica.path):
         if args.max_clock_drift is not None:
             replica.max_clock_drift_ms = args.max_clock_drift
         try:

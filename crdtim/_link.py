@@ -64,6 +64,18 @@ class Link:
         self._stats = stats
         self._register = register
         self._notify_changed = notify_changed
+        self.handshook = False  # the session's handshake completed
+        #: Why the link ended (a refusal, the peer's ERROR, a lost connection), for the
+        #: dialing Node, which logs a failing peer once per change (specs/protocol.md §9).
+        self.end_reason: str | None = None
+
+    def _ended(self, reason: str, level: int, message: str, *args: object) -> None:
+        self.end_reason = reason
+        if (self.dialed and not self.handshook) or self.session.connected_to_self:
+            # A dialed link that never got going is reported by the dial loop, once per
+            # kind of failure, not once per retry; a connection to ourselves likewise.
+            level = logging.DEBUG
+        log.log(level, message, *args)
 
     def poke(self) -> None:
         self.wake.set()
@@ -73,7 +85,6 @@ class Link:
         handshake completed. A lost connection, or a bug met on this link, ends the link
         only: it is logged, never raised."""
         session = self.session
-        handshook = False
         try:
             async with _closing(self.stream):
                 session.initiate(trio.current_time())
@@ -81,33 +92,35 @@ class Link:
                 with self.cancel_scope:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._send_loop)
-                        handshook = await self._receive_loop()
+                        await self._receive_loop()
                         nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
             # except*: raised in the link's nursery, these arrive wrapped in an ExceptionGroup
             # (trio's strict exception groups); a lost connection must not end the node.
-            log.info("connection to %s lost: %s", session.peer_id or self.peer_addr or "peer",
-                     group.exceptions[0])
+            self._ended(f"connection lost: {group.exceptions[0]}", logging.INFO,
+                        "connection to %s lost: %s",
+                        session.peer_id or self.peer_addr or "peer", group.exceptions[0])
         except* StoreError as group:
             # The disk (full, failing) or a damaged record, not a bug: one line, no traceback
             # (specs/storage.md §6); the node keeps serving its other links and its reads.
-            log.error("link to %s stopped: %s", session.peer_id or self.peer_addr or "peer",
-                      group.exceptions[0])
+            self._ended(f"stopped: {group.exceptions[0]}", logging.ERROR,
+                        "link to %s stopped: %s",
+                        session.peer_id or self.peer_addr or "peer", group.exceptions[0])
             self._stats.errors += 1
         except* Exception as group:
             # A bug met on one link (ours, or a case nobody foresaw) ends that link, not the
             # node and every other peer's link with it.
             log.error("link to %s failed", session.peer_id or self.peer_addr or "peer",
                       exc_info=group.exceptions[0])
+            self.end_reason = f"failed: {group.exceptions[0]!r}"
             self._stats.errors += 1
-        return handshook
+        return self.handshook
 
     async def _receive_loop(self) -> bool:
         session = self.session
-        handshook = False
         while True:
             cfg = self._config.session
-            timeout = cfg.idle_timeout if handshook else cfg.handshake_timeout
+            timeout = cfg.idle_timeout if self.handshook else cfg.handshake_timeout
             data: bytes | None = None
             with trio.move_on_after(timeout) as scope:
                 # bytes() of a bytes object is that object: no copy (trio's streams return
@@ -117,8 +130,9 @@ class Link:
             if scope.cancelled_caught:
                 data = None
             elif not data:
-                log.info("peer %s closed the connection", session.peer_id or "?")
-                return handshook
+                self._ended("closed the connection", logging.INFO,
+                            "peer %s closed the connection", session.peer_id or "?")
+                return self.handshook
             refused = None
             try:
                 if data is None:
@@ -131,19 +145,22 @@ class Link:
                 refused, events = e, e.events  # frames before the bad one were applied
             if refused is not None:
                 self._stats.errors += 1
-                log.warning("peer %s: %s; closing", session.peer_id or "?", refused.reason)
+                self.handshook = self.handshook or any(
+                    isinstance(e, HandshakeComplete) for e in events)
+                self._ended(refused.reason, logging.WARNING, "peer %s: %s; closing",
+                            session.peer_id or "?", refused.reason)
                 self._count(events)
                 with trio.move_on_after(ERROR_GRACE):  # the sender may be stuck in send_all
                     await self.flush()
-                return handshook or any(isinstance(e, HandshakeComplete) for e in events)
+                return self.handshook
             self._count(events)
             for event in events:
                 if isinstance(event, HandshakeComplete):
-                    handshook = True
+                    self.handshook = True
                     if not self._register(self):
                         with trio.move_on_after(ERROR_GRACE):
                             await self.flush()
-                        return handshook
+                        return self.handshook
                 elif isinstance(event, StateTransferStarted):
                     log.info("state transfer %s %s", "to" if event.outbound else "from",
                              session.peer_id)
@@ -153,9 +170,10 @@ class Link:
                         self._stats.state_transfers_received += 1
                 elif isinstance(event, PeerClosed):
                     # %r: the reason is the peer's text; its newlines must not forge log lines
-                    log.warning("peer %s closed with error: %r", session.peer_id or "?",
+                    self._ended(f"closed with error: {event.reason!r}", logging.WARNING,
+                                "peer %s closed with error: %r", session.peer_id or "?",
                                 event.reason)
-                    return handshook
+                    return self.handshook
             self.poke()
             if session.output_backlog > self._config.session.max_output_backlog:
                 # The peer sends faster than it reads what we owe it (PONGs, ACKs): stop
@@ -186,7 +204,8 @@ class Link:
             try:
                 session.tick(trio.current_time())
             except RemoteProtocolError as e:
-                log.warning("peer %s: %s; closing", session.peer_id, e.reason)
+                self._ended(e.reason, logging.WARNING, "peer %s: %s; closing",
+                            session.peer_id, e.reason)
                 with trio.move_on_after(ERROR_GRACE):
                     await self.flush()
                 self.cancel_scope.cancel()
@@ -211,23 +230,25 @@ class Link:
 
 async def tls_handshake(stream: trio.abc.Stream, tls: TlsConfig, timeout: float, *,
                         dialed: bool, addr: tuple[str, int] | None
-                        ) -> tuple[trio.SSLStream[trio.abc.Stream] | None, str | None]:
-    """Wrap `stream` in mutual TLS; (the TLS stream, the peer certificate's identity), or
-    (None, None) when the handshake fails or takes over `timeout` seconds: then the failure
-    is logged and `stream` closed."""
+                        ) -> tuple[trio.SSLStream[trio.abc.Stream] | None, str | None, str]:
+    """Wrap `stream` in mutual TLS; (the TLS stream, the peer certificate's identity, ""),
+    or (None, None, why) when the handshake fails or takes over `timeout` seconds: then
+    `stream` is closed, and the failure logged (for a dialed stream at debug level only:
+    the dial loop reports a failing peer once per change, specs/protocol.md §9)."""
     tls_stream = trio.SSLStream(stream, tls.client if dialed else tls.server,
                                 server_side=not dialed,
                                 server_hostname=addr[0] if dialed and addr else None)
     try:
         with trio.move_on_after(timeout):
             await tls_stream.do_handshake()
-            return tls_stream, certificate_identity(tls_stream.getpeercert())
+            return tls_stream, certificate_identity(tls_stream.getpeercert()), ""
         reason = f"not done within {timeout:g} s"
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
         reason = str(e.__cause__ or e)  # trio wraps the ssl.SSLError
-    log.warning("TLS handshake with %s failed: %s", _where(stream, addr), reason)
+    log.log(logging.DEBUG if dialed else logging.WARNING, "TLS handshake with %s failed: %s",
+            _where(stream, addr), reason)
     await trio.aclose_forcefully(stream)
-    return None, None
+    return None, None, f"TLS handshake failed: {reason}"
 
 
 class _closing:

@@ -34,6 +34,8 @@ __all__ = [
     "printable",
     "show_value",
     "silence_stdout",
+    "snapshot_json",
+    "snapshot_line",
     "tolerate_unencodable",
 ]
 
@@ -60,6 +62,20 @@ def change_json(seq: int, change: Change) -> str:
     return json.dumps({"seq": seq, "conversation": change.conversation,
                        "fields": sorted(change.fields), "origin": change.origin,
                        "peer": change.peer})
+
+
+def snapshot_line(seq: int, state: Mapping[str, Any]) -> str:
+    """A conversation's whole state as `watch` prints it before following the log: the
+    columns of change_line, with key=value pairs for the fields and `snapshot` as origin."""
+    fields = {k: v for k, v in state.items() if k not in ("id", "extra")}
+    fields.update(state.get("extra", {}))
+    pairs = ",".join(f"{k}={show_value(k, v)}" for k, v in fields.items())
+    return f"{seq}\t{printable(str(state['id']))}\t{pairs}\tsnapshot"
+
+
+def snapshot_json(seq: int, state: Mapping[str, Any]) -> str:
+    return json.dumps({"seq": seq, "conversation": state["id"], "snapshot": True,
+                       "state": state, "origin": "snapshot"})
 
 
 def show_value(key: str, value: Any) -> str:
@@ -114,12 +130,27 @@ def local_time(ms: int) -> str:
         return f"{ms} ms"
 
 
+#: Bidirectional embeddings, overrides and isolates (and the marks): text from another device
+#: could use them to reorder what follows on the line, so they are shown escaped.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                           "\u2066\u2067\u2068\u2069")
+#: Categories shown escaped: controls (newlines, escape sequences), line and paragraph
+#: separators (they break the layout), lone surrogates (a terminal cannot show them).
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+
+def _escaped(c: str) -> bool:
+    return c in _BIDI_CONTROLS or unicodedata.category(c) in _ESCAPED_CATEGORIES
+
+
 def printable(text: str) -> str:
     """Text from other devices, made safe for a terminal: control characters (newlines,
-    escape sequences) are shown escaped instead of acting on the screen or the layout."""
+    escape sequences) and bidi overrides are shown escaped instead of acting on the screen
+    or the layout. Other format characters stay as they are: a zero-width joiner or a
+    variation selector is part of an emoji sequence, not a threat to the screen."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(repr(c)[1:-1] if _escaped(c) else c for c in text)
 
 
 def _char_width(c: str) -> int:

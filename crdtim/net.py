@@ -22,10 +22,11 @@ import errno
 import logging
 import math
 import random
+import re
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -45,6 +46,14 @@ ACCEPT_RETRY_DELAY = 0.1  # seconds
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """'HOST:PORT', ':PORT' or '[v6]:PORT' -> (host, port); ValueError naming the problem."""
+    scheme, slashes, _ = text.partition("://")
+    if slashes:
+        # 'http://host:port' parses as host 'http://host': refused here, or it would be
+        # dialed (and fail as an unknown host) forever.
+        raise ValueError(f"address {text!r:.80} is a URL: give HOST:PORT, without "
+                         f"{scheme[:20]}://")
+    if "/" in text:
+        raise ValueError(f"address {text!r:.80} is not HOST:PORT (it has a '/')")
     host, sep, port = text.rpartition(":")
     if not sep:
         raise ValueError(f"address {text!r} is not HOST:PORT")
@@ -97,7 +106,7 @@ class Node:
     """Replicates `replica` with its peers while the `async with` block runs.
 
     >>> async with Node(replica, listen=("127.0.0.1", 0), peers=[("127.0.0.1", 7001)]) as node:
-    ...     await node.wait_caught_up()
+    ...     await node.wait_caught_up(timeout=30)
     """
 
     def __init__(self, replica: Replica, listen: tuple[str, int] | str | None = None,
@@ -115,6 +124,7 @@ class Node:
         # given back when the handshake completes or the connection ends).
         self._handshaking: dict[str, int] = {}
         self._handshake_slots: dict[Link, _HandshakeSlot] = {}
+        self._seen_peers: set[str] = set()  # every peer id linked while this Node ran
         self._all_links: set[Link] = set()
         self._changed = trio.Condition()
         self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
@@ -141,6 +151,7 @@ class Node:
         self._nursery = nursery = await cm.__aenter__()
         try:
             self._known_head = self.replica.head
+            self.replica.deliver_other_processes_changes()  # from here on
             self._subscription = self.replica.subscribe(self._on_replica_change)
             for listener in self.listeners:
                 nursery.start_soon(self._accept_loop, listener)
@@ -193,17 +204,52 @@ class Node:
             while len(self._links) < n:
                 await self._changed.wait()
 
-    async def wait_caught_up(self, n: int | None = None) -> None:
-        """Until at least `n` peers (default: every configured peer) are connected and have
-        acknowledged everything in our log."""
+    async def wait_caught_up(self, n: int | None = None, *, timeout: float | None = None
+                             ) -> None:
+        """Until at least `n` peers (default: as many as were configured) hold everything in
+        our log: acknowledged, or come from them (specs/protocol.md §9, caught up). A peer
+        counts once its link completed a handshake while this Node runs; one that then left
+        still counts if its last acknowledgement covers the log, so that waiting does not
+        depend on which side exits first.
+
+        `timeout` (seconds; None: no bound) raises TimeoutError naming the peers that are
+        not caught up, so that a down peer cannot hang the caller forever."""
         want = len(self.peers) if n is None else n
-        async with self._changed:
-            while True:
-                self._notice_foreign_writes()
-                links = list(self._links.values())
-                if len(links) >= want and all(link.session.caught_up for link in links):
-                    return
-                await self._changed.wait()
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            async with self._changed:
+                while True:
+                    self._notice_foreign_writes()
+                    if len(self._caught_up_peers()) >= want:
+                        return
+                    await self._changed.wait()
+        raise TimeoutError(self._lag_report(want, timeout))
+
+    def _caught_up_peers(self) -> set[str]:
+        """The peers seen by this Node that hold everything in our log: a linked peer per
+        its session, one that left per the replica's record of its acknowledgements."""
+        caught_up = set()
+        for peer in self._seen_peers:
+            link = self._links.get(peer)
+            if link is not None:
+                if link.session.caught_up:
+                    caught_up.add(peer)
+            elif self.replica.missing_entries(peer) == 0:
+                caught_up.add(peer)
+        return caught_up
+
+    def _lag_report(self, want: int, timeout: float | None) -> str:
+        behind = []
+        caught_up = self._caught_up_peers()
+        for peer in sorted(self._seen_peers - caught_up):
+            missing = self.replica.missing_entries(peer)
+            lacks = "a state transfer" if missing is None else f"{missing} log entries"
+            linked = "connected" if peer in self._links else "not connected"
+            behind.append(f"{peer} ({linked}) lacks {lacks}")
+        never = max(0, want - len(self._seen_peers))
+        if never:
+            behind.append(f"{never} more peer(s) never connected")
+        return (f"not caught up within {timeout:g} s: {len(caught_up)} of {want} peer(s) "
+                f"hold our whole log; " + "; ".join(behind))
 
     async def _notify_changed(self) -> None:
         async with self._changed:
@@ -220,6 +266,8 @@ class Node:
         head = self.replica.head
         if head != self._known_head:
             self._known_head = head
+            # Subscribers hear of other processes' writes from here (specs/protocol.md §9).
+            self.replica.deliver_other_processes_changes()
             for link in list(self._links.values()):
                 link.poke()
 
@@ -297,7 +345,7 @@ class Node:
     async def _dial_loop(self, addr: tuple[str, int]) -> None:
         delay = self.config.backoff_initial
         peer_id: str | None = None
-        failing = False
+        reported: str | None = None  # the kind of failure last logged for this address
         while True:
             while peer_id is not None and peer_id in self._links:
                 async with self._changed:  # connected (maybe by the peer dialing us): wait
@@ -305,39 +353,49 @@ class Node:
             try:
                 stream = await trio.open_tcp_stream(*addr)
             except OSError as e:
-                # Say so once per outage (a mistyped or down peer must not be silent), then
-                # keep retrying quietly.
-                (log.warning if not failing else log.debug)(
-                    "cannot reach peer %s:%d: %s (retrying)", *addr, e.strerror or e)
-                failing = True
+                end = _LinkEnd(None, False, f"cannot reach it: {e.strerror or e}", False)
             else:
-                failing = False
                 started = trio.current_time()
-                peer_id, handshook = await self._run_link(stream, True, addr)
+                end = await self._run_link(stream, True, addr)
+                peer_id = end.peer_id
+                if end.to_self:
+                    log.warning("peer %s:%d is this node itself (its HELLO carries our replica "
+                                "id %s: our own address, or a copy of our data directory); no "
+                                "longer dialing it", *addr, self.replica.id)
+                    self.peers.remove(addr)  # wait_caught_up no longer waits for it
+                    await _notify_quietly(self)
+                    return
                 # Start again from a short delay only after a link that worked for a while:
                 # a peer that accepts and then refuses us (say, a schema it cannot read)
                 # must not be redialed in a tight loop.
-                if handshook and trio.current_time() - started >= self.config.backoff_max:
+                if end.handshook and trio.current_time() - started >= self.config.backoff_max:
                     delay = self.config.backoff_initial
+            if end.handshook:
+                reported = None  # it was up (its link logged that, and its end): a new state
+            elif end.reason is not None and _failure_kind(end.reason) != reported:
+                # A peer that keeps failing is logged once per kind of failure (a mistyped
+                # or down peer must not be silent), then retried quietly (§9).
+                reported = _failure_kind(end.reason)
+                log.warning("peer %s:%d: %s (retrying; logged again only if that changes)",
+                            *addr, end.reason)
             # Full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
             await trio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, self.config.backoff_max)
 
     async def _run_link(self, stream: trio.abc.Stream, dialed: bool,
                         addr: tuple[str, int] | None, slot: _HandshakeSlot | None = None
-                        ) -> tuple[str | None, bool]:
-        """Run one connection to its end; (the peer's replica id if the session learned it,
-        whether its handshake completed)."""
+                        ) -> _LinkEnd:
+        """Run one connection to its end; how it ended."""
         tls_identity = None
         if self.config.tls is not None:
             # An accepted connection holds its handshake slot (`slot`) through TLS too.
-            tls_stream, tls_identity = await tls_handshake(
+            tls_stream, tls_identity, failure = await tls_handshake(
                 stream, self.config.tls, self.config.session.handshake_timeout,
                 dialed=dialed, addr=addr)
             if tls_stream is None:
                 self.stats.tls_failures += 1
                 await _notify_quietly(self)  # (stats changed: tests and status wait on this)
-                return None, False
+                return _LinkEnd(None, False, failure, False)
             stream = tls_stream
         session = SyncSession(self.replica, self.config.session, self.config.security,
                               dialed=dialed, tls_identity=tls_identity)
@@ -358,7 +416,7 @@ class Node:
                 self.stats.connections_open -= 1
                 log.info("disconnected from %s", session.peer_id)
             await _notify_quietly(self)
-        return session.peer_id, handshook
+        return _LinkEnd(session.peer_id, handshook, link.end_reason, session.connected_to_self)
 
     def _register(self, link: Link) -> bool:
         """Keep one link per peer: of two, the one dialed by the replica with the smaller id
@@ -386,6 +444,7 @@ class Node:
             old.cancel_scope.deadline = trio.current_time() + ERROR_GRACE  # let the ERROR out
             self.stats.connections_open -= 1
         self._links[peer] = link
+        self._seen_peers.add(peer)
         self.stats.connections_open += 1
         identity = link.session.peer_identity
         log.info("connected to %s (%s%s)", peer, "dialed" if link.dialed else "accepted",
@@ -412,6 +471,21 @@ def _remote_address(stream: trio.abc.Stream) -> str:
         return str(stream.socket.getpeername()[0])
     except OSError:  # already reset by the peer
         return ""
+
+
+class _LinkEnd(NamedTuple):
+    """How a connection ended, for the dial loop."""
+
+    peer_id: str | None  # the peer's replica id, if its HELLO said
+    handshook: bool  # the session's handshake completed
+    reason: str | None  # why it ended, if it failed
+    to_self: bool  # it reached this very replica
+
+
+def _failure_kind(reason: str) -> str:
+    """A failure reason with its numbers left out: "silent for 20.1 s" and "silent for
+    20.3 s" are one kind of failure, logged once."""
+    return re.sub(r"\d+(\.\d+)?", "#", reason)
 
 
 async def _notify_quietly(node: Node) -> None:

@@ -312,7 +312,7 @@ NUMBER = f"expected a whole number from 0 to {2**63 - 1}"
     (["pin", "x" * 1000], "conversation id must be a string of 1 to"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: COMMAND"),
-    (["ls", "--limit", "0"], "expected a number of 1 or more"),
+    (["ls", "--limit", "0"], "expected a whole number from 1 to"),
     (["ls", "--limit", "100000"], "limit must be an integer from 1 to 10000"),
     (["ls", "--cursor", "nonsense"], "invalid cursor"),
     (["show", "c1", "--colour"], "unrecognized arguments: --colour"),

@@ -23,6 +23,7 @@ from crdtim.crdt import (
     DEFAULT_SCHEMA, MAX_READ_BY_MEMBERS, ConversationMap, Flag, Lww, LwwInt, MaxMap, MaxReg, Stamp
 )
 from crdtim.crdt.maxmap import valid_member
+from crdtim.crdt.conversation import carried_tag
 from crdtim.errors import DecodeError
 
 SCHEMAS = [DEFAULT_SCHEMA, s.EXTENDED_SCHEMA]
@@ -30,7 +31,9 @@ SCHEMAS = [DEFAULT_SCHEMA, s.EXTENDED_SCHEMA]
 
 def check_valid_fields(fields: dict[str, Any], schema) -> None:
     for name, state in fields.items():
-        lattice = schema.by_name[name].lattice
+        tag = carried_tag(name)  # a field of another schema, carried (specs/crdt.md §7)
+        lattice = type(state) if tag is not None else schema.by_name[name].lattice
+        assert tag is None or (tag not in schema.by_tag and lattice in (Flag, Lww, MaxReg))
         assert type(state) is lattice
         assert not state.is_bottom()
         if lattice is Flag:
@@ -134,10 +137,14 @@ def one_field(tag: Any, value: Any, rids: list = ["A"], cid: Any = "c") -> bytes
 
 
 def test_unknown_field_tag_names_the_tag():
-    with pytest.raises(DecodeError, match=r"conversation 'c': unknown field tag 99"):
-        decode_map(one_field(99, 1))
-    with pytest.raises(DecodeError, match=r"unknown field tag 'title'"):
+    # A tag the schema lacks is carried (specs/crdt.md §7), if it is a tag and its value has
+    # the shape of a register, a flag or a counter.
+    with pytest.raises(DecodeError, match=r"conversation 'c': field tag 99 is not a register"):
+        decode_map(one_field(99, "x"))
+    with pytest.raises(DecodeError, match=r"field tag 'title' is not in 0\.\.127"):
         decode_map(one_field("title", [1, 0, 0, "x"]))
+    with pytest.raises(DecodeError, match=r"field tag 128 is not in 0\.\.127"):
+        decode_map(one_field(128, 1))
 
 
 def test_unsupported_version_names_both_versions():
@@ -214,8 +221,8 @@ def test_limits_are_enforced_and_named():
 
 
 def test_decode_fields_names_the_conversation():
-    data = codec.pack([FORMAT_VERSION, [], {42: 1}])
-    with pytest.raises(DecodeError, match="conversation 'inbox': unknown field tag 42"):
+    data = codec.pack([FORMAT_VERSION, [], {42: "x"}])
+    with pytest.raises(DecodeError, match="conversation 'inbox': field tag 42 is not a"):
         decode_fields(data, cid="inbox")
 
 

@@ -246,8 +246,11 @@ BAD_FRAMES = {
     "reversed interval": _body([2, 1, 1, GOOD_PAYLOAD]),
     "payload not binary": _body([2, 0, 1, "text"]),
     "delta payload malformed": encode_frame(Delta(start=0, end=1, payload=b"\x93\x01")),
+    # (A tag the schema lacks is carried, specs/crdt.md §7; a tag past 127 is no tag at all.)
     "delta payload out of schema": encode_frame(Delta(start=0, end=1, payload=codec.pack(
-        [codec.FORMAT_VERSION, ["r"], {"c": {77: 1}}]))),
+        [codec.FORMAT_VERSION, ["r"], {"c": {177: 1}}]))),
+    "delta payload unknown field shape": encode_frame(Delta(start=0, end=1, payload=codec.pack(
+        [codec.FORMAT_VERSION, ["r"], {"c": {77: "text"}}]))),
     "delta payload bad flag": encode_frame(Delta(start=0, end=1, payload=codec.pack(
         [codec.FORMAT_VERSION, ["r"], {"c": {1: [[0, 5], [], []]}}]))),
     "delta with a gap": encode_frame(Delta(start=1, end=2, payload=GOOD_PAYLOAD)),

@@ -15,6 +15,7 @@ module-level name of this module.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 from collections.abc import Callable
 from typing import Any
@@ -29,11 +30,13 @@ from ..crdt import (
     Schema,
     Stamp,
 )
-from ..crdt.conversation import Fields, clear_covered, trusted_map
+from ..crdt.conversation import Fields, carried_name, clear_covered, trusted_map
 from ..errors import DecodeError
 from ._limits import DEFAULT_LIMITS, FORMAT_VERSION, MAX_INT, MAX_REPLICA_ID, Limits
 from ._msgpack import unpack
 from ._validate import DECODERS, dec_header, dec_str
+
+log = logging.getLogger("crdtim.codec")
 
 # -- fast constructors -------------------------------------------------------------------------
 #
@@ -198,7 +201,10 @@ def decode_field_map(x: Any, rids: list[str], schema: Schema, limits: Limits, ci
     for tag, value in x.items():
         f = by_tag.get(tag) if type(tag) is int else None
         if f is None:
-            raise DecodeError(f"conversation {cid!r}: unknown field tag {tag!r}")
+            carried = decode_carried(tag, value, rids, limits, cid)
+            if carried is not None:
+                fields[carried_name(tag)] = carried
+            continue
         lattice = f.lattice
         # Tags are distinct and so are names: each name is set at most once.
         if lattice is Lww:
@@ -235,6 +241,30 @@ def decode_field_map(x: Any, rids: list[str], schema: Schema, limits: Limits, ci
     # A last message covered by cleared_at is dropped, as the join drops it (specs/crdt.md
     # §6): decoded maps are canonical too.
     return clear_covered(fields) if "cleared_at" in fields else fields
+
+
+def decode_carried(tag: Any, value: Any, rids: list[str], limits: Limits, cid: str) -> Any:
+    """A field whose tag the schema does not know (an app's, or a newer crdtim's): decoded
+    as the lattice its encoding's shape names, to be carried intact (specs/crdt.md §7,
+    "Fields of other schemas"); None when bottom. Logged once per tag per process."""
+    if type(tag) is not int or not 0 <= tag < 128:
+        raise DecodeError(f"conversation {cid!r}: field tag {tag!r} is not in 0..127")
+    lattice = _SHAPES.get((type(value), len(value) if type(value) is list else 0))
+    if lattice is None:
+        raise DecodeError(f"conversation {cid!r}: field tag {tag} is not a register, a flag "
+                          "or a counter")
+    if tag not in _WARNED_TAGS:
+        _WARNED_TAGS.add(tag)
+        log.warning("conversations hold a field with tag %d, which this schema does not "
+                    "know: it is not shown, and is replicated as it is", tag)
+    state = DECODERS[lattice](value, rids, limits, f"conversation {cid!r} field tag {tag}")
+    return None if state.is_bottom() else state
+
+
+#: The encodings' shapes (§7): a register is [wall, counter, replica, text], a flag [dots,
+#: version vector, cloud], a counter an integer.
+_SHAPES: dict[tuple[type, int], type] = {(list, 4): Lww, (list, 3): Flag, (int, 0): MaxReg}
+_WARNED_TAGS: set[int] = set()  # one warning per unknown tag per process
 
 
 # -- public decoders ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..crdt import DEFAULT_SCHEMA, ConversationMap, Lww, LwwInt, MaxMap, MaxReg, Schema
-from ..crdt.conversation import Fields
+from ..crdt.conversation import Fields, carried_tag
 from ._limits import FORMAT_VERSION
 from ._msgpack import pack
 
@@ -34,15 +34,18 @@ def encode_field_map(fields: Fields, ids: dict[str, int], schema: Schema) -> dic
     by_name = schema.by_name
     out: dict[int, Any] = {}
     for name, state in fields.items():
-        f = by_name[name]
-        lattice = f.lattice
+        f = by_name.get(name)
+        if f is not None:
+            tag, lattice = f.tag, f.lattice
+        else:  # a field of another schema, carried: written back under its tag (§7)
+            tag, lattice = _carried(name, state)
         if lattice is Lww or lattice is LwwInt:  # the same shape; the value's type differs
             wall, counter, replica = state.stamp
-            out[f.tag] = [wall, counter, ids.setdefault(replica, len(ids)), state.value]
+            out[tag] = [wall, counter, ids.setdefault(replica, len(ids)), state.value]
         elif lattice is MaxReg:
-            out[f.tag] = state.value
+            out[tag] = state.value
         elif lattice is MaxMap:  # {member: seq}, members in code point order
-            out[f.tag] = dict(sorted(state.entries.items()))
+            out[tag] = dict(sorted(state.entries.items()))
         else:  # Flag; ids are met in the order dots, version vector, cloud
             dots = state.dots
             context = state.context
@@ -51,10 +54,17 @@ def encode_field_map(fields: Fields, ids: dict[str, int], schema: Schema) -> dic
                 ((replica, n),) = dots
                 i = ids.setdefault(replica, len(ids))
                 ((replica, m),) = vv.items()
-                out[f.tag] = [[i, n], [ids.setdefault(replica, len(ids)), m], []]
+                out[tag] = [[i, n], [ids.setdefault(replica, len(ids)), m], []]
             else:
-                out[f.tag] = [_flat(dots, ids), _flat(vv.items(), ids), _flat(context.cloud, ids)]
+                out[tag] = [_flat(dots, ids), _flat(vv.items(), ids), _flat(context.cloud, ids)]
     return out
+
+
+def _carried(name: str, state: Any) -> tuple[int, type]:
+    tag = carried_tag(name)
+    if tag is None:  # a caller's bug: the decoder names carried fields, the API refuses others
+        raise KeyError(f"field {name!r} is neither in the schema nor a carried field")
+    return tag, type(state)
 
 
 def encode_map(m: ConversationMap) -> bytes:

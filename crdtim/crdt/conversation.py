@@ -25,12 +25,15 @@ from .maxmap import MaxMap
 from .maxreg import MaxReg
 
 __all__ = [
+    "CARRIED_PREFIX",
     "DEFAULT_SCHEMA",
     "Conversation",
     "ConversationMap",
     "Field",
     "Fields",
     "Schema",
+    "carried_name",
+    "carried_tag",
     "clear_covered",
     "conversation_view",
     "join_fields",
@@ -46,6 +49,23 @@ LATTICES: tuple[type[Lattice], ...] = (Lww, Flag, MaxReg, LwwInt, MaxMap)
 #: Any, not Lattice: callers reach the type-specific parts (a register's stamp, a flag's dots)
 #: after looking the field's lattice up in the schema, which mypy cannot follow.
 Fields = dict[str, Any]
+
+
+#: A field whose tag this replica's schema does not know is carried under the name
+#: CARRIED_PREFIX + tag (specs/crdt.md §7, "Fields of other schemas"): joined by the lattice
+#: its encoding's shape names, never shown, written back under its tag.
+CARRIED_PREFIX = "#"
+
+
+def carried_name(tag: int) -> str:
+    return f"{CARRIED_PREFIX}{tag}"
+
+
+def carried_tag(name: str) -> int | None:
+    """The tag of a carried field's name; None for a schema field's name."""
+    if name.startswith(CARRIED_PREFIX) and name[1:].isdigit():
+        return int(name[1:])
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +90,9 @@ class Schema:
                 raise ValueError(f"field {f.name!r}: unknown lattice {f.lattice!r}")
             if not 0 <= f.tag < 128:
                 raise ValueError(f"field {f.name!r}: tag {f.tag} is not in 0..127")
+            if f.name.startswith(CARRIED_PREFIX):
+                raise ValueError(f"field {f.name!r}: names starting with {CARRIED_PREFIX!r} "
+                                 "are kept for fields of other schemas (carried_name)")
             if f.name in self.by_name or f.tag in self.by_tag:
                 raise ValueError(f"field {f.name!r} (tag {f.tag}) is declared twice")
             self.by_name[f.name] = f

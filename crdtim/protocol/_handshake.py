@@ -36,6 +36,7 @@ class Handshake:
             raise LocalProtocolError("several keys and no SecurityConfig.key_id: which one "
                                      "should the dialing side name?")
         self.peer_id = ""  # known from the peer's HELLO
+        self.to_self = False  # the peer's HELLO carried our own replica id
         self._peer_nonce = b""
 
     def on_hello(self, m: Hello) -> bool:
@@ -44,6 +45,7 @@ class Handshake:
             raise RemoteProtocolError(f"protocol version {m.version} is not supported "
                                       f"(this is {PROTOCOL_VERSION})")
         if m.replica_id == self.replica.id:
+            self.to_self = True  # the owner stops dialing that address (specs/protocol.md §9)
             raise RemoteProtocolError(f"connected to itself (replica {m.replica_id})")
         self.peer_id = m.replica_id
         self._peer_nonce = m.nonce

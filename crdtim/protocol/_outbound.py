@@ -122,9 +122,26 @@ class Outbound:
 
     @property
     def caught_up(self) -> bool:
-        """True when the peer acknowledged everything in our log as of now."""
-        return (self.state is Sending.DELTAS and self.acked >= self.replica.head
-                and not self.unacked_frames)
+        """True when the peer holds everything in our log as of now: it acknowledged it, or
+        the entries after its ack came from the peer itself (specs/protocol.md §4).
+
+        Those are never sent back, only covered by a DELTA whose ACK the peer may never get
+        to send (it can leave first): waiting for that ACK could wait forever for entries
+        the peer already has."""
+        if self.state is not Sending.DELTAS or self.unacked_frames:
+            return False
+        after, head = self.acked, self.replica.head
+        try:
+            while after < head:
+                end, delta = self.replica.delta_interval(after, skip_origin=self._peer)
+                if delta is not None:
+                    return False
+                if end == after:
+                    break
+                after = end
+        except LogTrimmedError:  # dropped before the peer acknowledged them
+            return False
+        return True
 
     def pump(self, *, max_unacked_frames: int, max_entries_per_delta: int,
              max_conversations_per_chunk: int) -> int:

@@ -154,6 +154,12 @@ class SyncSession:
         from ourselves, arrived (also when the handshake then failed, for the logs)."""
         return self._handshake.peer_id or None
 
+    @property
+    def connected_to_self(self) -> bool:
+        """The peer's HELLO carried our own replica id: this connection reached ourselves
+        (our own address, or a copy of our data directory); the session refused it."""
+        return self._handshake.to_self
+
     # -- outgoing bytes ------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
@@ -337,7 +343,8 @@ class SyncSession:
 
     @property
     def caught_up(self) -> bool:
-        """True when the peer acknowledged everything in our log as of now."""
+        """True when the peer holds everything in our log as of now: acknowledged, or
+        entries that came from the peer itself (which are not sent back)."""
         return self.state is State.OPEN and self._outbound.caught_up
 
     # -- time ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ concerns -- local writes, remote deltas, reads, peers -- are mixins over it, ass
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import secrets
 import time
@@ -24,6 +25,8 @@ from ..store import Store, Txn
 from ._checks import InvalidArgument, check_seq
 from ._subscriptions import Change, ChangeFeed, Subscription
 from ._write import LocalOp
+
+log = logging.getLogger("crdtim.replica")
 
 #: Log entries kept for peers that have not acknowledged them, at most; a peer further behind
 #: gets a state transfer instead of deltas (specs/storage.md §10).
@@ -92,6 +95,13 @@ class ReplicaCore:
         #: (conversation, origin) already warned of a claim on our own dots (_remote.py).
         self._claims_warned: set[tuple[str, str]] = set()
         self._feed = ChangeFeed()
+        # Delivering other processes' writes (deliver_other_processes_changes): the log
+        # position delivered up to (None: not asked yet), the entries this process wrote
+        # after it (delivered at their commit already), and the entry of the transaction
+        # now committing (WriteTxn.finish notes it; it is ours once the commit succeeded).
+        self._delivered_upto: int | None = None
+        self._own_entries: set[int] = set()
+        self._committing_entry: int | None = None
 
     @property
     def closed(self) -> bool:
@@ -111,8 +121,10 @@ class ReplicaCore:
 
     def subscribe(self, callback: Callable[[Change], Any] | None = None, *,
                   max_buffer: int = 10_000) -> Subscription:
-        """Change events after each commit of this process: to `callback`, called
-        synchronously, or (no callback) on a trio channel: `async for change in sub`."""
+        """Change events after each commit of this process, and for other processes' writes
+        once deliver_other_processes_changes() finds them (a serving Node calls it): to
+        `callback`, called synchronously, or (no callback) on a trio channel: `async for
+        change in sub`."""
         return self._feed.subscribe(callback, max_buffer)
 
     def changes_since(self, seq: int) -> Iterator[tuple[int, Change]]:
@@ -127,7 +139,48 @@ class ReplicaCore:
 
     def _notify(self, changes: list[tuple[str, frozenset[str]]], origin: str,
                 peer: str | None) -> None:
+        # Called once the transaction committed: its log entry is this process's.
+        if self._committing_entry is not None and self._delivered_upto is not None:
+            self._own_entries.add(self._committing_entry)
+        self._committing_entry = None
         self._feed.notify(changes, origin, peer)
+
+    def _note_logged(self, seq: int | None) -> None:
+        self._committing_entry = seq
+
+    def deliver_other_processes_changes(self) -> int:
+        """Hand subscribers the changes other processes (the CLI, say) logged since the
+        last call, in log order; returns how many log entries that was. The first call only
+        marks where delivery starts. A Node serving this replica calls it whenever it
+        notices the log head move (every `poll_interval`); without one, other processes'
+        writes are never delivered. A write of another process is a "local" change (this
+        replica made it); a delta that another process applied is "remote"."""
+        head = self.store.read(lambda t: t.head())
+        if self._delivered_upto is None:
+            self._delivered_upto = head
+            return 0
+        if head <= self._delivered_upto:
+            return 0
+        after, own = self._delivered_upto, self._own_entries
+        floor, entries = self.store.read(
+            lambda t: (t.log_floor(), list(t.log_entries(after, head))))
+        if floor > after:  # (only a trim between two polls could drop them: a Node polls first)
+            log.warning("%d log entries were trimmed before their changes were delivered",
+                        floor - after)
+        delivered = 0
+        for seq, origin, payload in entries:
+            if seq in own:
+                continue
+            delivered += 1
+            changes = [(cid, frozenset(fields))
+                       for cid, fields in self._decode_log(payload).convs.items()]
+            if origin == self.id:
+                self._feed.notify(changes, "local", None)
+            else:
+                self._feed.notify(changes, "remote", origin or None)
+        self._delivered_upto = head
+        self._own_entries = {seq for seq in own if seq > head}
+        return delivered
 
     # -- decoding what this replica stored ---------------------------------------------------
 

@@ -54,6 +54,20 @@ class Peers(ReplicaCore):
             if stored is None or seq > stored:
                 t.put_ack(peer, seq)
 
+    def missing_entries(self, peer: str) -> int | None:
+        """Log entries `peer` still lacks, as far as this replica can tell: those after its
+        acknowledgement, but for the ones that came from it (never sent back); None for a
+        peer that never acknowledged anything, or one behind the log floor (it needs a
+        state transfer: the entries it lacks were dropped here, uncounted)."""
+        check_peer(peer)
+        ack = self.peer_ack(peer)
+
+        def read(t: Txn) -> int | None:
+            if ack is None or ack < t.log_floor():
+                return None
+            return _missing(t, peer, ack)
+        return self.store.read(read)
+
     def received_from(self, peer: str) -> int:
         """Highest sequence of `peer`'s log that has been applied here."""
         return self.store.read(lambda t: t.received(peer))

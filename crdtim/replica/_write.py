@@ -37,6 +37,8 @@ class WriteHost(Protocol):
 
     def _load(self, t: Txn, cid: str) -> Fields: ...
 
+    def _note_logged(self, seq: int | None) -> None: ...
+
 
 #: A local op: given the transaction and the conversation's current state, its delta.
 LocalOp = Callable[["WriteTxn", Fields], Fields]
@@ -110,12 +112,15 @@ class WriteTxn:
             raw = stored.get(cid) if stored else None
             t.put_conversation(cid, codec.encode_fields(state, schema) if raw is None else raw)
             t.replace_order_key(order_key_of(cid, self.old[cid]), order_key_of(cid, state))
+        # Which log entry this process wrote (None: none), so that its change feed does not
+        # deliver it a second time as another process's (specs/storage.md §3).
+        self.replica._note_logged(None)
         if self.delta:
             if self.log_payload is None:
                 # Every part joined here is non-bottom (a normalized map's, or a mutator's
                 # non-empty delta), so the map needs no normalizing pass.
                 self.log_payload = codec.encode_map(codec.trusted_map(self.delta, schema))
-            t.append_log(origin, self.log_payload)
+            self.replica._note_logged(t.append_log(origin, self.log_payload))
         if self.clock_moved and self.clock is not None:
             t.put_clock(self.clock.wall, self.clock.counter)
         return [(cid, frozenset(part)) for cid, part in self.delta.items()]

@@ -16,29 +16,47 @@ from .conversation import (
     trusted_map,
 )
 from .flag import CausalContext, Flag
+from .history import History, versions, visible_path
 from .hlc import DEFAULT_MAX_DRIFT_MS, ClockDriftError, Hlc
 from .lattice import Lattice
 from .lww import BOTTOM_STAMP, Lww, Stamp
 from .maxreg import MaxReg
+from .message import (
+    DEFAULT_MESSAGE_LIMITS,
+    Append,
+    Header,
+    MessageError,
+    MessageLimits,
+    MessageState,
+)
 
 __all__ = [
     "BOTTOM_STAMP",
     "DEFAULT_MAX_DRIFT_MS",
+    "DEFAULT_MESSAGE_LIMITS",
     "DEFAULT_SCHEMA",
+    "Append",
     "CausalContext",
     "ClockDriftError",
     "Conversation",
     "ConversationMap",
     "Field",
     "Flag",
+    "Header",
+    "History",
     "Hlc",
     "Lattice",
     "Lww",
     "MaxReg",
+    "MessageError",
+    "MessageLimits",
+    "MessageState",
     "Schema",
     "Stamp",
     "conversation_view",
     "join_fields",
     "novel_fields",
     "trusted_map",
+    "versions",
+    "visible_path",
 ]

@@ -9,9 +9,10 @@ delta mutators on three simulated replicas that exchange some of their deltas.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import reduce
-from typing import Any, Callable
+from typing import Any
 
 from hypothesis import strategies as st
 

@@ -8,16 +8,17 @@ a state exactly as the whole delta does. Equality is structural (canonical state
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any, Callable
+from typing import Any
 
+import message_strategies as ms
 import pytest
+import strategies as s
 from hypothesis import given
 from hypothesis import strategies as st
 
-import message_strategies as ms
-import strategies as s
 from crdtim.crdt import (
     Append,
     Header,
@@ -148,7 +149,7 @@ def live_ids(h: History) -> list[str]:
 @st.composite
 def post_after_newest(draw: Callable) -> Mutation:
     h = draw(ms.histories())
-    mid = draw(st.sampled_from([i for i in ms.MESSAGE_IDS + ("m9",) if i not in h.messages]))
+    mid = draw(st.sampled_from([i for i in (*ms.MESSAGE_IDS, "m9") if i not in h.messages]))
     text, stamp = draw(ms.texts), ms.fresh_stamp(h)
     header = Header(ms.last_visible(h), None, "user", None, stamp.wall, None, stamp)
     expected = with_message(h, mid, MessageState(header, Lww(stamp, text)))

@@ -6,13 +6,14 @@ duplication and reordering.
 from __future__ import annotations
 
 from functools import reduce
+from typing import ClassVar
 
+import message_strategies as ms
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-import message_strategies as ms
 from crdtim.crdt import (
     History,
     Lww,
@@ -276,7 +277,7 @@ class ThreeReplicas(RuleBasedStateMachine):
     network. After full delivery (every delta made, resent to everyone) all replicas hold
     one state and show one history, and every message is reachable (§3.5)."""
 
-    runs: list[int] = []  # deltas made per run: tests the test (see below)
+    runs: ClassVar[list[int]] = []  # deltas made per run: tests the test (see below)
 
     @initialize()
     def start(self) -> None:

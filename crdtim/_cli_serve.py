@@ -83,8 +83,8 @@ def _serve_config(args: argparse.Namespace) -> NodeConfig:
     authenticated = args.secret_file is not None or all(tls_files)
     if args.authz is not None and not authenticated and args.http_tokens is None:
         raise CommandFailed("--authz maps peer identities to what they may replicate, but "
-                            "without --secret-file, --tls-* or --http-tokens nothing has an "
-                            "identity", EXIT_USAGE)
+                            "without --secret-file or --tls-* peers have no identity (nor "
+                            "HTTP callers without --http-tokens)", EXIT_USAGE)
     host, port = args.listen or ("127.0.0.1", 0)
     if args.listen is not None and not authenticated and not _is_loopback(host):
         if not args.insecure:

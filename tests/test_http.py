@@ -491,3 +491,24 @@ def test_importing_crdtim_does_not_import_the_http_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONPATH": ""}).stdout
     assert out.strip() == "[]"
+
+
+# -- crdtim serve --http: what it refuses, before any replica is made --------------------------
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--http", "0.0.0.0:0"], "without --http-tokens"),
+    (["--listen", "127.0.0.1:0", "--http-tokens", "t"], "--http-tokens is for --http"),
+    ([], "needs --listen"),
+    (["--http", "0.0.0.0:0", "--http-tokens", "TOKENS_644"], "other users"),
+])
+def test_serve_http_refuses_what_would_leave_it_open(tmp_path, capsys, flags, message):
+    from crdtim import cli
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice " + "a" * 32 + "\n")
+    tokens.chmod(0o644)
+    flags = [str(tokens) if f == "TOKENS_644" else f for f in flags]
+    status = cli.main(["--data", str(tmp_path / "r"), "serve", *flags])
+    assert status == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

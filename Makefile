@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,http]'
+	$(PY) -m pip install --quiet -e '.[browser]' || echo "playwright could not be installed: the browser test will skip"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -28,6 +28,7 @@ from ._cli_common import (
     whole_number,
     writable_replica,
 )
+from ._cli_http import HttpSettings, http_settings, serve_http_beside
 from ._serve_lock import ServeLock
 from .errors import ConfigError
 from .net import Node, NodeConfig, parse_address
@@ -43,14 +44,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.listen is None and args.http is None:
+        raise CommandFailed("serve needs --listen HOST:PORT (peers), --http HOST:PORT (the "
+                            "HTTP API), or both", EXIT_USAGE)
     config = _serve_config(args)  # before the replica: a refused setting creates nothing
+    http = http_settings(args, args.http is not None and _is_loopback(args.http[0]))
     # A second server on the directory is refused (exit 1) before it listens or dials
     # (specs/storage.md §1); the lock is held until the server stops.
     with writable_replica(args) as replica, ServeLock(replica.path):
         if args.max_clock_drift is not None:
             replica.max_clock_drift_ms = args.max_clock_drift
         try:
-            trio.run(_serve, replica, args.listen, args.peer, args.metrics, config)
+            trio.run(_serve, replica, args.listen, args.peer, args.metrics, config, http)
         except BaseExceptionGroup as group:
             # A task of the node failed: report the first real cause like any other error.
             leaf = group
@@ -79,12 +84,12 @@ def _serve_config(args: argparse.Namespace) -> NodeConfig:
     if args.key_id is not None and args.secret_file is None:
         raise CommandFailed("--key-id names a key of --secret-file: give that too", EXIT_USAGE)
     authenticated = args.secret_file is not None or all(tls_files)
-    if args.authz is not None and not authenticated:
+    if args.authz is not None and not authenticated and args.http_tokens is None:
         raise CommandFailed("--authz maps peer identities to what they may replicate, but "
-                            "without --secret-file or --tls-* peers have no identity",
-                            EXIT_USAGE)
-    host, port = args.listen
-    if not authenticated and not _is_loopback(host):
+                            "without --secret-file or --tls-* peers have no identity (nor "
+                            "HTTP callers without --http-tokens)", EXIT_USAGE)
+    host, port = args.listen or ("127.0.0.1", 0)
+    if args.listen is not None and not authenticated and not _is_loopback(host):
         if not args.insecure:
             raise CommandFailed(
                 f"refusing to listen on {host}:{port} without authentication: anyone who can "
@@ -94,7 +99,9 @@ def _serve_config(args: argparse.Namespace) -> NodeConfig:
         logging.getLogger("crdtim.serve").warning(
             "--insecure: listening on %s:%d with no authentication", host, port)
     try:
-        security = load_security(args.secret_file, args.authz, args.key_id)
+        # --authz with --http-tokens alone limits HTTP tokens, not peers (who have no identity)
+        authz = args.authz if authenticated else None
+        security = load_security(args.secret_file, authz, args.key_id)
         tls = load_tls(*tls_files) if all(tls_files) else None
     except ConfigError as e:
         raise CommandFailed(str(e), EXIT_USAGE) from None
@@ -132,14 +139,18 @@ def _serve_config(args: argparse.Namespace) -> NodeConfig:
                       security=security, tls=tls)
 
 
-async def _serve(replica: Replica, listen: tuple[str, int], peers: list[tuple[str, int]],
-                 metrics: tuple[str, int] | None, config: NodeConfig | None = None) -> None:
+async def _serve(replica: Replica, listen: tuple[str, int] | None,
+                 peers: list[tuple[str, int]], metrics: tuple[str, int] | None,
+                 config: NodeConfig | None = None, http: HttpSettings | None = None) -> None:
     log = logging.getLogger("crdtim.serve")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with Node(replica, listen=listen, peers=peers, config=config) as node:
-            host = listen[0]
-            log.info("replica %s listening on %s:%d (data %s), %d peer(s) to dial",
-                     replica.id, host, node.port, replica.path, len(peers))
+        async with Node(replica, listen=listen, peers=peers, config=config) as node, \
+                trio.open_nursery() as beside:
+            where = f"listening on {listen[0]}:{node.port}" if listen else "not listening"
+            log.info("replica %s %s (data %s), %d peer(s) to dial",
+                     replica.id, where, replica.path, len(peers))
+            if http is not None:
+                await serve_http_beside(beside, replica, http)
             if metrics is not None:
                 from .metrics import serve_metrics  # prometheus_client: only when asked for
 
@@ -148,6 +159,7 @@ async def _serve(replica: Replica, listen: tuple[str, int], peers: list[tuple[st
             async for signum in signals:
                 log.info("stopping (%s)", signal.Signals(signum).name)
                 break
+            beside.cancel_scope.cancel()
 
 
 # -- the command table's row: argument types, then the options ---------------------------------
@@ -172,8 +184,14 @@ def _address(text: str) -> tuple[str, int]:
 
 SERVE_COMMANDS: dict[str, Subcommand] = {
     "serve": Subcommand(cmd_serve, "replicate with peers over TCP until SIGINT/SIGTERM", (
-        arg("--listen", metavar="HOST:PORT", type=_address, required=True,
+        arg("--listen", metavar="HOST:PORT", type=_address, default=None,
             help="address to accept peers on (port 0: any free port)"),
+        arg("--http", metavar="HOST:PORT", type=_address, default=None,
+            help="serve the HTTP API, change feed and web page here (loopback unless "
+                 "--http-tokens; the extra crdtim[http])"),
+        arg("--http-tokens", metavar="FILE", default=None,
+            help="bearer tokens for --http, one `TOKEN_ID TOKEN` a line (rules of "
+                 "--secret-file); --authz scopes each token id"),
         arg("--peer", metavar="HOST:PORT", type=_address, action="append", default=[],
             help="a peer to dial (repeatable)"),
         # Security (specs/security.md): a non-loopback --listen needs one of these.

@@ -9,6 +9,7 @@ concerns -- local writes, remote deltas, reads, peers -- are mixins over it, ass
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import os
 import secrets
@@ -127,10 +128,12 @@ class ReplicaCore:
         change in sub`."""
         return self._feed.subscribe(callback, max_buffer)
 
-    def changes_since(self, seq: int) -> Iterator[tuple[int, Change]]:
-        """Changes recorded in the log after `seq` by any process (for `crdtim watch`)."""
+    def changes_since(self, seq: int, limit: int | None = None) -> Iterator[tuple[int, Change]]:
+        """Changes recorded in the log after `seq` by any process (for `crdtim watch`), from
+        at most `limit` log entries (None: all retained), so that a reader that goes a page
+        at a time (the HTTP change feed) holds one page in memory, not the log."""
         check_seq(seq, "seq")
-        entries = self.store.read(lambda t: list(t.log_entries(seq)))
+        entries = self.store.read(lambda t: list(itertools.islice(t.log_entries(seq), limit)))
         for s, origin, payload in entries:
             local = origin == self.id
             for cid, fields in self._decode_log(payload).convs.items():

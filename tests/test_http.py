@@ -158,16 +158,16 @@ async def test_patch_false_clears_a_flag(replica):
 async def test_patch_reaches_fields_an_app_added_to_its_schema(open_replica):
     import crdtim
 
-    schema = crdtim.DEFAULT_SCHEMA.extend(crdtim.Field("archived", 6, crdtim.Flag),
-                                          crdtim.Field("draft", 7, crdtim.Lww, clocked=True))
+    schema = crdtim.DEFAULT_SCHEMA.extend(crdtim.Field("starred", 64, crdtim.Flag),
+                                          crdtim.Field("folder", 65, crdtim.Lww, clocked=True))
     r = open_replica("custom", schema=schema)
     r.set_title("c", "C")
     async with client(create_app(r)) as c:
-        resp = await c.patch("/api/im/conversations/c", json={"archived": True, "draft": "hi"})
+        resp = await c.patch("/api/im/conversations/c", json={"starred": True, "folder": "hi"})
         spec = (await c.get("/openapi.json")).json()
-    assert resp.json()["data"]["extra"] == {"archived": True, "draft": "hi"}
+    assert resp.json()["data"]["extra"] == {"starred": True, "folder": "hi"}
     patch_body = spec["paths"]["/api/im/conversations/{cid}"]["patch"]["requestBody"]
-    assert {"archived", "draft"} <= set(patch_body["content"]["application/json"]["schema"]
+    assert {"starred", "folder"} <= set(patch_body["content"]["application/json"]["schema"]
                                         ["properties"])
 
 

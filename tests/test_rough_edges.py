@@ -103,7 +103,7 @@ def test_second_serve_on_one_directory_looped_on_duplicate_connections(cli, data
 
     seen = {}
 
-    async def fake_serve(replica, listen, peers, metrics, config=None):
+    async def fake_serve(replica, listen, peers, metrics, config=None, http=None):
         # Inside the first server: a second one, and a one-shot write beside it.
         with pytest.raises(ServeLockedError) as refused:
             with ServeLock(replica.path):

@@ -401,12 +401,16 @@ async def _fault_phase(rng: random.Random, config: ClusterConfig, proxy: Proxy,
                        report: ClusterReport, restarts: trio.Nursery, restart_later: Any,
                        workload_restart_later: Any) -> None:
     end = trio.current_time() + config.round_seconds
+    # Each round opens with a workload kill: drawn at random, a short round could hold none
+    # (or find every workload restarting), and a run must always exercise kill -9 mid-use.
+    first = True
     while True:
         await trio.sleep(rng.uniform(*config.fault_gap))
         if trio.current_time() >= end:
             return
-        kind = rng.choices(["kill9_server", "kill9_workload", "cut", "partition", "heal",
-                            "delay"], [3, 2, 4, 1, 2, 1])[0]
+        kind = "kill9_workload" if first else rng.choices(
+            ["kill9_server", "kill9_workload", "cut", "partition", "heal", "delay"],
+            [3, 2, 4, 1, 2, 1])[0]
         if kind == "kill9_server":
             s = rng.choice(servers)
             if not s.alive:
@@ -420,6 +424,7 @@ async def _fault_phase(rng: random.Random, config: ClusterConfig, proxy: Proxy,
                 await _until_in_call(w)
             if not w.alive:
                 continue
+            first = False
             if await w.kill9():
                 report.faults["kill9_workload_mid_call"] += 1
             restarts.start_soon(workload_restart_later, w, rng.uniform(0.1, 1.0))

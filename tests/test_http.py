@@ -512,3 +512,28 @@ def test_serve_http_refuses_what_would_leave_it_open(tmp_path, capsys, flags, me
     status = cli.main(["--data", str(tmp_path / "r"), "serve", *flags])
     assert status == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+async def test_patch_and_list_reach_the_conversation_features(open_replica):
+    """The features of specs/crdt.md §6 go through their Replica operations (an archive
+    keeps its position, so a later message brings the conversation back), and the list
+    takes the filters of `crdtim ls`."""
+    r = open_replica("features")
+    r.message_arrived("a", 3, "hi")
+    r.message_arrived("b", 1, "yo")
+    async with client(create_app(r)) as c:
+        archived = await c.patch("/api/im/conversations/a",
+                                 json={"archived": True, "draft": "d", "read_by": {"bob": 2}})
+        refused = await c.patch("/api/im/conversations/a", json={"marked_unread": False})
+        listed = (await c.get("/api/im/conversations")).json()["data"]["conversations"]
+        archive = (await c.get("/api/im/conversations?archived=true")).json()["data"]
+        bad = await c.get("/api/im/conversations?pinned=maybe")
+    assert archived.status_code == 200
+    data = archived.json()["data"]
+    assert data["archived"] and data["draft"] == "d" and data["read_by"] == {"bob": 2}
+    assert refused.status_code == 400 and "only true" in refused.json()["error"]
+    assert [x["id"] for x in listed] == ["b"]
+    assert [x["id"] for x in archive["conversations"]] == ["a"]
+    assert bad.status_code == 400 and "true or false" in bad.json()["error"]
+    r.message_arrived("a", 4, "back")  # a newer message unarchives it (specs/crdt.md §6)
+    assert not r.get("a").archived

@@ -19,7 +19,8 @@ from starlette.requests import Request
 
 from .._cli_common import positive
 from ..crdt import DEFAULT_SCHEMA, Flag, Lww, Schema
-from ..replica import Replica
+from ..crdt.conversation import FIRST_APP_TAG
+from ..replica import InvalidArgument, Replica
 from ._access import Caller
 from ._envelope import ApiError, expect, query, read_json_object
 
@@ -56,29 +57,70 @@ def _register(name: str) -> Operation:
     return Operation(str, "a string", lambda r, cid, text: r.set_register(cid, name, text))
 
 
+def _true_only(name: str, what: str, call: Callable[[Replica, str], None]) -> Operation:
+    """A key that only sets: what clears it is another operation (a read, a new message)."""
+    def apply(replica: Replica, cid: str, on: bool) -> None:
+        if not on:
+            raise InvalidArgument(f"{name} takes only true ({what}): it is cleared by "
+                                  "another operation")
+        call(replica, cid)
+    return Operation(bool, f"true ({what})", apply)
+
+
 #: The keys every replica has. New Replica operations (archive, draft, mute until, ...) are
 #: rows here; fields an app adds to its schema get rows from `patch_operations`.
 BUILTIN_OPERATIONS: Mapping[str, Operation] = {
     "title": Operation(str, "a string", lambda r, cid, text: r.set_title(cid, text)),
     "pinned": _flag("pinned"),
-    "muted": _flag("muted"),
+    "muted": Operation(bool, "a boolean (true mutes, false unmutes)",
+                       lambda r, cid, on: r.mute(cid) if on else r.unmute(cid)),
+    "muted_until": Operation(int, "a time in ms since the epoch (muted until then)",
+                             lambda r, cid, until: r.mute(cid, until=until)),
     "read_seq": Operation(int, "a message sequence number (marks read up to it)",
                           lambda r, cid, seq: r.mark_read(cid, seq)),
+    "archived": Operation(bool, "a boolean (true archives until a new message, false "
+                          "unarchives)",
+                          lambda r, cid, on: r.archive(cid) if on else r.unarchive(cid)),
+    "archived_keep": _true_only("archived_keep", "archives it until unarchived",
+                                lambda r, cid: r.archive(cid, keep=True)),
+    "marked_unread": _true_only("marked_unread", "a later read clears it",
+                                lambda r, cid: r.mark_unread(cid)),
+    "deleted": _true_only("deleted", "delete for me, on all my devices",
+                          lambda r, cid: r.delete_conversation(cid)),
+    "draft": Operation(str, "a string (\"\" clears it)",
+                       lambda r, cid, text: r.set_draft(cid, text)),
+    "read_by": Operation(dict, "an object of member name -> message sequence number",
+                         lambda r, cid, marks: _read_by(r, cid, marks)),
 }
 
 
+def _read_by(replica: Replica, cid: str, marks: dict[str, Any]) -> None:
+    for member, seq in marks.items():
+        if type(seq) is not int:
+            raise InvalidArgument(f"read_by[{member!r:.80}] must be a message sequence number")
+        replica.mark_read_by(cid, member, seq)
+
+
 def patch_operations(schema: Schema = DEFAULT_SCHEMA) -> dict[str, Operation]:
-    """BUILTIN_OPERATIONS, plus a row for each flag and clocked text field of `schema` that
-    has none (an app's own fields: Schema.extend)."""
+    """BUILTIN_OPERATIONS, plus a row for each flag and clocked text field an app added to
+    `schema` (Schema.extend; tags 64..127). crdtim's own fields are written only through
+    their operations above: a raw flag write would skip what they keep beside it (the
+    position an archive was made at, specs/crdt.md §6)."""
     ops = dict(BUILTIN_OPERATIONS)
     for field in schema.fields:
-        if field.name in ops:
+        if field.name in ops or field.tag < FIRST_APP_TAG:
             continue
         if field.lattice is Flag:
             ops[field.name] = _flag(field.name)
         elif field.lattice is Lww and field.clocked:
             ops[field.name] = _register(field.name)
     return ops
+
+
+def _boolean(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise ValueError(f"expected true or false, not {text!r:.40}")
+    return text == "true"
 
 
 def _cursor(text: str) -> str:
@@ -95,11 +137,15 @@ def _visible(replica: Replica, caller: Caller, cid: str) -> dict[str, Any]:
 
 async def list_conversations(replica: Replica, caller: Caller,
                              request: Request) -> dict[str, Any]:
-    params = query(request, {"limit": positive, "cursor": _cursor})
+    params = query(request, {"limit": positive, "cursor": _cursor, "archived": _boolean,
+                             "unread": _boolean, "pinned": _boolean})
     limit = params.get("limit", 50)
     cursor = params.get("cursor")
+    # The filters of `crdtim ls` (specs/storage.md §4, "Filters").
+    filters: dict[str, Any] = {name: params[name] for name in ("archived", "unread", "pinned")
+                               if name in params}
     if caller.scope is None:
-        page = replica.list(limit, cursor)
+        page = replica.list(limit, cursor, **filters)
         return {"conversations": [c.as_dict() for c in page.items], "cursor": page.cursor,
                 "has_more": page.has_more}
     # Scoped: ask for no more than are still missing, so the replica's cursor (after the
@@ -107,7 +153,7 @@ async def list_conversations(replica: Replica, caller: Caller,
     items: list[dict[str, Any]] = []
     has_more = True
     for _ in range(MAX_SCAN_PAGES):
-        page = replica.list(limit - len(items), cursor)
+        page = replica.list(limit - len(items), cursor, **filters)
         items += [c.as_dict() for c in page.items if caller.sees(c.id)]
         cursor, has_more = page.cursor, page.has_more
         if not has_more or len(items) == limit:

@@ -14,7 +14,7 @@ from ._envelope import MAX_BODY_BYTES
 
 __all__ = ["openapi_document"]
 
-_JSON_TYPES = {bool: "boolean", int: "integer", str: "string"}
+_JSON_TYPES = {bool: "boolean", int: "integer", str: "string", dict: "object"}
 
 _CONVERSATION = {
     "type": "object",
@@ -92,7 +92,13 @@ def openapi_document(operations: Mapping[str, Operation]) -> dict[str, Any]:
                 "summary": "a page of conversations: pinned first, then newest message",
                 "parameters": [
                     _query("limit", "page size, 1 to 10000 (default 50)", {"type": "integer"}),
-                    _query("cursor", "from a previous page", {"type": "string"})],
+                    _query("cursor", "from a previous page", {"type": "string"}),
+                    _query("archived", "true lists the archive instead (default false)",
+                           {"type": "boolean"}),
+                    _query("unread", "only (true) or no (false) unread or marked unread ones",
+                           {"type": "boolean"}),
+                    _query("pinned", "only (true) or no (false) pinned ones",
+                           {"type": "boolean"})],
                 "responses": {"200": _answer("a page", {"type": "object", "properties": {
                     "conversations": {"type": "array",
                                       "items": {"$ref": "#/components/schemas/Conversation"}},

@@ -1,5 +1,6 @@
-"""How store.py seals the values it reads back as state, and how it names what failed
-(specs/storage.md §2 "Checksums", §6): pure functions over bytes and error text, no lmdb.
+"""The bytes of store.py's records that need no lmdb: the `order` key layout (specs/storage.md
+§2), how values read back as state are sealed, and how a failure is named (§2 "Checksums",
+§6): pure functions over bytes and error text.
 """
 
 from __future__ import annotations
@@ -8,12 +9,41 @@ import errno
 import os
 import struct
 import zlib
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import CorruptStoreError
 
-__all__ = ["CHECKSUM_BYTES", "describe_key", "describe_lmdb_error", "seal", "unseal"]
+__all__ = [
+    "CHECKSUM_BYTES",
+    "describe_key",
+    "describe_lmdb_error",
+    "order_key",
+    "order_key_of",
+    "seal",
+    "unseal",
+]
 
 _U64 = struct.Struct(">Q")
+_MAX_U64 = 2**64 - 1
+
+
+def order_key(pinned: bool, last_at: int, cid: str) -> bytes:
+    """Sorts pinned first, then newest message first, then by id (specs/storage.md §2,
+    `order`): pin byte, u64(2^64 - 1 - last_at), the id in UTF-8."""
+    return (b"\x00" if pinned else b"\x01") + _U64.pack(_MAX_U64 - last_at) + cid.encode()
+
+
+def order_key_of(cid: str, fields: Mapping[str, Any]) -> bytes | None:
+    """The `order` key of a conversation's state (None for no state): from its `pinned`
+    flag's value and the wall time of its `last_message` stamp (0 if none)."""
+    if not fields:
+        return None
+    pinned = fields.get("pinned")
+    last = fields.get("last_message")
+    return order_key(
+        pinned is not None and bool(pinned.value), 0 if last is None else last.stamp.wall, cid
+    )
 
 #: The checksum sealed onto every `convs` and `log` value (specs/storage.md §2, "Checksums").
 _CRC = struct.Struct(">I")

@@ -122,7 +122,7 @@ class Node:
         self._links: dict[str, Link] = {}  # peer replica id -> the link kept for it
         # Accepted connections not yet authenticated, per remote address (their slots are
         # given back when the handshake completes or the connection ends).
-        self._handshaking: dict[str, int] = {}
+        self._handshakes = _HandshakeSlots(self.config)
         self._handshake_slots: dict[Link, _HandshakeSlot] = {}
         self._seen_peers: set[str] = set()  # every peer id linked while this Node ran
         self._all_links: set[Link] = set()
@@ -219,37 +219,10 @@ class Node:
             async with self._changed:
                 while True:
                     self._notice_foreign_writes()
-                    if len(self._caught_up_peers()) >= want:
+                    if len(_caught_up_peers(self)) >= want:
                         return
                     await self._changed.wait()
-        raise TimeoutError(self._lag_report(want, timeout))
-
-    def _caught_up_peers(self) -> set[str]:
-        """The peers seen by this Node that hold everything in our log: a linked peer per
-        its session, one that left per the replica's record of its acknowledgements."""
-        caught_up = set()
-        for peer in self._seen_peers:
-            link = self._links.get(peer)
-            if link is not None:
-                if link.session.caught_up:
-                    caught_up.add(peer)
-            elif self.replica.missing_entries(peer) == 0:
-                caught_up.add(peer)
-        return caught_up
-
-    def _lag_report(self, want: int, timeout: float | None) -> str:
-        behind = []
-        caught_up = self._caught_up_peers()
-        for peer in sorted(self._seen_peers - caught_up):
-            missing = self.replica.missing_entries(peer)
-            lacks = "a state transfer" if missing is None else f"{missing} log entries"
-            linked = "connected" if peer in self._links else "not connected"
-            behind.append(f"{peer} ({linked}) lacks {lacks}")
-        never = max(0, want - len(self._seen_peers))
-        if never:
-            behind.append(f"{never} more peer(s) never connected")
-        return (f"not caught up within {timeout:g} s: {len(caught_up)} of {want} peer(s) "
-                f"hold our whole log; " + "; ".join(behind))
+        raise TimeoutError(_lag_report(self, want, timeout))
 
     async def _notify_changed(self) -> None:
         async with self._changed:
@@ -297,7 +270,7 @@ class Node:
                     await trio.sleep(ACCEPT_RETRY_DELAY)
                     continue
                 address = _remote_address(stream)
-                busy = self._handshake_refusal(address)
+                busy = self._handshakes.refusal(address)
                 if busy is not None:
                     log.warning("refusing a connection from %s: %s", address, busy)
                     self.stats.refused += 1
@@ -308,39 +281,14 @@ class Node:
                     continue
                 # The slot is taken now, before the task starts, so that a burst of
                 # accepts cannot overshoot the limits.
-                self._handshaking[address] = self._handshaking.get(address, 0) + 1
-                self._tasks.start_soon(self._run_accepted, stream, address)
+                self._tasks.start_soon(self._run_accepted, stream,
+                                       self._handshakes.take(address))
 
-    def _handshake_refusal(self, address: str) -> str | None:
-        """Why a new connection from `address` cannot start a handshake now, or None.
-        Only handshakes count here: authenticated peers are counted against max_peers when
-        they complete theirs (_register), so a flood of connections that never authenticate
-        cannot keep a known peer out (specs/security.md §7)."""
-        cfg = self.config
-        if self._handshaking.get(address, 0) >= cfg.max_handshakes_per_address:
-            return "too many connections in their handshake from this address"
-        if sum(self._handshaking.values()) >= cfg.max_handshakes:
-            return "too many connections in their handshake"
-        return None
-
-    def _release_handshake(self, slot: _HandshakeSlot) -> None:
-        """Give a handshake slot back (once: at registration or at the end, whichever is
-        first)."""
-        if not slot.held:
-            return
-        slot.held = False
-        n = self._handshaking.get(slot.address, 0) - 1
-        if n > 0:
-            self._handshaking[slot.address] = n
-        else:
-            self._handshaking.pop(slot.address, None)
-
-    async def _run_accepted(self, stream: trio.abc.Stream, address: str) -> None:
-        slot = _HandshakeSlot(address)
+    async def _run_accepted(self, stream: trio.abc.Stream, slot: _HandshakeSlot) -> None:
         try:
             await self._run_link(stream, False, None, slot)
         finally:
-            self._release_handshake(slot)
+            self._handshakes.release(slot)
 
     async def _dial_loop(self, addr: tuple[str, int]) -> None:
         delay = self.config.backoff_initial
@@ -425,7 +373,7 @@ class Node:
         assert peer is not None  # a session reports HandshakeComplete once it knows the peer
         slot = self._handshake_slots.pop(link, None)
         if slot is not None:  # authenticated: its handshake slot is free for the next one
-            self._release_handshake(slot)
+            self._handshakes.release(slot)
         if peer not in self._links and len(self._links) >= self.config.max_peers:
             log.warning("refusing peer %s: %d peers already", peer, len(self._links))
             self.stats.refused += 1
@@ -461,6 +409,71 @@ class _HandshakeSlot:
     def __init__(self, address: str):
         self.address = address
         self.held = True
+
+
+class _HandshakeSlots:
+    """Accepted connections not yet authenticated, per remote address. Only handshakes count
+    here: authenticated peers are counted against max_peers when they complete theirs
+    (Node._register), so a flood of connections that never authenticate cannot keep a known
+    peer out (specs/security.md §7)."""
+
+    __slots__ = ("_config", "_held")
+
+    def __init__(self, config: NodeConfig):
+        self._config = config
+        self._held: dict[str, int] = {}
+
+    def refusal(self, address: str) -> str | None:
+        """Why a new connection from `address` cannot start a handshake now, or None."""
+        if self._held.get(address, 0) >= self._config.max_handshakes_per_address:
+            return "too many connections in their handshake from this address"
+        if sum(self._held.values()) >= self._config.max_handshakes:
+            return "too many connections in their handshake"
+        return None
+
+    def take(self, address: str) -> _HandshakeSlot:
+        self._held[address] = self._held.get(address, 0) + 1
+        return _HandshakeSlot(address)
+
+    def release(self, slot: _HandshakeSlot) -> None:
+        """Give a slot back (once: at registration or at the end, whichever is first)."""
+        if not slot.held:
+            return
+        slot.held = False
+        n = self._held.get(slot.address, 0) - 1
+        if n > 0:
+            self._held[slot.address] = n
+        else:
+            self._held.pop(slot.address, None)
+
+
+def _caught_up_peers(node: Node) -> set[str]:
+    """The peers seen by this Node that hold everything in our log: a linked peer per
+    its session, one that left per the replica's record of its acknowledgements."""
+    caught_up = set()
+    for peer in node._seen_peers:
+        link = node._links.get(peer)
+        if link is not None:
+            if link.session.caught_up:
+                caught_up.add(peer)
+        elif node.replica.missing_entries(peer) == 0:
+            caught_up.add(peer)
+    return caught_up
+
+def _lag_report(node: Node, want: int, timeout: float | None) -> str:
+    behind = []
+    caught_up = _caught_up_peers(node)
+    for peer in sorted(node._seen_peers - caught_up):
+        missing = node.replica.missing_entries(peer)
+        lacks = "a state transfer" if missing is None else f"{missing} log entries"
+        linked = "connected" if peer in node._links else "not connected"
+        behind.append(f"{peer} ({linked}) lacks {lacks}")
+    never = max(0, want - len(node._seen_peers))
+    if never:
+        behind.append(f"{never} more peer(s) never connected")
+    return (f"not caught up within {timeout:g} s: {len(caught_up)} of {want} peer(s) "
+            f"hold our whole log; " + "; ".join(behind))
+
 
 
 def _remote_address(stream: trio.abc.Stream) -> str:

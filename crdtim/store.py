@@ -16,21 +16,29 @@ One environment per replica directory, with named databases (layout in specs/sto
 
 Every mutation runs as one write transaction through `Store.write`, which re-runs it after
 growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here decodes
-what it stores: encoding belongs to crdtim/codec/, meaning to crdtim/replica/. The one place that
-reads a decoded state is `order_key_of`, for the two fields the listing index is made of.
+what it stores: encoding belongs to crdtim/codec/, meaning to crdtim/replica/; the bytes of
+the records that need no lmdb (the order key, the seals) are _records.py's.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import lmdb
 
 from ._datafile import check_data_file, check_regular_file
-from ._records import CHECKSUM_BYTES, describe_key, describe_lmdb_error, seal, unseal
+from ._records import (
+    CHECKSUM_BYTES,
+    describe_key,
+    describe_lmdb_error,
+    order_key,
+    order_key_of,
+    seal,
+    unseal,
+)
 from .errors import CorruptStoreError, FormatVersionError, NotAReplicaError, StoreError
 
 __all__ = [
@@ -46,7 +54,6 @@ MIGRATABLE_FORMATS = (1,)
 MAGIC = b"crdtim"
 _U64 = struct.Struct(">Q")
 _CLOCK = struct.Struct(">QI")
-_MAX_U64 = 2**64 - 1
 
 INITIAL_MAP_SIZE = 64 * 1024 * 1024
 #: The named databases, as Store opens them (specs/storage.md).
@@ -58,24 +65,6 @@ MAX_CID_BYTES = 511 - 9
 MAX_ORIGIN_BYTES = 255
 _OPEN_IN_THIS_PROCESS: set[str] = set()
 DURABILITY_MODES = ("sync", "nosync")
-
-
-def order_key(pinned: bool, last_at: int, cid: str) -> bytes:
-    """Sorts pinned first, then newest message first, then by id (specs/storage.md §2,
-    `order`): pin byte, u64(2^64 - 1 - last_at), the id in UTF-8."""
-    return (b"\x00" if pinned else b"\x01") + _U64.pack(_MAX_U64 - last_at) + cid.encode()
-
-
-def order_key_of(cid: str, fields: Mapping[str, Any]) -> bytes | None:
-    """The `order` key of a conversation's state (None for no state): from its `pinned`
-    flag's value and the wall time of its `last_message` stamp (0 if none)."""
-    if not fields:
-        return None
-    pinned = fields.get("pinned")
-    last = fields.get("last_message")
-    return order_key(
-        pinned is not None and bool(pinned.value), 0 if last is None else last.stamp.wall, cid
-    )
 
 
 def _framed(v: bytes) -> tuple[str, bytes]:

@@ -17,10 +17,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import message_strategies as ms
 import strategies as s
 from crdtim import codec
 from crdtim.crdt import (
-    CausalContext, ConversationMap, Flag, Lww, LwwInt, MaxMap, MaxReg, Stamp, join_fields
+    CausalContext,
+    ConversationMap,
+    Flag,
+    History,
+    Lww,
+    LwwInt,
+    MaxMap,
+    MaxReg,
+    MessageState,
+    Stamp,
+    join_fields,
 )
 
 
@@ -44,6 +55,10 @@ LATTICES = [
     LatticeCase("Flag", s.flags(), Flag.bottom()),
     LatticeCase("CausalContext", s.contexts(), CausalContext()),
     LatticeCase("ConversationMap", s.conversation_maps(), ConversationMap.bottom()),
+    # The message history (specs/messages.md): one message, the map, the reachable map.
+    LatticeCase("MessageState", ms.messages(), MessageState.bottom()),
+    LatticeCase("History", ms.histories(), History.bottom()),
+    LatticeCase("History[reachable]", ms.reachable_histories(), History.bottom()),
     LatticeCase(
         "ConversationMap[archived]",
         s.conversation_maps(s.EXTENDED_SCHEMA),

@@ -47,3 +47,25 @@ def a(open_replica) -> Replica:
 @pytest.fixture
 def b(open_replica) -> Replica:
     return open_replica("b")
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """The data directory the `cli` fixture points at."""
+    return tmp_path / "replica"
+
+
+@pytest.fixture
+def cli(capsys, data):
+    """cli("show", "c1") -> (status, stdout, stderr), run in-process with --data pointing at
+    `data` (or `data_dir=`); a traceback on stderr fails the test."""
+    from crdtim.cli import main
+
+    def run(*argv: object, data_dir: object = None) -> tuple[int, str, str]:
+        capsys.readouterr()
+        status = main(["--data", str(data if data_dir is None else data_dir), *map(str, argv)])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return status, out, err
+
+    return run

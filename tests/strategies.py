@@ -14,6 +14,7 @@ hand us from the wire.
 from __future__ import annotations
 
 from functools import reduce
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from hypothesis import HealthCheck, settings
@@ -372,3 +373,15 @@ def object_mutants(draw: Callable) -> bytes:
                 subtree = node_at(obj, source)
                 obj = replaced(obj, path, lambda _: subtree)
     return codec.pack(obj)
+
+
+@dataclass(frozen=True)
+class LatticeCase:
+    """One type under the law suites: its name, a strategy of its states, its bottom."""
+
+    name: str
+    states: st.SearchStrategy
+    bottom: Any
+
+    def __str__(self) -> str:
+        return self.name

@@ -24,25 +24,6 @@ def no_data_env(monkeypatch):
     monkeypatch.delenv("CRDTIM_DATA", raising=False)
 
 
-@pytest.fixture
-def data(tmp_path):
-    return tmp_path / "replica"
-
-
-@pytest.fixture
-def cli(capsys, data):
-    """cli("show", "c1") -> (status, stdout, stderr), with --data pointing at `data`."""
-
-    def run(*argv: object) -> tuple[int, str, str]:
-        capsys.readouterr()
-        status = main(["--data", str(data), *map(str, argv)])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err
-        return status, out, err
-
-    return run
-
-
 def shown(cli, cid: str) -> dict:
     status, out, _ = cli("show", cid, "--json")
     assert status == 0

@@ -9,24 +9,11 @@ import time
 
 import pytest
 
-from crdtim.cli import main
 
 
 @pytest.fixture(autouse=True)
 def no_data_env(monkeypatch):
     monkeypatch.delenv("CRDTIM_DATA", raising=False)
-
-
-@pytest.fixture
-def cli(capsys, tmp_path):
-    def run(*argv: object) -> tuple[int, str, str]:
-        capsys.readouterr()
-        status = main(["--data", str(tmp_path / "r"), *map(str, argv)])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err
-        return status, out, err
-
-    return run
 
 
 def shown(cli, cid: str) -> dict:

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import trio
 
 from crdtim import codec
 from crdtim.crdt import CausalContext, ConversationMap, Flag, Lww, Stamp

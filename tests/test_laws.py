@@ -35,31 +35,21 @@ from crdtim.crdt import (
 )
 
 
-@dataclass(frozen=True)
-class LatticeCase:
-    name: str
-    states: st.SearchStrategy
-    bottom: Any
-
-    def __str__(self) -> str:
-        return self.name
-
-
 LATTICES = [
-    LatticeCase("Lww", s.lwws(), Lww.bottom()),
-    LatticeCase("MaxReg", s.maxregs(), MaxReg.bottom()),
-    LatticeCase("LwwInt", s.lww_ints(), LwwInt.bottom()),
-    LatticeCase("MaxMap", s.maxmaps(), MaxMap.bottom()),
+    s.LatticeCase("Lww", s.lwws(), Lww.bottom()),
+    s.LatticeCase("MaxReg", s.maxregs(), MaxReg.bottom()),
+    s.LatticeCase("LwwInt", s.lww_ints(), LwwInt.bottom()),
+    s.LatticeCase("MaxMap", s.maxmaps(), MaxMap.bottom()),
     # The join's top-k truncation, reached with a bound of 3 members (specs/crdt.md §3a).
-    LatticeCase("MaxMap[limit 3]", s.maxmaps(s.SmallMaxMap), s.SmallMaxMap.bottom()),
-    LatticeCase("Flag", s.flags(), Flag.bottom()),
-    LatticeCase("CausalContext", s.contexts(), CausalContext()),
-    LatticeCase("ConversationMap", s.conversation_maps(), ConversationMap.bottom()),
+    s.LatticeCase("MaxMap[limit 3]", s.maxmaps(s.SmallMaxMap), s.SmallMaxMap.bottom()),
+    s.LatticeCase("Flag", s.flags(), Flag.bottom()),
+    s.LatticeCase("CausalContext", s.contexts(), CausalContext()),
+    s.LatticeCase("ConversationMap", s.conversation_maps(), ConversationMap.bottom()),
     # The message history (specs/messages.md): one message, the map, the reachable map.
-    LatticeCase("MessageState", ms.messages(), MessageState.bottom()),
-    LatticeCase("History", ms.histories(), History.bottom()),
-    LatticeCase("History[reachable]", ms.reachable_histories(), History.bottom()),
-    LatticeCase(
+    s.LatticeCase("MessageState", ms.messages(), MessageState.bottom()),
+    s.LatticeCase("History", ms.histories(), History.bottom()),
+    s.LatticeCase("History[reachable]", ms.reachable_histories(), History.bottom()),
+    s.LatticeCase(
         "ConversationMap[archived]",
         s.conversation_maps(s.EXTENDED_SCHEMA),
         ConversationMap.bottom(s.EXTENDED_SCHEMA),
@@ -75,7 +65,7 @@ lattices = pytest.mark.parametrize("case", LATTICES, ids=str)
 @lattices
 @s.FAST
 @given(data=st.data())
-def test_join_is_commutative(case: LatticeCase, data: st.DataObject) -> None:
+def test_join_is_commutative(case: s.LatticeCase, data: st.DataObject) -> None:
     # a ⊔ b = b ⊔ a
     a, b = data.draw(case.states, "a"), data.draw(case.states, "b")
     assert a.join(b) == b.join(a)
@@ -84,7 +74,7 @@ def test_join_is_commutative(case: LatticeCase, data: st.DataObject) -> None:
 @lattices
 @s.FAST
 @given(data=st.data())
-def test_join_is_associative(case: LatticeCase, data: st.DataObject) -> None:
+def test_join_is_associative(case: s.LatticeCase, data: st.DataObject) -> None:
     # (a ⊔ b) ⊔ c = a ⊔ (b ⊔ c)
     a, b, c = (data.draw(case.states, name) for name in "abc")
     assert a.join(b).join(c) == a.join(b.join(c))
@@ -93,7 +83,7 @@ def test_join_is_associative(case: LatticeCase, data: st.DataObject) -> None:
 @lattices
 @s.FAST
 @given(data=st.data())
-def test_join_is_idempotent(case: LatticeCase, data: st.DataObject) -> None:
+def test_join_is_idempotent(case: s.LatticeCase, data: st.DataObject) -> None:
     # a ⊔ a = a
     a = data.draw(case.states, "a")
     assert a.join(a) == a
@@ -102,7 +92,7 @@ def test_join_is_idempotent(case: LatticeCase, data: st.DataObject) -> None:
 @lattices
 @s.FAST
 @given(data=st.data())
-def test_bottom_is_identity(case: LatticeCase, data: st.DataObject) -> None:
+def test_bottom_is_identity(case: s.LatticeCase, data: st.DataObject) -> None:
     # ⊥ ⊔ a = a = a ⊔ ⊥
     a = data.draw(case.states, "a")
     assert case.bottom.join(a) == a
@@ -112,7 +102,7 @@ def test_bottom_is_identity(case: LatticeCase, data: st.DataObject) -> None:
 @lattices
 @s.FAST
 @given(data=st.data())
-def test_join_is_an_upper_bound(case: LatticeCase, data: st.DataObject) -> None:
+def test_join_is_an_upper_bound(case: s.LatticeCase, data: st.DataObject) -> None:
     # a ⊑ a ⊔ b, i.e. a ⊔ (a ⊔ b) = a ⊔ b; and the same for b
     a, b = data.draw(case.states, "a"), data.draw(case.states, "b")
     ab = a.join(b)

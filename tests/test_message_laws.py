@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any
 
 import message_strategies as ms
 import pytest
@@ -31,20 +30,10 @@ from crdtim.crdt import (
 )
 
 
-@dataclass(frozen=True)
-class Case:
-    name: str
-    states: st.SearchStrategy
-    bottom: Any
-
-    def __str__(self) -> str:
-        return self.name
-
-
 LATTICES = [
-    Case("MessageState", ms.messages(), MessageState.bottom()),
-    Case("History", ms.histories(), History.bottom()),
-    Case("History[reachable]", ms.reachable_histories(), History.bottom()),
+    s.LatticeCase("MessageState", ms.messages(), MessageState.bottom()),
+    s.LatticeCase("History", ms.histories(), History.bottom()),
+    s.LatticeCase("History[reachable]", ms.reachable_histories(), History.bottom()),
 ]
 lattices = pytest.mark.parametrize("case", LATTICES, ids=str)
 
@@ -56,7 +45,7 @@ lattices = pytest.mark.parametrize("case", LATTICES, ids=str)
 @lattices
 @s.FAST
 @given(data=st.data())
-def test_join_is_an_upper_bound_and_canonical(case: Case, data: st.DataObject) -> None:
+def test_join_is_an_upper_bound_and_canonical(case: s.LatticeCase, data: st.DataObject) -> None:
     # a ⊑ a ⊔ b and b ⊑ a ⊔ b; and the join is already in canonical form (§2.4, §4.1)
     a, b = data.draw(case.states, "a"), data.draw(case.states, "b")
     ab = a.join(b)

@@ -25,25 +25,6 @@ def no_data_env(monkeypatch):
     monkeypatch.delenv("CRDTIM_DATA", raising=False)
 
 
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    return tmp_path / "replica"
-
-
-@pytest.fixture
-def cli(capsys, data):
-    """cli("show", "c1") -> (status, stdout, stderr), with --data pointing at `data`."""
-
-    def run(*argv: object, data_dir: object = None) -> tuple[int, str, str]:
-        capsys.readouterr()
-        status = main(["--data", str(data if data_dir is None else data_dir), *map(str, argv)])
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err
-        return status, out, err
-
-    return run
-
-
 # -- item 5: emoji sequences are shown as they are ---------------------------------------------
 
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # man ZWJ woman ZWJ girl

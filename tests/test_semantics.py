@@ -24,7 +24,6 @@ from crdtim.crdt import (
     Stamp,
 )
 from crdtim.crdt import hlc
-from crdtim.errors import DecodeError
 
 CID = "chat"
 

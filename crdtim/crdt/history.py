@@ -14,14 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from . import history_ops as ops
 from .history_tree import Tree
 from .hlc import Hlc
 from .lww import Lww, Stamp
 from .message import (
     DEFAULT_MESSAGE_LIMITS,
-    Append,
-    Header,
-    MessageError,
     MessageLimits,
     MessageState,
 )
@@ -108,137 +106,38 @@ class History:
         """The latest message time (`at`, ms) in the state, 0 if none: bounded like a clock."""
         return max((m.header.at for m in self.messages.values() if m.header), default=0)
 
-    # -- delta mutators (specs/messages.md §5) -----------------------------------------------
+    # -- delta mutators (specs/messages.md §5; the code is history_ops.py's, shared with
+    # the replica's stored history) ---------------------------------------------------------
 
-    def post(
-        self,
-        mid: str,
-        text: str,
-        stamp: Stamp,
-        *,
-        role: str = "user",
-        reply_to: str | None = None,
-        at: int | None = None,
-        seq: int | None = None,
-        author: str | None = None,
-        limits: MessageLimits = DEFAULT_MESSAGE_LIMITS,
-    ) -> History:
-        """A new message: after the newest visible one, or after `reply_to` (a branch there if
-        it already has a visible continuation). Re-posting an id is a no-op if its fields
-        match and refused if they differ (§5.1). `at` defaults to the stamp's wall."""
-        _check_id(mid, limits)
-        _check_role_author(role, author, limits)
-        _check_text(text, limits)
-        _check_at_seq(at, seq)
-        existing = self.message(mid)
-        if existing.header is not None:
-            _same_post_or_refuse(mid, existing.header, existing.deleted, role, author, at, seq,
-                                 reply_to)
-            return History()
-        tree = Tree(self.messages, self.choices)
-        choices: dict[str, Lww] = {}
-        origin = None
-        if reply_to is None:
-            path = tree.visible_path()
-            parent = path[-1] if path else None
-        else:
-            if reply_to not in tree.headers:
-                raise MessageError(f"reply_to {reply_to!r}: no such message")
-            parent = reply_to
-            choices = _activation(tree, reply_to, stamp)
-            shown = Tree(self.messages, {**self.choices, **choices})
-            following = shown.visible_children(reply_to)
-            if following:
-                origin = shown.group(following[0])
-                assert origin is not None
-                _check_group_room(shown, origin, limits)
-                choices[origin] = Lww(stamp, mid)
-        header = Header(parent, origin, role, author, stamp.wall if at is None else at, seq,
-                        stamp)
-        return History({mid: MessageState(header, Lww(stamp, text))}, choices)
+    def view(self) -> Tree:
+        return Tree(self.messages, self.choices)
 
-    def regenerate(
-        self,
-        of: str,
-        mid: str,
-        text: str,
-        stamp: Stamp,
-        *,
-        role: str | None = None,
-        at: int | None = None,
-        limits: MessageLimits = DEFAULT_MESSAGE_LIMITS,
-    ) -> History:
-        """A new version `mid` of message `of` (same parent, same group), made active along
-        with its path (§5.2). Role and author default to those of `of`."""
-        _check_id(mid, limits)
-        _check_text(text, limits)
-        _check_at_seq(at, None)
-        tree = Tree(self.messages, self.choices)
-        old = tree.headers.get(of)
-        group = tree.group(of)
-        if old is None or group is None:
-            raise MessageError(f"regenerate {of!r}: no such message")
-        role = old.role if role is None else role
-        _check_role_author(role, None, limits)
-        existing = self.message(mid).header
-        if existing is not None:
-            if existing.parent == old.parent and existing.origin == group and (
-                    existing.role == role):
-                return History()
-            raise MessageError(f"message {mid!r} exists and is not a version of {of!r}")
-        _check_group_room(tree, group, limits)
-        choices = {} if old.parent is None else _activation(tree, old.parent, stamp)
-        choices[group] = Lww(stamp, mid)
-        header = Header(old.parent, group, role, old.author,
-                        stamp.wall if at is None else at, None, stamp)
-        return History({mid: MessageState(header, Lww(stamp, text))}, choices)
+    def post(self, mid: str, text: str, stamp: Stamp, *, role: str = "user",
+             reply_to: str | None = None, at: int | None = None, seq: int | None = None,
+             author: str | None = None,
+             limits: MessageLimits = DEFAULT_MESSAGE_LIMITS) -> History:
+        return History(*ops.post(self.view(), mid, text, stamp, role=role, reply_to=reply_to,
+                                 at=at, seq=seq, author=author, limits=limits))
 
-    def append(
-        self, mid: str, text: str, stamp: Stamp, limits: MessageLimits = DEFAULT_MESSAGE_LIMITS
-    ) -> History:
-        """Text added at the end of `mid`; the delta holds only that text (§5.3). Past
-        `max_appends` appends on one base, the delta is an edit to the whole text instead."""
-        m = self._live(mid, "append to")
-        if not text:
-            return History()
-        whole = m.text + text
-        _check_text(whole, limits)
-        if len(m.current_appends()) >= limits.max_appends:
-            return History({mid: MessageState(base=Lww(stamp, whole))})
-        return History({mid: MessageState(appends=frozenset([Append(stamp, m.base.stamp, text)]))})
+    def regenerate(self, of: str, mid: str, text: str, stamp: Stamp, *,
+                   role: str | None = None, at: int | None = None,
+                   limits: MessageLimits = DEFAULT_MESSAGE_LIMITS) -> History:
+        return History(*ops.regenerate(self.view(), of, mid, text, stamp, role=role, at=at,
+                                       limits=limits))
 
-    def edit(
-        self, mid: str, text: str, stamp: Stamp, limits: MessageLimits = DEFAULT_MESSAGE_LIMITS
-    ) -> History:
-        """A new base text for `mid`; the appends made on the old base go with it (§5.4)."""
-        self._live(mid, "edit")
-        _check_text(text, limits)
-        return History({mid: MessageState(base=Lww(stamp, text))})
+    def append(self, mid: str, text: str, stamp: Stamp,
+               limits: MessageLimits = DEFAULT_MESSAGE_LIMITS) -> History:
+        return History(*ops.append(self.view(), mid, text, stamp, limits))
+
+    def edit(self, mid: str, text: str, stamp: Stamp,
+             limits: MessageLimits = DEFAULT_MESSAGE_LIMITS) -> History:
+        return History(*ops.edit(self.view(), mid, text, stamp, limits))
 
     def switch(self, mid: str, stamp: Stamp) -> History:
-        """Make `mid` active in its group and every message on its path active in theirs, so
-        that `mid` is visible (§5.5); the delta holds only the choices that change."""
-        tree = Tree(self.messages, self.choices)
-        if mid not in tree.headers:
-            raise MessageError(f"switch to {mid!r}: no such message")
-        return History({}, _activation(tree, mid, stamp))
+        return History(*ops.switch(self.view(), mid, stamp))
 
     def delete(self, mid: str) -> History:
-        """Delete `mid`, for good: its text, appends and author leave the state (§5.6)."""
-        m = self.message(mid)
-        if m.header is None:
-            raise MessageError(f"delete {mid!r}: no such message")
-        if m.deleted:
-            return History()
-        return History({mid: MessageState(deleted=True)})
-
-    def _live(self, mid: str, what: str) -> MessageState:
-        m = self.message(mid)
-        if m.header is None:
-            raise MessageError(f"{what} {mid!r}: no such message")
-        if m.deleted:
-            raise MessageError(f"{what} {mid!r}: the message is deleted")
-        return m
+        return History(*ops.delete(self.view(), mid))
 
 
 def visible_path(history: History) -> list[str]:
@@ -252,77 +151,3 @@ def versions(history: History, mid: str) -> list[str]:
     tree = Tree(history.messages, history.choices)
     group = tree.group(mid)
     return [] if group is None else list(tree.members(group))
-
-
-def _activation(tree: Tree, mid: str, stamp: Stamp) -> dict[str, Lww]:
-    """The choices that make `mid` and each known ancestor active in their groups."""
-    out: dict[str, Lww] = {}
-    for node in reversed(tree.path_to_root(mid)):
-        group = tree.group(node)
-        if group is not None and tree.active(group) != node:
-            out[group] = Lww(stamp, node)
-    return out
-
-
-def _same_post_or_refuse(
-    mid: str,
-    h: Header,
-    deleted: bool,
-    role: str,
-    author: str | None,
-    at: int | None,
-    seq: int | None,
-    reply_to: str | None,
-) -> None:
-    # A retried send is one message (§5.1): compare the immutable fields the caller gave.
-    # A tombstone has lost its author, so the author of a deleted message is not compared.
-    differ = [
-        name
-        for name, same in (
-            ("role", role == h.role),
-            ("author", deleted or author == h.author),
-            ("at", at is None or at == h.at),
-            ("seq", seq == h.seq),
-            ("reply_to", reply_to is None or reply_to == h.parent),
-        )
-        if not same
-    ]
-    if differ:
-        raise MessageError(
-            f"message {mid!r} exists with different {', '.join(differ)}: a message's fields "
-            "cannot change after it is posted"
-        )
-
-
-def _check_id(mid: str, limits: MessageLimits) -> None:
-    if not mid or len(mid) > limits.max_id:
-        raise MessageError(f"message id {mid!r}: must be 1..{limits.max_id} characters")
-
-
-def _check_role_author(role: str, author: str | None, limits: MessageLimits) -> None:
-    if not role or len(role) > limits.max_role:
-        raise MessageError(f"role {role!r}: must be 1..{limits.max_role} characters")
-    if author is not None and not 0 < len(author) <= limits.max_author:
-        raise MessageError(f"author {author!r}: must be 1..{limits.max_author} characters")
-
-
-def _check_text(text: str, limits: MessageLimits) -> None:
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise MessageError("message text is not valid Unicode (a lone surrogate)") from None
-    if size > limits.max_text_bytes:
-        raise MessageError(
-            f"message text of {size} bytes is over the limit of {limits.max_text_bytes}")
-
-
-def _check_at_seq(at: int | None, seq: int | None) -> None:
-    for name, n in (("at", at), ("seq", seq)):
-        if n is not None and not 0 <= n < 2**63:
-            raise MessageError(f"{name} {n}: must be in 0..2^63-1")
-
-
-def _check_group_room(tree: Tree, group: str, limits: MessageLimits) -> None:
-    if len(tree.members(group)) >= limits.max_versions:
-        raise MessageError(
-            f"message {group!r} has {limits.max_versions} versions, the limit")

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from .lww import Lww, Stamp
 from .message import Header, MessageState, group_of
 
+_BOTTOM = MessageState()
+
 __all__ = ["Tree"]
 
 
@@ -23,9 +25,10 @@ class Tree:
     incrementally instead (specs/messages.md §6).
     """
 
-    __slots__ = ("_choices", "_groups", "_visible", "headers")
+    __slots__ = ("_choices", "_groups", "_messages", "_visible", "headers")
 
     def __init__(self, messages: Mapping[str, MessageState], choices: Mapping[str, Lww]):
+        self._messages = messages
         self.headers: dict[str, Header] = {
             mid: m.header for mid, m in messages.items() if m.header is not None}
         self._choices = choices
@@ -38,6 +41,24 @@ class Tree:
 
     def _order(self, mid: str) -> tuple[Stamp, str]:
         return (self.headers[mid].created, mid)
+
+    # -- the HistoryView the mutators read (history_ops.py) ------------------------------
+
+    def message(self, mid: str) -> MessageState:
+        return self._messages.get(mid, _BOTTOM)
+
+    def header(self, mid: str) -> Header | None:
+        return self.headers.get(mid)
+
+    def last_visible(self) -> str | None:
+        visible = [mid for mid in self.headers if self.is_visible(mid)]
+        return max(visible, key=self._order) if visible else None
+
+    def children(self, mid: str) -> list[str]:
+        """The known messages whose parent is `mid`, oldest first (O(n))."""
+        return sorted((c for c, h in self.headers.items() if h.parent == mid), key=self._order)
+
+    # -- the rest of the shape -------------------------------------------------------------
 
     def group(self, mid: str) -> str | None:
         h = self.headers.get(mid)
@@ -107,10 +128,3 @@ class Tree:
             seen.add(cursor)
             cursor = self.headers[cursor].parent
         return out
-
-    def visible_children(self, mid: str) -> list[str]:
-        """The visible messages whose parent is `mid`, oldest first (O(n): for mutators)."""
-        return sorted(
-            (c for c, h in self.headers.items() if h.parent == mid and self.is_visible(c)),
-            key=self._order,
-        )

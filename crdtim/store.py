@@ -13,6 +13,8 @@ One environment per replica directory, with named databases (layout in specs/sto
            b"s" + peer id -> the scope the peer's ack was earned under (absent: everything)
     pending  8-byte big-endian wall ms + conversation id (utf-8) -> origin length, origin,
              encoded one-conversation delta held until that time (specs/storage.md §2)
+    messages, mindex  the message histories and their index: raw records whose layout is
+             crdtim/replica/_messages.py's (specs/storage.md §2)
 
 Every mutation runs as one write transaction through `Store.write`, which re-runs it after
 growing the map when it is full, so callers never meet MDB_MAP_FULL. Nothing here decodes
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from ._datafile import check_data_file, check_regular_file
+from ._format import MAGIC, checked_identity, migrate
 from ._records import (
     CHECKSUM_BYTES,
     describe_key,
@@ -39,7 +42,7 @@ from ._records import (
     seal,
     unseal,
 )
-from .errors import CorruptStoreError, FormatVersionError, NotAReplicaError, StoreError
+from .errors import CorruptStoreError, NotAReplicaError, StoreError
 
 __all__ = [
     "CHECKSUM_BYTES", "FORMAT", "Store", "Txn", "copy_environment", "describe_key",
@@ -48,16 +51,17 @@ __all__ = [
 
 T = TypeVar("T")
 
-FORMAT = 2
+FORMAT = 3
 #: Formats this crdtim migrates to FORMAT when it opens them (specs/storage.md §9).
-MIGRATABLE_FORMATS = (1,)
-MAGIC = b"crdtim"
+MIGRATABLE_FORMATS = (1, 2)
+
+
 _U64 = struct.Struct(">Q")
 _CLOCK = struct.Struct(">QI")
 
 INITIAL_MAP_SIZE = 64 * 1024 * 1024
 #: The named databases, as Store opens them (specs/storage.md).
-DATABASES = (b"meta", b"convs", b"order", b"log", b"acks", b"pending")
+DATABASES = (b"meta", b"convs", b"order", b"log", b"acks", b"pending", b"messages", b"mindex")
 #: LMDB refuses keys longer than 511 bytes (its default build); an ordering key is a 9-byte
 #: prefix and the conversation id, so that is the longest id, in UTF-8 bytes, we can store.
 MAX_CID_BYTES = 511 - 9
@@ -277,6 +281,48 @@ class Txn:
         self.put_meta(b"replica_id", replica_id.encode())
 
 
+    # raw records of a named database, for the layouts kept elsewhere (the message store's,
+    # crdtim/replica/_messages.py; the migrations): nothing sealed or checked here
+    def get(self, database: str, key: bytes) -> bytes | None:
+        return self._t.get(key, db=self._s._dbs[database])
+
+    def put(self, database: str, key: bytes, value: bytes) -> None:
+        self._t.put(key, value, db=self._s._dbs[database])
+
+    def delete(self, database: str, key: bytes) -> None:
+        self._t.delete(key, db=self._s._dbs[database])
+
+    def get_sealed(self, database: str, key: bytes) -> bytes | None:
+        """A value written with put_sealed; CorruptStoreError naming the key if damaged."""
+        raw = self._t.get(key, db=self._s._dbs[database])
+        return None if raw is None else unseal(self._s.path, database, key, raw)
+
+    def put_sealed(self, database: str, key: bytes, value: bytes) -> None:
+        self._t.put(key, seal(key, value), db=self._s._dbs[database])
+
+    def scan(self, database: str, start: bytes, stop: bytes | None = None,
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """The records with start <= key < stop (no stop: to the end), in key order, or
+        from the last one down with `reverse`. Do not write while iterating."""
+        with self._t.cursor(db=self._s._dbs[database]) as cur:
+            if not reverse:
+                if not cur.set_range(start):
+                    return
+                for k, v in cur:
+                    if stop is not None and k >= stop:
+                        return
+                    yield k, v
+                return
+            if stop is None or not cur.set_range(stop):
+                if not cur.last():
+                    return
+            elif not cur.prev():
+                return
+            for k, v in cur.iterprev():
+                if k < start:
+                    return
+                yield k, v
+
     # pending: values from peers stamped too far ahead, held until their time (see _pending)
     def pending_entry(self, wall: int, cid: str) -> tuple[str, bytes] | None:
         raw = self._t.get(_U64.pack(wall) + cid.encode(), db=self._s._pending)
@@ -333,12 +379,7 @@ class Store:
         # Another process may already have grown the map: adopt the file's size.
         self._grow(0)
         try:
-            self._meta = self._env.open_db(b"meta")
-            self._convs = self._env.open_db(b"convs")
-            self._order = self._env.open_db(b"order")
-            self._log = self._env.open_db(b"log")
-            self._acks = self._env.open_db(b"acks")
-            self._pending = self._env.open_db(b"pending")
+            self._open_databases()
         except lmdb.Error as e:
             self._env.close()
             raise CorruptStoreError(f"{path}: damaged database: {e}") from None
@@ -364,7 +405,7 @@ class Store:
 
     def _open_environment(self) -> lmdb.Environment:
         sync = self.durability == "sync"
-        return lmdb.open(self.path, map_size=INITIAL_MAP_SIZE, max_dbs=8, sync=sync,
+        return lmdb.open(self.path, map_size=INITIAL_MAP_SIZE, max_dbs=16, sync=sync,
                          metasync=sync, readahead=False, max_readers=256)
 
     def _remap_after_failed_growth(self) -> None:
@@ -375,11 +416,15 @@ class Store:
         try:
             self._env = self._open_environment()
             self._env.set_mapsize(0)  # the size the file records: it was mapped a moment ago
-            for name in DATABASES:
-                setattr(self, "_" + name.decode(), self._env.open_db(name))
+            self._open_databases()
         except lmdb.Error as e:
             raise StoreError(f"{self.path}: the database map was lost after a failed growth "
                              f"({e}); close and reopen the replica") from None
+
+    def _open_databases(self) -> None:
+        self._dbs: dict[str, Any] = {n.decode(): self._env.open_db(n) for n in DATABASES}
+        self._meta, self._convs, self._order = (self._dbs[n] for n in ("meta", "convs", "order"))
+        self._log, self._acks, self._pending = (self._dbs[n] for n in ("log", "acks", "pending"))
 
     def read(self, fn: Callable[[Txn], T]) -> T:
         for _ in range(3):
@@ -411,9 +456,10 @@ class Store:
 
     def database(self, name: str) -> Any:
         """The handle of a named database (one of DATABASES), by name."""
-        if name.encode() not in DATABASES:
+        handle = self._dbs.get(name)
+        if handle is None:
             raise ValueError(f"no database {name!r}")
-        return getattr(self, "_" + name)
+        return handle
 
     def copy_compacted(self, dest: str) -> None:
         """A consistent, compacted copy of the environment into the directory `dest`, read
@@ -443,9 +489,8 @@ class Store:
                 rid = make_replica_id()
                 t.put_meta(b"replica_id", rid.encode())
                 return rid, True
-            rid = _checked_identity(self.path, t.meta, MIGRATABLE_FORMATS)
-            if _u64(t.meta(b"format")) != FORMAT:
-                _migrate_to_checksums(t)
+            rid = checked_identity(self.path, t.meta, FORMAT, MIGRATABLE_FORMATS)
+            migrate(t, FORMAT)
             return rid, False
 
         return self.write(init)
@@ -454,55 +499,7 @@ class Store:
         return self.read(self._checked_id)
 
     def _checked_id(self, t: Txn) -> str:
-        return _checked_identity(self.path, t.meta)
-
-
-def _checked_identity(path: str, meta: Callable[[bytes], bytes | None],
-                      also: tuple[int, ...] = ()) -> str:
-    """The replica id, after checking the marker and the format version in `meta` (FORMAT,
-    or one of `also`)."""
-    if meta(b"magic") != MAGIC:
-        raise NotAReplicaError(f"{path}: not a crdtim replica (no crdtim marker)")
-    raw = meta(b"format")
-    if raw is None or len(raw) != _U64.size:
-        raise CorruptStoreError(
-            f"{path}: damaged: meta.format is "
-            f"{'missing' if raw is None else f'{len(raw)} bytes, not 8'}")
-    fmt = _u64(raw)
-    if fmt != FORMAT and fmt not in also:
-        raise FormatVersionError(
-            f"{path}: storage format {fmt} is not supported by this crdtim "
-            f"(which reads format {FORMAT}); upgrade crdtim"
-        )
-    rid = meta(b"replica_id")
-    if not rid:
-        raise CorruptStoreError(f"{path}: replica id is missing")
-    return rid.decode()
-
-
-def _migrate_to_checksums(t: Txn) -> None:
-    """Format 1 -> 2 (specs/storage.md §9): seal every `convs`, `order` and `log` value with its
-    checksum, in the caller's write transaction, which also writes the new format; a crash
-    leaves either layout whole. The values are taken as they are: format 1 has no way to
-    tell a damaged one, and `crdtim verify` decodes each afterwards."""
-    for db in (t._s._convs, t._s._order, t._s._log):
-        after: bytes | None = None
-        while True:
-            with t._t.cursor(db=db) as cur:
-                batch: list[tuple[bytes, bytes]] = []
-                if cur.set_range(after or b""):
-                    for k, v in cur:
-                        if k == after:
-                            continue
-                        batch.append((k, v))
-                        if len(batch) == 1000:
-                            break
-            if not batch:
-                break
-            for k, v in batch:
-                t._t.put(k, seal(k, v), db=db)
-            after = batch[-1][0]
-    t.put_meta(b"format", _U64.pack(FORMAT))
+        return checked_identity(self.path, t.meta, FORMAT)
 
 
 def _check_directory(path: str, create: bool) -> bool:
@@ -553,7 +550,7 @@ def copy_environment(src: str, dest: str) -> None:
     _check_directory(src, create=False)
     lock = os.path.exists(os.path.join(src, "lock.mdb"))
     try:
-        env = lmdb.open(src, readonly=True, lock=lock, max_dbs=8)
+        env = lmdb.open(src, readonly=True, lock=lock, max_dbs=16)
     except lmdb.Error as e:
         raise CorruptStoreError(f"{src}: data.mdb is not a readable LMDB database: {e}") from None
     try:
@@ -566,7 +563,7 @@ def copy_environment(src: str, dest: str) -> None:
 
 def _validate_existing(path: str, create: bool, lock: bool) -> bool:
     try:
-        env = lmdb.open(path, readonly=True, lock=lock, max_dbs=8)
+        env = lmdb.open(path, readonly=True, lock=lock, max_dbs=16)
     except lmdb.Error as e:
         raise CorruptStoreError(f"{path}: data.mdb is not a readable LMDB database: {e}") from None
     foreign = f"{path}: an LMDB database, but not a crdtim replica"
@@ -578,7 +575,7 @@ def _validate_existing(path: str, create: bool, lock: bool) -> bool:
             dbs = {name: env.open_db(name, txn=t, create=False) for name in found}
             meta = dbs.get(b"meta")
             if meta is not None and t.get(b"magic", db=meta) is not None:
-                _checked_identity(path, lambda key: t.get(key, db=meta), MIGRATABLE_FORMATS)
+                checked_identity(path, lambda key: t.get(key, db=meta), FORMAT, MIGRATABLE_FORMATS)
                 return False
             if any(t.stat(db)["entries"] for db in dbs.values()):
                 raise NotAReplicaError(foreign)

@@ -49,6 +49,7 @@ _LAZY = {
     # The replica, the embedding API (specs/storage.md): LMDB and msgpack.
     "Change": ".replica",
     "InvalidArgument": ".replica",
+    "Message": ".replica",
     "Page": ".replica",
     "Replica": ".replica",
     "Subscription": ".replica",
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
         SessionConfig,
         SyncSession,
     )
-    from .replica import Change, InvalidArgument, Page, Replica, Subscription
+    from .replica import Change, InvalidArgument, Message, Page, Replica, Subscription
     from .security import TlsConfig, load_tls
 
 
@@ -115,6 +116,7 @@ __all__ = [
     "LwwInt",
     "MaxMap",
     "MaxReg",
+    "Message",
     "Node",
     "NodeConfig",
     "NotAReplicaError",

@@ -144,14 +144,15 @@ class Txn:
         with self._t.cursor(db=self._s._convs) as cur:
             return cur.set_range(first.encode()) and cur.key() <= last.encode()
 
-    def conversations(self, after: str | None = None) -> Iterator[tuple[str, bytes]]:
-        """Conversations in id order, starting after `after`."""
+    def conversations(self, after: str | None = None, *, inclusive: bool = False
+                      ) -> Iterator[tuple[str, bytes]]:
+        """Conversations in id order, starting after `after` (at it, with `inclusive`)."""
         with self._t.cursor(db=self._s._convs) as cur:
             start = b"" if after is None else after.encode()
             if not cur.set_range(start):
                 return
             for k, v in cur:
-                if after is not None and k == start:
+                if after is not None and k == start and not inclusive:
                     continue
                 v = unseal(self._s.path, "convs", k, v)
                 yield k.decode(), v

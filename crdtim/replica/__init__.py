@@ -31,7 +31,7 @@ from ._core import (
     new_replica_id,
 )
 from ._core import now_ms as _now_ms
-from ._local import LocalWrites
+from ._messages import PREVIEW_CHARS, Message, Messages
 from ._peers import Peers
 from ._reads import Page, Reads
 from ._remote import RemoteApply
@@ -46,10 +46,12 @@ __all__ = [
     "MAX_REMOTE_COUNTER",
     "MAX_SEQ",
     "MAX_TEXT",
+    "PREVIEW_CHARS",
     "STORAGE_LIMITS",
     "UNKNOWN_ORIGIN",
     "Change",
     "InvalidArgument",
+    "Message",
     "Page",
     "Replica",
     "Subscription",
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 
-class Replica(LocalWrites, RemoteApply, Reads, Peers):
+class Replica(Messages, RemoteApply, Reads, Peers):
     """A durable replica in an LMDB directory. Open with `Replica.open(path)`."""
 
     @classmethod

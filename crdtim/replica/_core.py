@@ -24,7 +24,7 @@ from ..crdt.conversation import Fields
 from ..errors import CorruptStoreError, DecodeError, ReplicaClosedError
 from ..store import Store, Txn
 from ._checks import InvalidArgument, check_seq
-from ._subscriptions import Change, ChangeFeed, Subscription
+from ._subscriptions import Change, Changed, ChangeFeed, Subscription, changed
 from ._write import LocalOp
 
 log = logging.getLogger("crdtim.replica")
@@ -137,10 +137,11 @@ class ReplicaCore:
         for s, origin, payload in entries:
             local = origin == self.id
             for cid, fields in self._decode_log(payload).convs.items():
-                yield s, Change(cid, frozenset(fields), "local" if local else "remote",
-                                None if local else (origin or None))
+                _, names, messages = changed(cid, fields)
+                yield s, Change(cid, names, "local" if local else "remote",
+                                None if local else (origin or None), messages)
 
-    def _notify(self, changes: list[tuple[str, frozenset[str]]], origin: str,
+    def _notify(self, changes: list[Changed], origin: str,
                 peer: str | None) -> None:
         # Called once the transaction committed: its log entry is this process's.
         if self._committing_entry is not None and self._delivered_upto is not None:
@@ -175,7 +176,7 @@ class ReplicaCore:
             if seq in own:
                 continue
             delivered += 1
-            changes = [(cid, frozenset(fields))
+            changes = [changed(cid, fields)
                        for cid, fields in self._decode_log(payload).convs.items()]
             if origin == self.id:
                 self._feed.notify(changes, "local", None)

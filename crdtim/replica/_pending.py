@@ -18,6 +18,7 @@ from ..crdt import ConversationMap, Hlc, Schema, join_fields, novel_fields, trus
 from ..crdt.conversation import Fields
 from ..errors import CorruptStoreError, DecodeError
 from ..store import Txn
+from ._subscriptions import MESSAGES, Changed
 from ._write import WriteHost, WriteTxn
 
 __all__ = ["Changes", "apply_due", "hold", "split_future"]
@@ -25,7 +26,7 @@ __all__ = ["Changes", "apply_due", "hold", "split_future"]
 #: Values held for one (time, conversation), by field: what `hold` stores.
 Later = dict[tuple[int, str], Fields]
 #: What a write transaction changed: (conversation id, field names), as WriteTxn.finish says.
-Changes = list[tuple[str, frozenset[str]]]
+Changes = list[Changed]
 
 
 def split_future(delta: ConversationMap, horizon: int) -> tuple[ConversationMap, Later]:
@@ -37,6 +38,14 @@ def split_future(delta: ConversationMap, horizon: int) -> tuple[ConversationMap,
     registers = delta.schema.registers
     for cid, fields in delta.convs.items():
         kept = fields
+        history = fields.get(MESSAGES)
+        if history is not None:
+            # A history delta is held whole, until its latest stamp or message time.
+            clock = history.max_clock()
+            wall = max(0 if clock is None else clock.wall, history.max_at())
+            if wall > horizon:
+                kept = {name: state for name, state in fields.items() if name != MESSAGES}
+                later.setdefault((wall, cid), {})[MESSAGES] = history
         for name, _ in registers:
             state = fields.get(name)
             if state is None or state.stamp.wall <= horizon:

@@ -11,22 +11,30 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from .. import codec
-from ..crdt import Conversation, ConversationMap, conversation_view, join_fields
+from ..crdt import Conversation, ConversationMap, History, conversation_view, join_fields
 from ..crdt.conversation import Fields
 from ..errors import CorruptStoreError, DecodeError, LogTrimmedError
 from ..store import Txn
 from ._checks import InvalidArgument, check_cid, check_seq
 from ._core import ReplicaCore
+from ._message_index import MessageIndex
+from ._subscriptions import MESSAGES
 
-__all__ = ["Page", "Reads"]
+__all__ = ["Page", "Reads", "decode_cursor", "encode_cursor"]
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class Page:
-    items: list[Conversation]
-    cursor: str | None  # pass back to list() for the next page; None on the last page
+class Page(Generic[T]):
+    """One page of a listing: conversations (list) or messages (history)."""
+
+    items: list[T]
+    cursor: str | None  # pass back for the next page; None on the last page
     has_more: bool
 
 
@@ -40,7 +48,7 @@ class Reads(ReplicaCore):
 
     def list_conversations(self, limit: int = 50, cursor: str | None = None, *,
                            archived: bool = False, unread: bool | None = None,
-                           pinned: bool | None = None) -> Page:
+                           pinned: bool | None = None) -> Page[Conversation]:
         """One page of conversations: pinned first, then newest message first, then by id.
 
         Lists the conversations that are not deleted and are archived iff `archived`; with
@@ -63,10 +71,10 @@ class Reads(ReplicaCore):
                     and (unread is None or (c.unread > 0 or c.marked_unread) == unread)
                     and (pinned is None or c.pinned == pinned))
 
-        return self._page(limit, _decode_cursor(cursor), wanted)
+        return self._page(limit, decode_cursor(cursor), wanted)
 
     def _page(self, limit: int, after: bytes | None,
-              wanted: Callable[[Conversation], bool]) -> Page:
+              wanted: Callable[[Conversation], bool]) -> Page[Conversation]:
         """Up to `limit` conversations after index key `after` that are `wanted`, in list
         order, in one read transaction."""
         now = self._now()
@@ -84,7 +92,7 @@ class Reads(ReplicaCore):
             return items, False
 
         rows, has_more = self.store.read(read)
-        next_cursor = _encode_cursor(rows[-1][0]) if has_more else None
+        next_cursor = encode_cursor(rows[-1][0]) if has_more else None
         return Page([view for _, view in rows], next_cursor, has_more)
 
     def __iter__(self) -> Iterator[Conversation]:
@@ -92,7 +100,7 @@ class Reads(ReplicaCore):
         too: no filter)."""
         cursor = None
         while True:
-            page = self._page(500, _decode_cursor(cursor), lambda c: True)
+            page = self._page(500, decode_cursor(cursor), lambda c: True)
             yield from page.items
             if not page.has_more:
                 return
@@ -112,9 +120,17 @@ class Reads(ReplicaCore):
         return self.store.read(lambda t: t.log_floor())
 
     def state(self) -> ConversationMap:
-        """The whole state as one map (reads every conversation: for tests and small replicas)."""
-        return self.store.read(lambda t: ConversationMap(
-            {cid: self._decode(cid, raw) for cid, raw in t.conversations()}, self.schema))
+        """The whole state as one map, messages included (reads every conversation and
+        message: for tests and small replicas)."""
+        return self.store.read(self._whole_state)
+
+    def _whole_state(self, t: Txn) -> ConversationMap:
+        convs = {}
+        for cid, raw in t.conversations():
+            fields = self._decode(cid, raw)
+            history = MessageIndex(t, cid).state()
+            convs[cid] = {**fields, MESSAGES: history} if not history.is_bottom() else fields
+        return ConversationMap(convs, self.schema)
 
     def delta_since(self, seq: int) -> bytes:
         """Encoded delta of everything logged after `seq`, for a custom transport.
@@ -127,8 +143,7 @@ class Reads(ReplicaCore):
 
     def _delta_since(self, t: Txn, seq: int) -> ConversationMap:
         if seq < t.log_floor():
-            return ConversationMap(
-                {cid: self._decode(cid, raw) for cid, raw in t.conversations()}, self.schema)
+            return self._whole_state(t)
         acc: dict[str, Fields] = {}
         for _, _, payload in t.log_entries(seq):
             _join_into(acc, self._decode_log(payload))
@@ -182,7 +197,9 @@ class Reads(ReplicaCore):
                 if len(convs) == max_conversations or (
                         max_bytes is not None and size > max_bytes and convs):
                     return ConversationMap(convs, self.schema), last
-                convs[cid] = self._decode(cid, raw)
+                fields = self._decode(cid, raw)
+                history = MessageIndex(t, cid).state()
+                convs[cid] = {**fields, MESSAGES: history} if not history.is_bottom() else fields
                 last = cid
             return ConversationMap(convs, self.schema), None
         return self.store.read(read)
@@ -191,32 +208,113 @@ class Reads(ReplicaCore):
                             max_bytes: int | None = None, scope: tuple[str, ...] | None = None
                             ) -> tuple[bytes | None, str | None]:
         """state_chunk, encoded (codec.encode_map), of the conversations in `scope` (id
-        prefixes; None: all): the stored values go into the message without being decoded
-        and encoded again (codec.encode_stored_map). None for a chunk with none in scope."""
-        def read(t: Txn) -> tuple[list[tuple[str, bytes]], str | None]:
-            stored: list[tuple[str, bytes]] = []
-            last = None
-            count = size = 0
-            for cid, raw in t.conversations(after):
-                size += len(raw)
-                if count == max_conversations or (
-                        max_bytes is not None and size > max_bytes and count):
-                    return stored, last
-                if scope is None or cid.startswith(scope):
-                    stored.append((cid, raw))
-                count += 1
-                last = cid
-            return stored, None
+        prefixes; None: all), and the opaque place to continue after (None: this was the last
+        chunk). A conversation's messages follow its record, up to `max_conversations`
+        records of them per chunk too, so a long history spans chunks (specs/protocol.md §5).
+        A chunk without messages sends the stored values without decoding and encoding them
+        again (codec.encode_stored_map). None for a chunk with nothing in scope."""
+        start_cid, start_key, resume_at = _transfer_place(after)
 
-        stored, after = self.store.read(read)
-        if not stored:
-            return None, after
+        def read(t: Txn) -> tuple[list[tuple[str, bytes]], dict[str, History], str | None]:
+            stored: list[tuple[str, bytes]] = []
+            histories: dict[str, History] = {}
+            budget = _Budget(max_conversations, max_bytes)
+            if start_key is not None:
+                assert start_cid is not None
+                place = self._chunk_messages(t, start_cid, start_key, budget, histories, scope)
+                if place is not None:
+                    return stored, histories, place
+            for cid, raw in t.conversations(start_cid, inclusive=resume_at):
+                if not budget.take(len(raw)):
+                    return stored, histories, _place(cid_before=cid)
+                in_scope = scope is None or cid.startswith(scope)
+                if in_scope:
+                    stored.append((cid, raw))
+                place = self._chunk_messages(t, cid, b"", budget, histories, scope)
+                if place is not None:
+                    return stored, histories, place
+            return stored, histories, None
+
+        stored, histories, place = self.store.read(read)
+        if not stored and not histories:
+            return None, place
         try:
-            return codec.encode_stored_map(stored, self.schema), after
+            if not histories:
+                return codec.encode_stored_map(stored, self.schema), place
+            convs = {cid: self._decode(cid, raw) for cid, raw in stored}
+            for cid, history in histories.items():
+                convs[cid] = {**convs.get(cid, {}), MESSAGES: history}
+            return codec.encode_map(codec.trusted_map(convs, self.schema)), place
         except DecodeError as e:
             raise CorruptStoreError(f"{self.store.path}: cannot read a stored conversation "
                                     f"({e}): the file is damaged, or was written with a "
                                     f"schema that has more fields") from None
+
+    def _chunk_messages(self, t: Txn, cid: str, after: bytes, budget: _Budget,
+                        out: dict[str, History], scope: tuple[str, ...] | None) -> str | None:
+        """Add `cid`'s message and choice records after record key `after` to `out`, while
+        the budget lasts; the place to continue from when it ran out, else None."""
+        if scope is not None and not cid.startswith(scope):
+            return None
+        index = MessageIndex(t, cid)
+        messages, choices = {}, {}
+        place = None
+        for name, raw in index.records():
+            if name <= after:
+                continue
+            if not budget.take(len(raw)):
+                place = _place(cid, name)
+                break
+            ident = name[1:].decode()
+            if name[:1] == b"m":
+                messages[ident] = index.message(ident)
+            else:
+                chosen = index.choice(ident)
+                if chosen is not None:
+                    choices[ident] = chosen
+        if messages or choices:
+            out[cid] = History(messages, choices)
+        return place
+
+
+class _Budget:
+    """Records (conversations, messages) and bytes left for one chunk; the first record is
+    always taken, however large."""
+
+    __slots__ = ("bytes", "count", "max_bytes", "max_count")
+
+    def __init__(self, max_count: int, max_bytes: int | None):
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self.count = self.bytes = 0
+
+    def take(self, size: int) -> bool:
+        if self.count and (self.count == self.max_count or (
+                self.max_bytes is not None and self.bytes + size > self.max_bytes)):
+            return False
+        self.count += 1
+        self.bytes += size
+        return True
+
+
+def _place(cid: str | None = None, key: bytes | None = None, cid_before: str | None = None
+           ) -> str:
+    """A state transfer's opaque place: after conversation `cid`'s record `key` ("m"), or
+    before conversation `cid_before` ("c": resume at it)."""
+    if cid_before is not None:
+        return "c" + cid_before
+    assert cid is not None and key is not None
+    return "m" + base64.urlsafe_b64encode(key).decode() + ":" + cid
+
+
+def _transfer_place(place: str | None) -> tuple[str | None, bytes | None, bool]:
+    """(a conversation id, the message key to continue after in it, whether to list the
+    conversations from that id on rather than after it)."""
+    if place is None:
+        return None, None, False
+    if place[:1] == "m":
+        key, _, cid = place[1:].partition(":")
+        return cid, base64.urlsafe_b64decode(key), False
+    return place[1:], None, True
 
 
 def _join_into(acc: dict[str, Fields], delta: ConversationMap) -> None:
@@ -224,18 +322,25 @@ def _join_into(acc: dict[str, Fields], delta: ConversationMap) -> None:
         acc[cid] = join_fields(acc.get(cid, {}), fields)
 
 
-def _encode_cursor(key: bytes) -> str:
+def encode_cursor(key: bytes) -> str:
     return base64.urlsafe_b64encode(key).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str | None) -> bytes | None:
+def decode_cursor(cursor: str | None, valid: Callable[[bytes], bool] | None = None
+                  ) -> bytes | None:
+    """The key a cursor names; InvalidArgument unless it is one `valid` accepts (default:
+    a list order key)."""
     if cursor is None:
         return None
     try:
         key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (ValueError, TypeError):
         key = b""
-    if len(key) < 10 or key[0] not in (0, 1):
+    if not (valid or _order_key_shape)(key):
         raise InvalidArgument(f"invalid cursor {cursor!r:.60}: pass back a cursor that an "
                               f"earlier page returned")
     return key
+
+
+def _order_key_shape(key: bytes) -> bool:
+    return len(key) >= 10 and key[0] in (0, 1)

@@ -21,6 +21,7 @@ from ..store import MAX_CID_BYTES, Txn
 from ._checks import check_origin, storable
 from ._core import UNKNOWN_ORIGIN, ReplicaCore
 from ._pending import Changes, apply_due, hold, split_future
+from ._subscriptions import MESSAGES
 from ._write import MAX_REMOTE_COUNTER, WriteTxn
 
 log = logging.getLogger("crdtim.replica")
@@ -99,7 +100,7 @@ class RemoteApply(ReplicaCore):
                 current = {} if fresh else w.fields(cid)
                 if check_dots:
                     self._note_claims_on_own_dots(cid, current, fields, origin)
-                if not current and received_wire is not None:
+                if not current and received_wire is not None and MESSAGES not in fields:
                     # A conversation cleared through a time (delete for me) is stored as
                     # decoded, so that no last message it covers stays on disk as received
                     # (specs/crdt.md §6, "Join").
@@ -108,8 +109,10 @@ class RemoteApply(ReplicaCore):
                             codec.store_received(received_wire, cid) if as_received else None)
                     whole = whole and as_received
                 else:
+                    # Messages are joined record by record (their novel part is the
+                    # message index's to say), so a chunk holding any is logged as joined.
                     part = novel_fields(current, fields)
-                    whole = whole and part == fields
+                    whole = whole and part == fields and MESSAGES not in fields
                     w.join(cid, part)
             if whole and w.delta and received_wire is not None:
                 # All of the chunk was novel: the novel part is what was received. (Parts
@@ -125,7 +128,7 @@ class RemoteApply(ReplicaCore):
         due, changes = self.store.write(txn)
         self._notify_applied(due)
         self._notify(changes, "remote", origin)
-        return {cid for cid, _ in changes}
+        return {cid for cid, *_ in changes}
 
     def apply_pending(self) -> set[str]:
         """Apply the held values whose time has come (specs/crdt.md §1); the ids changed.
@@ -136,7 +139,7 @@ class RemoteApply(ReplicaCore):
             return set()
         due = self.store.write(lambda t: apply_due(self, t, now))
         self._notify_applied(due)
-        return {cid for _, changes in due for cid, _ in changes}
+        return {cid for _, changes in due for cid, *_ in changes}
 
     def _notify_applied(self, due: list[tuple[str, Changes]]) -> None:
         for held_origin, changes in due:

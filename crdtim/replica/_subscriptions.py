@@ -17,9 +17,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import trio
 
-__all__ = ["Change", "ChangeFeed", "Subscription"]
+__all__ = ["MESSAGES", "Change", "ChangeFeed", "Changed", "Subscription", "changed"]
 
 log = logging.getLogger("crdtim.replica")
+
+
+#: The conversation field that holds a delta's message history (specs/crdt.md §7).
+MESSAGES = "messages"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +31,24 @@ class Change:
     """One conversation changed, in one committed transaction."""
 
     conversation: str
-    fields: frozenset[str]
+    fields: frozenset[str]  # "messages" among them when messages changed
     origin: str  # "local" or "remote"
     peer: str | None = None  # for remote changes, the replica the delta came from, if known
+    #: the messages whose record changed, and those a version choice now names
+    messages: frozenset[str] = frozenset()
+
+
+#: What a transaction changed in one conversation: (id, fields, message ids).
+Changed = tuple[str, frozenset[str], frozenset[str]]
+
+
+def changed(cid: str, fields: dict[str, Any]) -> Changed:
+    history = fields.get(MESSAGES)
+    if history is None:
+        return cid, frozenset(fields), frozenset()
+    ids = set(history.messages)
+    ids.update(c.value for c in history.choices.values())
+    return cid, frozenset(fields), frozenset(ids)
 
 
 class Subscription:
@@ -105,12 +124,11 @@ class ChangeFeed:
         for sub in list(self._subscriptions):
             sub.close()
 
-    def notify(self, changes: list[tuple[str, frozenset[str]]], origin: str,
-               peer: str | None) -> None:
+    def notify(self, changes: list[Changed], origin: str, peer: str | None) -> None:
         if not self._subscriptions:
             return
-        for cid, fields in changes:
-            change = Change(cid, fields, origin, peer)
+        for cid, fields, messages in changes:
+            change = Change(cid, fields, origin, peer, messages)
             for sub in list(self._subscriptions):
                 try:
                     sub._deliver(change)

@@ -17,6 +17,8 @@ from ..crdt import Hlc, Schema, Stamp, hlc, join_fields
 from ..crdt.conversation import Fields
 from ..errors import ClockDriftError
 from ..store import Txn, order_key_of
+from ._message_index import MessageIndex
+from ._subscriptions import MESSAGES, Changed, changed
 
 __all__ = ["MAX_REMOTE_COUNTER", "LocalOp", "WriteHost", "WriteTxn"]
 
@@ -47,8 +49,8 @@ LocalOp = Callable[["WriteTxn", Fields], Fields]
 class WriteTxn:
     """The changes of one write transaction, accumulated before they are written."""
 
-    __slots__ = ("clock", "clock_moved", "delta", "log_payload", "new", "old", "replica",
-                 "stored", "txn")
+    __slots__ = ("clock", "clock_moved", "delta", "histories", "log_payload", "new", "old",
+                 "replica", "stored", "txn")
 
     def __init__(self, replica: WriteHost, txn: Txn):
         self.replica = replica
@@ -60,6 +62,15 @@ class WriteTxn:
         self.clock_moved = False
         self.stored: dict[str, bytes] = {}  # cid -> its new state's bytes, when known already
         self.log_payload: bytes | None = None  # the log entry's bytes, when known already
+        self.histories: dict[str, MessageIndex] = {}
+
+    def history(self, cid: str) -> MessageIndex:
+        """The conversation's stored message history, read and joined in this transaction
+        (its records are not part of `fields`: a conversation loads without its messages)."""
+        index = self.histories.get(cid)
+        if index is None:
+            index = self.histories[cid] = MessageIndex(self.txn, cid)
+        return index
 
     def fields(self, cid: str) -> Fields:
         state = self.new.get(cid)
@@ -91,6 +102,24 @@ class WriteTxn:
     def join(self, cid: str, part: Fields) -> None:
         if not part:
             return
+        messages = part.get(MESSAGES)
+        if messages is not None:
+            # Joined record by record into the message databases, and only what was new there
+            # goes to the log (specs/storage.md §2).
+            part = {name: state for name, state in part.items() if name != MESSAGES}
+            novel = self.history(cid).join(messages)
+            current = self.fields(cid)
+            if part:
+                self.new[cid] = join_fields(current, part)
+            elif not current:
+                # A conversation known only by its messages still gets its record: listing
+                # and state transfer go by conversation records.
+                self.new[cid] = {}
+            if not novel.is_bottom():
+                part[MESSAGES] = novel
+            if part:
+                self.delta[cid] = join_fields(self.delta.get(cid, {}), part)
+            return
         self.new[cid] = join_fields(self.fields(cid), part)
         self.delta[cid] = join_fields(self.delta.get(cid, {}), part)
 
@@ -103,12 +132,14 @@ class WriteTxn:
         if stored is not None:
             self.stored[cid] = stored
 
-    def finish(self, origin: str) -> list[tuple[str, frozenset[str]]]:
+    def finish(self, origin: str) -> list[Changed]:
         """Write states, index, log entry and clock; return what changed."""
         t, schema = self.txn, self.replica.schema
         stored = self.stored
         for cid in self.delta:
             state = self.new[cid]
+            if state is self.old[cid]:  # only its messages changed
+                continue
             raw = stored.get(cid) if stored else None
             t.put_conversation(cid, codec.encode_fields(state, schema) if raw is None else raw)
             t.replace_order_key(order_key_of(cid, self.old[cid]), order_key_of(cid, state))
@@ -123,4 +154,4 @@ class WriteTxn:
             self.replica._note_logged(t.append_log(origin, self.log_payload))
         if self.clock_moved and self.clock is not None:
             t.put_clock(self.clock.wall, self.clock.counter)
-        return [(cid, frozenset(part)) for cid, part in self.delta.items()]
+        return [changed(cid, part) for cid, part in self.delta.items()]

@@ -48,11 +48,12 @@ _NO_APPENDS: frozenset[Append] = frozenset()
 def encode_history(h: History, ids: dict[str, int]) -> list[Any]:
     """A History as its field encoding; `ids` maps replica ids to table indexes and grows as
     new ones are met (as in _encode)."""
+    messages = {mid: encode_message_state(m, ids) for mid, m in h.messages.items()}
     choices = {}
-    for group, c in h.choices.items():
+    for group, c in h.choices.items():  # after the messages: ids in order of first use
         wall, counter, replica = c.stamp
         choices[group] = [wall, counter, ids.setdefault(replica, len(ids)), c.value]
-    return [{mid: encode_message_state(m, ids) for mid, m in h.messages.items()}, choices]
+    return [messages, choices]
 
 
 def encode_message_state(m: MessageState, ids: dict[str, int]) -> list[Any]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import message_strategies as ms
 import pytest
+import strategies as s
 from hypothesis import given
 from hypothesis import strategies as st
 
-import message_strategies as ms
-import strategies as s
 from crdtim import codec
 from crdtim.codec import (
     DEFAULT_LIMITS,
@@ -245,7 +245,8 @@ def test_too_many_messages_and_choices_are_refused() -> None:
     ([[*HEADER[:7], MAX_COUNTER + 1, 0], BASE, [], False],
      "header created counter: 4294967296 is out of range 0..4294967295"),
     ([[*HEADER[:8], 2], BASE, [], False], "header created replica index: 2 is out of range 0..1"),
-    ([[*HEADER[:6], True, 0, 0], BASE, [], False], "created wall time: expected an integer, got bool"),
+    ([[*HEADER[:6], True, 0, 0], BASE, [], False],
+     "created wall time: expected an integer, got bool"),
     ([HEADER, [5, 0, 0], [], False], "message 'm1' base: expected .*got an array of 3"),
     ([HEADER, [5, 0, 0, b"hi"], [], False], "message 'm1' base text: expected a string"),
     ([HEADER, BASE, {}, False], "message 'm1' appends: expected an array, got dict"),
@@ -278,7 +279,8 @@ def test_bad_messages_are_refused_by_name(message: Any, match: str) -> None:
     ([{}], "messages: expected \\[messages, choices\\], got an array of 1"),
     ([[], {}], "messages messages: expected a map of message id -> message, got an array"),
     ([{}, []], "messages choices: expected a map of group id -> choice"),
-    ([{}, {"g": [1, 0, 0]}], "messages choice of 'g': expected \\[wall, counter, replica, message id\\]"),
+    ([{}, {"g": [1, 0, 0]}],
+     "messages choice of 'g': expected \\[wall, counter, replica, message id\\]"),
     ([{}, {"g": [1, -1, 0, "m"]}], "messages choice of 'g' counter: -1 is out of range"),
 ])
 def test_bad_histories_are_refused_by_name(history: Any, match: str) -> None:
@@ -316,9 +318,9 @@ def test_garbage_records_are_decode_errors(data: bytes) -> None:
 
 
 def test_a_choice_record_is_refused_by_name() -> None:
-    with pytest.raises(DecodeError, match="choice chosen id 'm\\\\x00': holds a NUL"):
+    with pytest.raises(DecodeError, match=r"choice chosen id 'm\\x00': holds a NUL"):
         decode_choice(codec.pack([FORMAT_VERSION, ["A"], [1, 0, 0, NUL_ID]]))
-    with pytest.raises(DecodeError, match="choice replica index: 1 is out of range 0..0"):
+    with pytest.raises(DecodeError, match=r"choice replica index: 1 is out of range 0\.\.0"):
         decode_choice(codec.pack([FORMAT_VERSION, ["A"], [1, 0, 1, "m1"]]))
 
 
@@ -355,20 +357,20 @@ def history_mutants(draw: Callable) -> bytes:
             new_key = draw(st.one_of(s.nasty_keys, nasty))
             if isinstance(new_key, (list, dict)):
                 continue  # not hashable: no map can have it as a key
-            obj = s.replaced(obj, path, lambda _: new_key)
+            obj = s.replaced(obj, path, lambda _, k=new_key: k)
         elif how == "replace":
             new = draw(nasty)
-            obj = s.replaced(obj, path, lambda _: new)
+            obj = s.replaced(obj, path, lambda _, v=new: v)
         elif how == "drop":
             obj = s.replaced(obj, path, s.drop_one)
         elif how == "grow":
             key, extra = draw(s.nasty_keys), draw(nasty)
-            obj = s.replaced(obj, path, lambda node: s.grow(node, key, extra))
+            obj = s.replaced(obj, path, lambda node, k=key, v=extra: s.grow(node, k, v))
         else:
             source = draw(st.sampled_from(everywhere))
             if source and source[-1][0] != "key":
                 subtree = s.node_at(obj, source)
-                obj = s.replaced(obj, path, lambda _: subtree)
+                obj = s.replaced(obj, path, lambda _, v=subtree: v)
     return codec.pack(obj)
 
 

@@ -218,6 +218,23 @@ def histories() -> st.SearchStrategy[History]:
     return st.one_of(st.just(History()), valid_histories(), reachable_histories())
 
 
+def encodable(h: History) -> History:
+    """`h` without the appends made on a bottom base: canonical, but no writer makes one
+    (an append is made on a message's text) and the encoding cannot hold one (a stamp names
+    a replica of its table, never the empty id; specs/crdt.md §7, "Messages")."""
+    messages = {
+        mid: MessageState.make(m.header, m.base, (a for a in m.appends if a.base.replica), False)
+        if not m.deleted else m
+        for mid, m in h.messages.items()
+    }
+    return History.make(messages, h.choices)
+
+
+def encodable_histories() -> st.SearchStrategy[History]:
+    """The histories the codec round-trips: every drawn kind, made encodable."""
+    return st.one_of(st.just(History()), valid_histories().map(encodable), reachable_histories())
+
+
 def fresh_stamp(h: History, replica: str = "A") -> Stamp:
     """A stamp larger than every stamp in `h`, as a replica's ticking clock makes."""
     top = max((s.wall for s in h.stamps()), default=0)

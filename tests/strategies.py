@@ -20,6 +20,7 @@ from typing import Any, Callable
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+import message_strategies as ms
 from crdtim import codec
 from crdtim.crdt import (
     DEFAULT_SCHEMA,
@@ -27,10 +28,12 @@ from crdtim.crdt import (
     ConversationMap,
     Field,
     Flag,
+    History,
     Lww,
     LwwInt,
     MaxMap,
     MaxReg,
+    MessageError,
     Schema,
     Stamp,
 )
@@ -151,6 +154,7 @@ _FIELD_STATES: dict[type, Callable[[], st.SearchStrategy]] = {
     Flag: flags,
     LwwInt: lww_ints,
     MaxMap: maxmaps,
+    History: ms.encodable_histories,  # the "messages" field (specs/messages.md)
 }
 
 
@@ -175,7 +179,19 @@ def map_deltas(draw: Callable, state: ConversationMap) -> ConversationMap:
     cid = draw(conversation_ids)
     flag_names = [f.name for f in schema.fields if f.lattice is Flag]
     op = draw(st.sampled_from(("title", "enable", "disable", "arrive", "read", "archive",
-                               "unarchive", "delete", "mark_unread", "mute", "read_by")))
+                               "unarchive", "delete", "mark_unread", "mute", "read_by",
+                               "post", "append")))
+    if op in ("post", "append"):  # the message history, through its own delta mutators
+        history = state.fields(cid).get("messages", History())
+        mid, text, stamp = draw(ms.message_ids), draw(texts), draw(stamps)
+        stamp = stamp._replace(wall=stamp.wall + max((t.wall for t in history.stamps()),
+                                                     default=0))  # fresh
+        try:
+            delta = (history.post(mid, text, stamp) if op == "post"
+                     else history.append(mid, text, stamp))
+        except MessageError:  # a re-post that differs, an append to no message
+            delta = History()
+        return ConversationMap({cid: {"messages": delta}}, schema)
     if op == "archive":
         return state.archive(cid, draw(replica_ids), draw(st.booleans()))
     if op == "unarchive":

@@ -293,7 +293,9 @@ def test_a_received_conversation_stored_as_received_reads_back_the_same(m) -> No
     assert decoded == m and wire.payload and decode_map(wire.payload, m.schema) == m
     for cid, fields in decoded.convs.items():
         raw = codec.store_received(wire, cid)
-        if len(wire.rids) > codec.MAX_SHARED_TABLE:
+        # None (encode the decoded fields) for a long table, or for messages, which the
+        # store keeps in records of their own.
+        if len(wire.rids) > codec.MAX_SHARED_TABLE or "messages" in fields:
             assert raw is None
         else:
             assert decode_fields(raw, m.schema) == fields

@@ -10,7 +10,9 @@ decoded can break a lattice invariant (a flag's dots always lie inside its conte
 This is the public face; the code lives in private modules, one concern each: `_limits` (the
 format version, integer ranges and decoder bounds), `_msgpack` (pack and unpack), `_encode`,
 `_decode` (the fast strict decoders) and `_validate` (their slow path, which names what is
-wrong), `_received` (maps and conversations kept as the bytes that came, not encoded again).
+wrong), `_history` (the message history: the field of tag 15, and the storage records of one
+message and one group choice), `_received` (maps and conversations kept as the bytes that
+came, not encoded again).
 Callers use `codec.<name>` or import from here, never from a private module.
 """
 
@@ -18,11 +20,13 @@ from ..crdt.conversation import trusted_map
 from ..crdt.maxmap import MAX_READ_BY_MEMBERS
 from ._decode import decode_fields, decode_map
 from ._encode import encode_fields, encode_map
+from ._history import decode_choice, decode_message, encode_choice, encode_message
 from ._limits import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
     MAX_COUNTER,
     MAX_INT,
+    MAX_MESSAGE_ID_BYTES,
     MAX_REPLICA_ID,
     STORAGE_LIMITS,
     Limits,
@@ -41,17 +45,22 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_COUNTER",
     "MAX_INT",
+    "MAX_MESSAGE_ID_BYTES",
     "MAX_READ_BY_MEMBERS",  # fixed: part of the read_by lattice's join (crdt/maxmap.py)
     "MAX_REPLICA_ID",
     "MAX_SHARED_TABLE",
     "STORAGE_LIMITS",
     "Limits",
     "Received",
+    "decode_choice",
     "decode_fields",
     "decode_map",
     "decode_map_as_received",
+    "decode_message",
+    "encode_choice",
     "encode_fields",
     "encode_map",
+    "encode_message",
     "encode_stored_map",
     "pack",
     "store_received",

@@ -25,6 +25,7 @@ from ..crdt import (
     CausalContext,
     ConversationMap,
     Flag,
+    History,
     Lww,
     MaxReg,
     Schema,
@@ -32,6 +33,7 @@ from ..crdt import (
 )
 from ..crdt.conversation import Fields, carried_name, clear_covered, trusted_map
 from ..errors import DecodeError
+from ._history import decode_history
 from ._limits import DEFAULT_LIMITS, FORMAT_VERSION, MAX_INT, MAX_REPLICA_ID, Limits
 from ._msgpack import unpack
 from ._validate import DECODERS, dec_header, dec_str
@@ -232,6 +234,12 @@ def decode_field_map(x: Any, rids: list[str], schema: Schema, limits: Limits, ci
                 if flag is not _BOTTOM_FLAG:
                     fields[f.name] = flag
                 continue
+        elif lattice is History:
+            # Its own decoder, which checks inline and names what is wrong (_history).
+            history = decode_history(value, rids, limits, f"conversation {cid!r} {f.name}")
+            if not history.is_bottom():
+                fields[f.name] = history
+            continue
         # LwwInt and MaxMap (rarer fields) have no inline path: their validators decode them.
         # Something is wrong with this field: the slow decoder says what (and, should the
         # inline checks ever refuse a valid field, decodes it).
@@ -251,19 +259,24 @@ def decode_carried(tag: Any, value: Any, rids: list[str], limits: Limits, cid: s
         raise DecodeError(f"conversation {cid!r}: field tag {tag!r} is not in 0..127")
     lattice = _SHAPES.get((type(value), len(value) if type(value) is list else 0))
     if lattice is None:
-        raise DecodeError(f"conversation {cid!r}: field tag {tag} is not a register, a flag "
-                          "or a counter")
+        raise DecodeError(f"conversation {cid!r}: field tag {tag} is not a register, a flag, "
+                          "a counter or a message history")
     if tag not in _WARNED_TAGS:
         _WARNED_TAGS.add(tag)
         log.warning("conversations hold a field with tag %d, which this schema does not "
                     "know: it is not shown, and is replicated as it is", tag)
-    state = DECODERS[lattice](value, rids, limits, f"conversation {cid!r} field tag {tag}")
+    what = f"conversation {cid!r} field tag {tag}"
+    if lattice is History:
+        state: Any = decode_history(value, rids, limits, what)
+    else:
+        state = DECODERS[lattice](value, rids, limits, what)
     return None if state.is_bottom() else state
 
 
 #: The encodings' shapes (§7): a register is [wall, counter, replica, text], a flag [dots,
-#: version vector, cloud], a counter an integer.
-_SHAPES: dict[tuple[type, int], type] = {(list, 4): Lww, (list, 3): Flag, (int, 0): MaxReg}
+#: version vector, cloud], a counter an integer, a message history [messages, choices].
+_SHAPES: dict[tuple[type, int], type] = {
+    (list, 4): Lww, (list, 3): Flag, (int, 0): MaxReg, (list, 2): History}
 _WARNED_TAGS: set[int] = set()  # one warning per unknown tag per process
 
 

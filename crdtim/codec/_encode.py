@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crdt import DEFAULT_SCHEMA, ConversationMap, Lww, LwwInt, MaxMap, MaxReg, Schema
+from ..crdt import DEFAULT_SCHEMA, ConversationMap, History, Lww, LwwInt, MaxMap, MaxReg, Schema
 from ..crdt.conversation import Fields, carried_tag
+from ._history import encode_history
 from ._limits import FORMAT_VERSION
 from ._msgpack import pack
 
@@ -46,6 +47,8 @@ def encode_field_map(fields: Fields, ids: dict[str, int], schema: Schema) -> dic
             out[tag] = state.value
         elif lattice is MaxMap:  # {member: seq}, members in code point order
             out[tag] = dict(sorted(state.entries.items()))
+        elif lattice is History:  # [messages, choices] (_history)
+            out[tag] = encode_history(state, ids)
         else:  # Flag; ids are met in the order dots, version vector, cloud
             dots = state.dots
             context = state.context

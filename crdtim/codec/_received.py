@@ -43,8 +43,9 @@ MAX_SHARED_TABLE = 4
 
 def store_received(received: Received, cid: str) -> bytes | None:
     """Stored bytes (as encode_fields would make, but for the replica table) of conversation
-    `cid` of a map decode_map_as_received accepted; None when its table is too long to share
-    (encode the decoded fields instead).
+    `cid` of a map decode_map_as_received accepted; None when its table is too long to share,
+    or when the conversation holds a message history (encode the decoded fields instead: the
+    store keeps messages in records of their own, specs/messages.md §6).
 
     Safe because the decoder accepted exactly this field map against exactly this table:
     decoding the result gives the same fields (bottom fields in it are dropped on every
@@ -53,7 +54,11 @@ def store_received(received: Received, cid: str) -> bytes | None:
     """
     if len(received.rids) > MAX_SHARED_TABLE:
         return None
-    return pack([FORMAT_VERSION, received.rids, received.body[cid]])
+    body = received.body[cid]
+    for value in body.values():
+        if type(value) is list and len(value) == 2:  # a message history's shape, whatever its tag
+            return None
+    return pack([FORMAT_VERSION, received.rids, body])
 
 
 def decode_map_as_received(

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import features
 from .flag import Flag
+from .history import History
 from .hlc import Hlc
 from .lattice import Lattice
 from .lww import Lww, LwwInt, Stamp
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 #: The lattice types a field may have: the codec has an encoding for each (specs/crdt.md §7).
-LATTICES: tuple[type[Lattice], ...] = (Lww, Flag, MaxReg, LwwInt, MaxMap)
+LATTICES: tuple[type[Lattice], ...] = (Lww, Flag, MaxReg, LwwInt, MaxMap, History)
 
 #: One conversation's state: field name -> non-bottom lattice state. The values are typed
 #: Any, not Lattice: callers reach the type-specific parts (a register's stamp, a flag's dots)
@@ -100,6 +101,10 @@ class Schema:
         #: (name, clocked) of the fields with stamps (the registers), for stamp_bounds.
         self.registers: tuple[tuple[str, bool], ...] = tuple(
             (f.name, f.clocked) for f in self.fields if f.lattice is Lww or f.lattice is LwwInt)
+        #: (name, clocked) of the message-history fields, whose stamps are many
+        #: (History.stamps()) and whose message times (History.max_at()) are bounded too.
+        self.histories: tuple[tuple[str, bool], ...] = tuple(
+            (f.name, f.clocked) for f in self.fields if f.lattice is History)
 
     def extend(self, *fields: Field) -> Schema:
         """This schema with an app's own fields, whose tags must be in 64..127: 0..63 are
@@ -142,6 +147,9 @@ DEFAULT_SCHEMA = Schema(
         Field("draft", 12, Lww, clocked=True),
         Field("muted_until", 13, LwwInt, clocked=True),  # ms, 0 = until unmuted
         Field("read_by", 14, MaxMap),
+        # The message history (specs/messages.md): messages and version-group choices. Not
+        # in the view: the replica shows messages through its own API.
+        Field("messages", 15, History, clocked=True),
     ]
 )
 
@@ -302,34 +310,38 @@ class ConversationMap:
         return self.convs.get(cid, {})
 
     def max_clock(self) -> Hlc | None:
-        """The largest hybrid-clock reading in the map's clocked fields, if any."""
+        """The largest hybrid-clock reading in the map's clocked fields, if any (every stamp
+        of a message history: History.stamps())."""
         best = None
-        clocked = [f.name for f in self.schema.fields if f.clocked]
-        for fields in self.convs.values():
-            for name in clocked:
-                s = fields.get(name)
-                if s is not None and (best is None or s.stamp[:2] > best):
-                    best = Hlc(s.stamp.wall, s.stamp.counter)
+        for stamp in self._clocked_stamps():
+            if best is None or stamp[:2] > best:
+                best = Hlc(stamp.wall, stamp.counter)
         return best
 
     def max_counter(self) -> int:
         """The largest hybrid-clock counter in the map's clocked fields (0 if none): every
         reading, not only the largest one, must be bounded, since a forwarded part of this
         map may be all another replica receives."""
-        best = 0
+        return max((stamp.counter for stamp in self._clocked_stamps()), default=0)
+
+    def _clocked_stamps(self) -> Iterator[Stamp]:
         clocked = [f.name for f in self.schema.fields if f.clocked]
         for fields in self.convs.values():
             for name in clocked:
                 s = fields.get(name)
-                if s is not None and s.stamp.counter > best:
-                    best = s.stamp.counter
-        return best
+                if s is None:
+                    continue
+                if type(s) is History:
+                    yield from s.stamps()
+                else:
+                    yield s.stamp
 
     def stamp_bounds(self) -> tuple[Hlc | None, int, int]:
         """(max_clock(), max_counter(), max_wall()) in one pass over the map."""
         best = None
         counter = wall = 0
         registers = self.schema.registers
+        histories = self.schema.histories
         for fields in self.convs.values():
             for name, clocked in registers:
                 s = fields.get(name)
@@ -343,14 +355,32 @@ class ConversationMap:
                         counter = stamp.counter
                     if best is None or stamp[:2] > best:
                         best = Hlc(stamp.wall, stamp.counter)
+            for name, clocked in histories:
+                h = fields.get(name)
+                if h is None:
+                    continue
+                # Message times are not clocked but are bounded like last_message's.
+                wall = max(wall, h.max_at())
+                for stamp in h.stamps():
+                    if stamp.wall > wall:
+                        wall = stamp.wall
+                    if clocked:
+                        if stamp.counter > counter:
+                            counter = stamp.counter
+                        if best is None or stamp[:2] > best:
+                            best = Hlc(stamp.wall, stamp.counter)
         return best, counter, wall
 
     def max_wall(self) -> int:
-        """The largest wall time in any register stamp of the map (0 if none): a bound on
-        it keeps a peer's far-future time from winning a register forever."""
+        """The largest wall time in any register stamp of the map, and of any message-history
+        stamp or message time (0 if none): a bound on it keeps a peer's far-future time from
+        winning a register forever."""
         best = 0
         for fields in self.convs.values():
             for s in fields.values():
+                if type(s) is History:
+                    best = max(best, s.max_at(), *(stamp.wall for stamp in s.stamps()))
+                    continue
                 stamp = getattr(s, "stamp", None)
                 if stamp is not None and stamp.wall > best:
                     best = stamp.wall
@@ -477,7 +507,9 @@ def conversation_view(
     extra = {
         f.name: (fields[f.name].value if f.name in fields else f.lattice.bottom().value)
         for f in schema.fields
-        if f.name not in _BUILTIN
+        # Message histories ("messages", or an app's) are read through the replica's
+        # message API, never as a conversation's value.
+        if f.name not in _BUILTIN and f.lattice is not History
     }
     return Conversation(
         id=cid,

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for the message-history lattices (specs/messages.md).
+"""Hypothesis strategies for the message-history lattices (specs/crdt.md §8).
 
 As in strategies.py, alphabets are tiny (five message ids, three replicas, a few walls and
 texts) so that collisions -- one id posted twice with different headers, two appends with one
@@ -56,7 +56,7 @@ appends = st.builds(Append, stamps, stamps, texts)
 @st.composite
 def near_headers(draw: Callable) -> Header:
     """A header that often differs from the other draws of one example in a single field:
-    the headers of one id posted twice with different content (§2.1)."""
+    the headers of one id posted twice with different content (§8.2.1)."""
     h0 = draw(st.shared(headers, key="near-headers"))
     how = draw(st.sampled_from(("same", "author", "created", "at", "parent", "other")))
     if how == "author":
@@ -72,7 +72,7 @@ def near_headers(draw: Callable) -> Header:
 
 @st.composite
 def valid_messages(draw: Callable) -> MessageState:
-    """Any canonical message state (§2.4), built here, not by MessageState.make, so that a
+    """Any canonical message state (§8.2.4), built here, not by MessageState.make, so that a
     bug in `make` cannot hide itself in the states the laws are checked on. Appends are
     often made on the base itself, or on a newer base not received yet (pending)."""
     base = draw(st.one_of(st.just(Lww.bottom()), st.builds(Lww, stamps, texts)))
@@ -91,7 +91,7 @@ def messages() -> st.SearchStrategy[MessageState]:
 
 
 def valid_histories() -> st.SearchStrategy[History]:
-    """Any canonical history: loose (links mostly dangling) or tree-shaped (§4.1)."""
+    """Any canonical history: loose (links mostly dangling) or tree-shaped (§8.4.1)."""
     loose = st.builds(
         History.make,
         st.dictionaries(message_ids, valid_messages(), max_size=4),
@@ -242,7 +242,7 @@ def fresh_stamp(h: History, replica: str = "A") -> Stamp:
 
 
 def model_visible(h: History) -> list[str]:
-    """The visibility rule of specs/messages.md §3, written plainly (recursion, no index):
+    """The visibility rule of specs/crdt.md §8.3, written plainly (recursion, no index):
     known, active in its group (the chosen member if the choice names a member, else the
     newest), and its parent visible, all the way to a root; sorted by (created, id)."""
     heads = {mid: m.header for mid, m in h.messages.items() if m.header is not None}

@@ -154,7 +154,7 @@ _FIELD_STATES: dict[type, Callable[[], st.SearchStrategy]] = {
     Flag: flags,
     LwwInt: lww_ints,
     MaxMap: maxmaps,
-    History: ms.encodable_histories,  # the "messages" field (specs/messages.md)
+    History: ms.encodable_histories,  # the "messages" field (specs/crdt.md §8)
 }
 
 

@@ -20,7 +20,8 @@ import strategies as s
 from crdtim import codec
 from crdtim.codec import DEFAULT_LIMITS, FORMAT_VERSION, Limits, decode_fields, decode_map
 from crdtim.crdt import (
-    DEFAULT_SCHEMA, MAX_READ_BY_MEMBERS, ConversationMap, Flag, Lww, LwwInt, MaxMap, MaxReg, Stamp
+    DEFAULT_SCHEMA, MAX_READ_BY_MEMBERS, ConversationMap, Flag, History, Lww, LwwInt, MaxMap,
+    MaxReg, Stamp,
 )
 from crdtim.crdt.maxmap import valid_member
 from crdtim.crdt.conversation import carried_tag
@@ -33,7 +34,8 @@ def check_valid_fields(fields: dict[str, Any], schema) -> None:
     for name, state in fields.items():
         tag = carried_tag(name)  # a field of another schema, carried (specs/crdt.md §7)
         lattice = type(state) if tag is not None else schema.by_name[name].lattice
-        assert tag is None or (tag not in schema.by_tag and lattice in (Flag, Lww, MaxReg))
+        assert tag is None or (tag not in schema.by_tag and lattice in (Flag, Lww, MaxReg,
+                                                                        History))
         assert type(state) is lattice
         assert not state.is_bottom()
         if lattice is Flag:
@@ -42,6 +44,9 @@ def check_valid_fields(fields: dict[str, Any], schema) -> None:
             assert type(state.value) is str and state.stamp.replica
         elif lattice is LwwInt:
             assert type(state.value) is int and state.value >= 0 and state.stamp.replica
+        elif lattice is History:  # canonical, every message's state too
+            assert History.make(state.messages, state.choices) == state
+            assert all(type(m.text) is str for m in state.messages.values())
         elif lattice is MaxMap:
             assert len(state.entries) <= MAX_READ_BY_MEMBERS
             assert all(valid_member(m) and type(n) is int and n > 0

@@ -253,7 +253,7 @@ def test_too_many_messages_and_choices_are_refused() -> None:
     ([HEADER, BASE, [[6, 0, 1, 5, 0, 0]], False], "append 0: expected .*got an array of 6"),
     ([HEADER, BASE, [[6, 0, 1, 5, 0, 9, "x"]], False], "append 0 base replica index: 9"),
     ([HEADER, BASE, [[6, 0, 1, 5, 0, 0, None]], False], "append 0 text: expected a string"),
-    # Not canonical (specs/messages.md §2.4): refused, never canonicalized.
+    # Not canonical (specs/crdt.md §8.2.4): refused, never canonicalized.
     ([None, None, [], False], "message 'm1': an empty message"),
     ([HEADER, BASE, [], True], "a deleted message holds text"),
     ([HEADER, None, [[6, 0, 1, 5, 0, 0, "x"]], True], "a deleted message holds text"),

@@ -210,7 +210,8 @@ class Convergence(RuleBasedStateMachine):
     def delete(self, data, cid):
         i = self.node_index(data)
         seq, at = self.position(i, cid)
-        wall = self.wall(self.nodes[i]) % 5  # message times are 0..3: both sides of them
+        # Message times are 0..3: deletes on both sides of them (a real clock is never 0).
+        wall = 1 + self.wall(self.nodes[i]) % 4
         delta = self.nodes[i].state.delete(cid, wall)
         self.record(i, dict(kind="delete", cid=cid, seq=seq, at=max(wall, at), delta=delta))
 

@@ -45,7 +45,7 @@ LATTICES = [
     s.LatticeCase("Flag", s.flags(), Flag.bottom()),
     s.LatticeCase("CausalContext", s.contexts(), CausalContext()),
     s.LatticeCase("ConversationMap", s.conversation_maps(), ConversationMap.bottom()),
-    # The message history (specs/messages.md): one message, the map, the reachable map.
+    # The message history (specs/crdt.md §8): one message, the map, the reachable map.
     s.LatticeCase("MessageState", ms.messages(), MessageState.bottom()),
     s.LatticeCase("History", ms.histories(), History.bottom()),
     s.LatticeCase("History[reachable]", ms.reachable_histories(), History.bottom()),

@@ -1,4 +1,4 @@
-"""The laws of the message-history lattices (specs/messages.md §2, §4, §5), as properties.
+"""The laws of the message-history lattices (specs/crdt.md §8.2, §8.4, §8.5), as properties.
 
 The join laws themselves run in tests/test_laws.py's one suite, over these types too; here:
 the join's result is canonical, the message join matches its plain definition, each delta
@@ -46,7 +46,7 @@ lattices = pytest.mark.parametrize("case", LATTICES, ids=str)
 @s.FAST
 @given(data=st.data())
 def test_join_is_an_upper_bound_and_canonical(case: s.LatticeCase, data: st.DataObject) -> None:
-    # a ⊑ a ⊔ b and b ⊑ a ⊔ b; and the join is already in canonical form (§2.4, §4.1)
+    # a ⊑ a ⊔ b and b ⊑ a ⊔ b; and the join is already in canonical form (§8.2.4, §8.4.1)
     a, b = data.draw(case.states, "a"), data.draw(case.states, "b")
     ab = a.join(b)
     assert a.join(ab) == ab
@@ -60,10 +60,10 @@ def test_join_is_an_upper_bound_and_canonical(case: s.LatticeCase, data: st.Data
 @s.FAST
 @given(data=st.data())
 def test_message_join_matches_the_plain_definition(data: st.DataObject) -> None:
-    # §2.4 written out: the smaller header, the larger base, the union of appends made on a
+    # §8.2.4 written out: the smaller header, the larger base, the union of appends made on a
     # base no older than that base, deleted = or; a deleted result holds no text, no author.
     a, b = data.draw(ms.messages(), "a"), data.draw(ms.messages(), "b")
-    def key(h: Header) -> tuple:  # the order of §2.1, written out: author last
+    def key(h: Header) -> tuple:  # the order of §8.2.1, written out: author last
         return (h.created, h.parent is not None, h.parent or "", h.origin is not None,
                 h.origin or "", h.role, h.at, h.seq is not None, h.seq or 0,
                 h.author is not None, h.author or "")
@@ -237,7 +237,7 @@ def path_can_be_shown(h: History, mid: str) -> bool:
 @s.FAST
 @given(h=ms.histories(), data=st.data())
 def test_switch_and_regenerate_make_the_message_visible(h: History, data: st.DataObject) -> None:
-    # §5.2, §5.5: after switch(m) (or regenerate into v), m (v) is on the visible path, when
+    # §8.5.2, §8.5.5: after switch(m) (or regenerate into v), m (v) is on the visible path, when
     # m's path can be shown at all
     ids = [mid for mid in ms.known_ids(h) if path_can_be_shown(h, mid)]
     if not ids:
@@ -256,7 +256,7 @@ def test_switch_and_regenerate_make_the_message_visible(h: History, data: st.Dat
 @s.FAST
 @given(h=ms.reachable_histories(), data=st.data())
 def test_append_fold_keeps_the_text(h: History, data: st.DataObject) -> None:
-    # Appends past max_appends fold into an edit (§5.3): the visible text is the same as if
+    # Appends past max_appends fold into an edit (§8.5.3): the visible text is the same as if
     # the append had been kept, and the delta is a new base, not an append.
     ids = live_ids(h)
     if not ids:
@@ -336,7 +336,7 @@ def test_novel_part_of_old_news_is_bottom(state: History, data: st.DataObject) -
 @s.FAST
 @given(h=ms.histories())
 def test_visible_path_follows_the_rule(h: History) -> None:
-    # visible_path = the plain recursive rule of §3.3, sorted by (created, id) (§3.4); every
+    # visible_path = the plain recursive rule of §8.3.3, sorted by (created, id) (§8.3.4); every
     # visible message's parent is visible and comes before it when stamps respect causality.
     path = visible_path(h)
     assert path == ms.model_visible(h)
@@ -359,7 +359,7 @@ def test_reachable_path_puts_parents_first(h: History) -> None:
 @given(h=ms.histories())
 def test_versions_partition_the_known_messages(h: History) -> None:
     # Every known message is in exactly one group, versions(m) holds m, oldest first, and a
-    # group with known members has exactly one active member (§3.1, §3.2, §3.5).
+    # group with known members has exactly one active member (§8.3.1, §8.3.2, §8.3.5).
     for mid in ms.known_ids(h):
         group = versions(h, mid)
         assert mid in group

@@ -1,4 +1,4 @@
-"""What message history means: one named test per guarantee of specs/messages.md (issue #13's
+"""What message history means: one named test per guarantee of specs/crdt.md §8 (issue #13's
 Semantics), and a stateful model test of three replicas exchanging deltas with loss,
 duplication and reordering.
 """
@@ -71,7 +71,7 @@ def test_one_id_posted_differently_on_two_replicas_resolves_to_the_smaller_heade
 
 def test_a_tombstone_header_resolves_like_the_live_header() -> None:
     # Author is last in the header order, so a deleted copy (author dropped) and a live copy
-    # with another created stamp resolve to the same created stamp in any order (§2.1).
+    # with another created stamp resolve to the same created stamp in any order (§8.2.1).
     h = History()
     older = h.post("m", "t", at(1, "B"), author="x")
     newer = h.post("m", "t", at(2, "A"), author="x")
@@ -144,7 +144,7 @@ def test_switch_is_last_writer_wins() -> None:
 
 
 def test_switch_to_a_message_on_a_hidden_branch_makes_its_path_active() -> None:
-    # switch(m) makes m visible: every group on m's path chooses m's ancestor (§5.5)
+    # switch(m) makes m visible: every group on m's path chooses m's ancestor (§8.5.5)
     h = chat()
     h = apply(h, h.post("u2", "q", at(3)))
     h = apply(h, h.post("a3", "answer", at(4), role="assistant"))
@@ -208,7 +208,7 @@ def test_an_append_that_arrives_before_the_edit_it_follows_is_kept() -> None:
     h = apply(h, h.post("a", "draft", at(1)))
     edit = h.edit("a", "final", at(2))
     append = h.join(edit).append("a", "!", at(3))
-    joined = h.join(append)  # the append waits for its base (§2.2)
+    joined = h.join(append)  # the append waits for its base (§8.2.2)
     assert joined.messages["a"].text == "draft"
     assert joined.join(edit).messages["a"].text == "final!"
 
@@ -275,7 +275,7 @@ def test_a_deleted_message_keeps_its_place_so_its_replies_stay_visible() -> None
 class ThreeReplicas(RuleBasedStateMachine):
     """Three replicas run random writes; deltas travel on a lossy, duplicating, reordering
     network. After full delivery (every delta made, resent to everyone) all replicas hold
-    one state and show one history, and every message is reachable (§3.5)."""
+    one state and show one history, and every message is reachable (§8.3.5)."""
 
     runs: ClassVar[list[int]] = []  # deltas made per run: tests the test (see below)
 

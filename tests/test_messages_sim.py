@@ -103,6 +103,14 @@ class MessageNetwork(RuleBasedStateMachine):
         """A delta lost; anti-entropy resends it later (heal sends whole states)."""
         self.in_flight.pop(data.draw(st.integers(0, len(self.in_flight) - 1)))
 
+    @rule(i=st.integers(0, 2))
+    def restart(self, i: int) -> None:
+        """A replica's process ends and starts again: everything it acknowledged is there."""
+        before = self.replicas[i].state()
+        self.replicas[i].close()
+        self.replicas[i] = Replica.open(f"{self.dir.name}/{NAMES[i]}", durability="nosync")
+        assert self.replicas[i].state() == before
+
     @invariant()
     def every_replica_reads_a_consistent_history(self) -> None:
         for r in self.replicas:
@@ -131,6 +139,6 @@ class MessageNetwork(RuleBasedStateMachine):
                 assert m.text == model.messages[mid].text
 
 
-MessageNetwork.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
+MessageNetwork.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
                                             deadline=None)
 test_message_network = MessageNetwork.TestCase

@@ -271,7 +271,7 @@ def decode_message_state(
     if type(appends_x) is not list:
         raise DecodeError(f"{what} appends: expected an array, got {_shape(appends_x)}")
     if deleted:
-        # A tombstone (specs/messages.md §2.3): nothing but the header, without its author.
+        # A tombstone (specs/crdt.md §8.2.3): nothing but the header, without its author.
         if base_x is not None or appends_x:
             raise DecodeError(f"{what}: a deleted message holds text (not canonical)")
         if header is not None and header.author is not None:

@@ -38,7 +38,7 @@ class Limits:
         max_dots: int = 10_000,  # dots in one flag's state and context cloud
         *,
         # The message history (specs/crdt.md §7, "Messages"). Concurrent appenders, each
-        # within the writer's limits, can together pass them (specs/messages.md §7), so
+        # within the writer's limits, can together pass them (specs/crdt.md §8.7), so
         # the bounds on what joins can grow are multiples of the writer's.
         max_messages: int = 10_000,  # messages + group choices in one conversation's History
         max_message_id: int = _WRITER.max_id,  # code points of a message id (and group ids)

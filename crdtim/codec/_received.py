@@ -45,7 +45,7 @@ def store_received(received: Received, cid: str) -> bytes | None:
     """Stored bytes (as encode_fields would make, but for the replica table) of conversation
     `cid` of a map decode_map_as_received accepted; None when its table is too long to share,
     or when the conversation holds a message history (encode the decoded fields instead: the
-    store keeps messages in records of their own, specs/messages.md §6).
+    store keeps messages in records of their own, specs/crdt.md §8.6).
 
     Safe because the decoder accepted exactly this field map against exactly this table:
     decoding the result gives the same fields (bottom fields in it are dropped on every

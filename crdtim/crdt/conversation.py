@@ -147,7 +147,7 @@ DEFAULT_SCHEMA = Schema(
         Field("draft", 12, Lww, clocked=True),
         Field("muted_until", 13, LwwInt, clocked=True),  # ms, 0 = until unmuted
         Field("read_by", 14, MaxMap),
-        # The message history (specs/messages.md): messages and version-group choices. Not
+        # The message history (specs/crdt.md §8): messages and version-group choices. Not
         # in the view: the replica shows messages through its own API.
         Field("messages", 15, History, clocked=True),
     ]

@@ -1,5 +1,5 @@
 """A conversation's message history: a map message id -> message state, plus one LWW choice
-per version group (specs/messages.md §4).
+per version group (specs/crdt.md §8.4).
 
 Join is pointwise, per message id and per group, so storage can keep and join one message (or
 one choice) at a time. The delta mutators (post, regenerate, append, edit, switch, delete)
@@ -30,7 +30,7 @@ __all__ = ["History", "versions", "visible_path"]
 @dataclass(frozen=True, slots=True)
 class History:
     """A state or a delta of one conversation's messages. Canonical: no bottom message state
-    and no bottom choice is stored, so equality is structural (§4.1). Build with `make`."""
+    and no bottom choice is stored, so equality is structural (§8.4.1). Build with `make`."""
 
     messages: Mapping[str, MessageState] = field(default_factory=dict)
     choices: Mapping[str, Lww] = field(default_factory=dict)
@@ -68,7 +68,7 @@ class History:
         return History(messages, choices)
 
     def novel(self, delta: History) -> History:
-        """The part of `delta` that changes this state (§4.3): self ⊔ it == self ⊔ delta."""
+        """The part of `delta` that changes this state (§8.4.3): self ⊔ it == self ⊔ delta."""
         messages = {}
         for mid, m in delta.messages.items():
             mine = self.messages.get(mid)
@@ -106,7 +106,7 @@ class History:
         """The latest message time (`at`, ms) in the state, 0 if none: bounded like a clock."""
         return max((m.header.at for m in self.messages.values() if m.header), default=0)
 
-    # -- delta mutators (specs/messages.md §5; the code is history_ops.py's, shared with
+    # -- delta mutators (specs/crdt.md §8.5; the code is history_ops.py's, shared with
     # the replica's stored history) ---------------------------------------------------------
 
     def view(self) -> Tree:
@@ -141,13 +141,13 @@ class History:
 
 
 def visible_path(history: History) -> list[str]:
-    """The visible messages, oldest first by (created stamp, id) (specs/messages.md §3.4)."""
+    """The visible messages, oldest first by (created stamp, id) (specs/crdt.md §8.3.4)."""
     return Tree(history.messages, history.choices).visible_path()
 
 
 def versions(history: History, mid: str) -> list[str]:
     """The version group of `mid`, oldest first by (created stamp, id); [] if `mid` is not
-    known. `mid`'s index in it is its version number (§3.5)."""
+    known. `mid`'s index in it is its version number (§8.3.5)."""
     tree = Tree(history.messages, history.choices)
     group = tree.group(mid)
     return [] if group is None else list(tree.members(group))

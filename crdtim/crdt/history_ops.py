@@ -1,4 +1,4 @@
-"""The history's delta mutators (specs/messages.md §5), written once against `HistoryView`.
+"""The history's delta mutators (specs/crdt.md §8.5), written once against `HistoryView`.
 
 A view answers the questions a mutator asks of a history -- is this message known, which
 member of its group is active, is it visible, which message is the newest visible one --
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: The largest message id in UTF-8 bytes: ids are parts of LMDB keys, whose limit is 511
-#: bytes (specs/messages.md §7).
+#: bytes (specs/crdt.md §8.7).
 MAX_ID_BYTES = 255
 
 #: A mutator's result: message id -> the message's delta, group id -> its new choice.
@@ -45,7 +45,7 @@ Changes = tuple[dict[str, MessageState], dict[str, Lww]]
 
 
 class HistoryView(Protocol):
-    """What a mutator reads of one conversation's history (specs/messages.md §3)."""
+    """What a mutator reads of one conversation's history (specs/crdt.md §8.3)."""
 
     def message(self, mid: str) -> MessageState:
         """The message's state; bottom if it is not known."""
@@ -85,7 +85,7 @@ def post(
 ) -> Changes:
     """A new message: after the newest visible one, or after `reply_to` (a branch there if
     it already has a visible continuation). Re-posting an id is a no-op if its fields match
-    and refused if they differ (§5.1). `at` defaults to the stamp's wall."""
+    and refused if they differ (§8.5.1). `at` defaults to the stamp's wall."""
     check_message_id(mid, limits)
     _check_role_author(role, author, limits)
     _check_text(text, limits)
@@ -125,7 +125,7 @@ def regenerate(
     limits: MessageLimits = DEFAULT_MESSAGE_LIMITS,
 ) -> Changes:
     """A new version `mid` of message `of` (same parent, same group), made active along with
-    its path (§5.2). Role and author default to those of `of`."""
+    its path (§8.5.2). Role and author default to those of `of`."""
     check_message_id(mid, limits)
     _check_text(text, limits)
     _check_at_seq(at, None)
@@ -150,7 +150,7 @@ def regenerate(
 
 def append(view: HistoryView, mid: str, text: str, stamp: Stamp,
            limits: MessageLimits = DEFAULT_MESSAGE_LIMITS) -> Changes:
-    """Text added at the end of `mid`; the delta holds only that text (§5.3). Past
+    """Text added at the end of `mid`; the delta holds only that text (§8.5.3). Past
     `max_appends` appends on one base, the delta is an edit to the whole text instead."""
     m = _live(view, mid, "append to")
     if not text:
@@ -164,7 +164,7 @@ def append(view: HistoryView, mid: str, text: str, stamp: Stamp,
 
 def edit(view: HistoryView, mid: str, text: str, stamp: Stamp,
          limits: MessageLimits = DEFAULT_MESSAGE_LIMITS) -> Changes:
-    """A new base text for `mid`; the appends made on the old base go with it (§5.4)."""
+    """A new base text for `mid`; the appends made on the old base go with it (§8.5.4)."""
     _live(view, mid, "edit")
     _check_text(text, limits)
     return {mid: MessageState(base=Lww(stamp, text))}, {}
@@ -172,14 +172,14 @@ def edit(view: HistoryView, mid: str, text: str, stamp: Stamp,
 
 def switch(view: HistoryView, mid: str, stamp: Stamp) -> Changes:
     """Make `mid` active in its group and every message on its path active in theirs, so
-    that `mid` is visible (§5.5); the delta holds only the choices that change."""
+    that `mid` is visible (§8.5.5); the delta holds only the choices that change."""
     if view.header(mid) is None:
         raise MessageError(f"switch to {mid!r}: no such message")
     return {}, activation(view, mid, stamp)
 
 
 def delete(view: HistoryView, mid: str) -> Changes:
-    """Delete `mid`, for good: its text, appends and author leave the state (§5.6)."""
+    """Delete `mid`, for good: its text, appends and author leave the state (§8.5.6)."""
     m = view.message(mid)
     if m.header is None:
         raise MessageError(f"delete {mid!r}: no such message")
@@ -189,7 +189,7 @@ def delete(view: HistoryView, mid: str) -> Changes:
 
 
 def activation(view: HistoryView, mid: str, stamp: Stamp) -> dict[str, Lww]:
-    """The choices that make `mid` and each known ancestor active in their groups (§5.5).
+    """The choices that make `mid` and each known ancestor active in their groups (§8.5.5).
 
     The walk stops at the first visible message: it and everything above it are active
     already, so a reply deep in a long visible thread reads a few records, not the thread.
@@ -268,7 +268,7 @@ def _same_post_or_refuse(
     seq: int | None,
     reply_to: str | None,
 ) -> None:
-    # A retried send is one message (§5.1): compare the immutable fields the caller gave.
+    # A retried send is one message (§8.5.1): compare the immutable fields the caller gave.
     # A tombstone has lost its author, so the author of a deleted message is not compared.
     differ = [
         name
@@ -289,7 +289,7 @@ def _same_post_or_refuse(
 
 
 def check_message_id(mid: str, limits: MessageLimits = DEFAULT_MESSAGE_LIMITS) -> None:
-    """1..max_id code points, at most MAX_ID_BYTES UTF-8 bytes, no NUL (§7): ids are parts
+    """1..max_id code points, at most MAX_ID_BYTES UTF-8 bytes, no NUL (§8.7): ids are parts
     of storage keys, where NUL separates an id from what follows it."""
     if not isinstance(mid, str) or not mid or len(mid) > limits.max_id:
         raise MessageError(f"message id {mid!r:.80}: must be 1..{limits.max_id} characters")

@@ -2,7 +2,7 @@
 
 Everything here is a function of the joined state alone (the messages' headers and the
 per-group choices), so every replica that holds the same state shows the same history
-(specs/messages.md §3). It reads plain mappings, not the History type, so that history.py's
+(specs/crdt.md §8.3). It reads plain mappings, not the History type, so that history.py's
 mutators can use it without an import cycle. Pure: no I/O here.
 """
 
@@ -22,7 +22,7 @@ class Tree:
     """An index over one history's headers: groups, their active member, visibility.
 
     Built in one pass over the messages (O(n)); the storage step keeps the same facts
-    incrementally instead (specs/messages.md §6).
+    incrementally instead (specs/crdt.md §8.6).
     """
 
     __slots__ = ("_choices", "_groups", "_messages", "_visible", "headers")
@@ -69,7 +69,7 @@ class Tree:
         return self._groups.get(group, [])
 
     def active(self, group: str) -> str | None:
-        """The chosen member if the choice names a member, else the newest member (§3.2)."""
+        """The chosen member if the choice names a member, else the newest member (§8.3.2)."""
         members = self._groups.get(group)
         if not members:
             return None
@@ -86,7 +86,7 @@ class Tree:
         return group is not None and self.active(group) == mid
 
     def is_visible(self, mid: str) -> bool:
-        """Known, active in its group, and so is every message on its path to a root (§3.3).
+        """Known, active in its group, and so is every message on its path to a root (§8.3.3).
 
         A path that reaches an unknown message or runs in a cycle (only a forged state has
         one) makes everything on it invisible. Iterative, memoized: O(n) for all ids.
@@ -114,7 +114,7 @@ class Tree:
         return self._visible.get(mid, False)
 
     def visible_path(self) -> list[str]:
-        """The visible messages, oldest first by (created stamp, id) (§3.4)."""
+        """The visible messages, oldest first by (created stamp, id) (§8.3.4)."""
         return sorted((mid for mid in self.headers if self.is_visible(mid)), key=self._order)
 
     def path_to_root(self, mid: str) -> list[str]:

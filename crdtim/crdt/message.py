@@ -1,4 +1,4 @@
-"""One message of a conversation's history, as a lattice (specs/messages.md §2).
+"""One message of a conversation's history, as a lattice (specs/crdt.md §8.2).
 
 A message's state is a product of three parts, each joined on its own: the immutable header
 (set once at creation; two different headers for one id resolve to the smaller), the text
@@ -35,14 +35,14 @@ class MessageError(CrdtimError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MessageLimits:
-    """Every bound on a message, named, with its default (specs/messages.md §7).
+    """Every bound on a message, named, with its default (specs/crdt.md §8.7).
 
     The mutators refuse to make states past these; the codec will bound what it decodes by
     the same numbers.
     """
 
     #: UTF-8 bytes of a message's visible text; also what keeps one message far below a
-    #: frame (16 MiB), so a message never needs chunking (specs/messages.md §7).
+    #: frame (16 MiB), so a message never needs chunking (specs/crdt.md §8.7).
     max_text_bytes: int = 65536
     #: code points of a message id (ids are never empty).
     max_id: int = 128
@@ -68,7 +68,7 @@ class Append(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """The immutable part of a message, set once when it is posted (specs/messages.md §2.1).
+    """The immutable part of a message, set once when it is posted (specs/crdt.md §8.2.1).
 
     `origin` is None for a message that starts its own version group (a plain post), else the
     id of the group's first message: this one is an alternative of it (regenerate, branch).
@@ -87,7 +87,7 @@ class Header:
 
         Injective (None and "" differ), so two headers with one key are equal. `author` comes
         last so that dropping it (a tombstone) never changes which of two headers is smaller
-        in the fields it keeps (specs/messages.md §2.1).
+        in the fields it keeps (specs/crdt.md §8.2.1).
         """
         return (
             self.created,
@@ -122,7 +122,7 @@ _NO_TEXT = Lww(BOTTOM_STAMP, "")
 
 @dataclass(frozen=True, slots=True)
 class MessageState:
-    """One message's state, canonical (specs/messages.md §2.4).
+    """One message's state, canonical (specs/crdt.md §8.2.4).
 
     Canonical form: a deleted message holds no text, no appends and no author; a live one
     holds only the appends made on its base or on a newer base it has not seen yet. Build
@@ -197,7 +197,7 @@ class MessageState:
 
     @property
     def text(self) -> str:
-        """The visible text: the base, then the appends made on it (specs/messages.md §2.2)."""
+        """The visible text: the base, then the appends made on it (specs/crdt.md §8.2.2)."""
         if not self.appends:
             return self.base.value
         return self.base.value + "".join(a.text for a in self.current_appends())

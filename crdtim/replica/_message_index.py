@@ -13,10 +13,10 @@ in (created, id) order: wall(8) counter(4) replica, NUL, id):
               P "k" parent NUL pos-> ""   a message's children ("" parent: the roots)
               P "v" pos           -> ""   the visible messages: a history page is one range
 
-Ids hold no NUL and are at most 255 UTF-8 bytes (specs/messages.md §7), so NUL ends an id
+Ids hold no NUL and are at most 255 UTF-8 bytes (specs/crdt.md §8.7), so NUL ends an id
 inside a key and every key fits LMDB's 511 bytes. The derived records are kept exactly as
-specs/messages.md §3 defines visibility, updated in the write transaction that changes
-their inputs (§6): a message's visibility is re-evaluated when it arrives, when its group's
+specs/crdt.md §8.3 defines visibility, updated in the write transaction that changes
+their inputs (§8.6): a message's visibility is re-evaluated when it arrives, when its group's
 active member changes, and when its parent's visibility changes, in which case its children
 follow. A header that changes shape (only two different posts of one id do that) rebuilds
 the conversation's index from its records.
@@ -142,7 +142,7 @@ class MessageIndex:
         for k, _ in self.t.scan("mindex", start, start[:-1] + b"\x01", reverse):
             yield pos_id(k)
 
-    # -- the HistoryView (specs/messages.md §3) ----------------------------------------------
+    # -- the HistoryView (specs/crdt.md §8.3) ----------------------------------------------
 
     def header(self, mid: str) -> Header | None:
         return self.message(mid).header
@@ -195,12 +195,14 @@ class MessageIndex:
         shape = self._shape(mid)
         return None if shape is None else shape.pos
 
-    def records(self) -> Iterator[tuple[bytes, bytes]]:
-        """(kind + id, sealed value) of every message and choice record, in key order."""
+    def records(self, after: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(kind + id, sealed value) of the message and choice records, in key order, after
+        the one named `after` (kind + id; b"": all)."""
         if self.prefix is None:
             return
         n = len(self.prefix)
-        for k, v in self.t.scan("messages", self.prefix, _after(self.prefix)):
+        start = self.prefix + after + (b"\x00" if after else b"")
+        for k, v in self.t.scan("messages", start, _after(self.prefix)):
             yield k[n:], v
 
     def state(self) -> History:
@@ -216,7 +218,7 @@ class MessageIndex:
                     choices[ident] = chosen
         return History(messages, choices)
 
-    # -- join (specs/messages.md §4.2, §6) ---------------------------------------------------
+    # -- join (specs/crdt.md §8.4.2, §8.6) ---------------------------------------------------
 
     def join(self, delta: History) -> History:
         """Join `delta` into the stored history and its index; returns its novel part."""
@@ -281,9 +283,9 @@ class MessageIndex:
         self.t.put("mindex", self._key(b"s", mid), shape.encode())
 
     def _refresh(self, seeds: list[str]) -> None:
-        """Re-evaluate visibility (§3.3) from `seeds`; a message that flips takes its children
+        """Re-evaluate visibility (§8.3.3) from `seeds`; a message that flips takes its children
         along. Only a path that reaches a root through visible messages makes one visible, so
-        a forged cycle stays hidden, as §3.3 requires."""
+        a forged cycle stays hidden, as §8.3.3 requires."""
         assert self.prefix is not None
         visible_prefix = self.prefix + b"v"
         queue = list(dict.fromkeys(seeds))

@@ -91,7 +91,9 @@ class Messages(LocalWrites):
                                                    author=author, limits=self.message_limits),
                                      mid, seq, own, stamp)
 
-        return self._write_message(cid, mid, op)
+        return self._write_message(cid, mid, op, Message(
+            mid, cid, reply_to, role, author, text, self._now() if at is None else at, seq,
+            None, False, 0, 1))
 
     def regenerate(self, cid: str, mid: str, text: str = "", *, role: str | None = None,
                    id: str | None = None) -> Message:
@@ -108,7 +110,8 @@ class Messages(LocalWrites):
                                                    limits=self.message_limits),
                                      new, None, False, stamp)
 
-        return self._write_message(cid, new, op)
+        return self._write_message(cid, new, op, Message(
+            new, cid, None, role or "", None, text, self._now(), None, None, False, 0, 1))
 
     def append(self, cid: str, mid: str, text: str) -> None:
         """Add `text` at the end of message `mid` (a streamed reply): only `text` is sent."""
@@ -164,24 +167,12 @@ class Messages(LocalWrites):
         delta[MESSAGES] = History(messages, choices)
         return delta
 
-    def _write_message(self, cid: str, mid: str, op: Any) -> Message:
-        if self._batch.get() is not None:
-            # In a batch the write happens at the block's end: check it now, against the
-            # state before the batch, and answer with the message as it will be made.
-            preview: list[Message] = []
-
-            def dry(t: Txn) -> None:
-                w = WriteTxn(self, t)
-                delta = op(w, w.fields(cid))
-                h = delta.get(MESSAGES)
-                if h is not None:
-                    preview.append(_view(cid, mid, h.messages[mid], 0, 1))
-            self.store.read(dry)
-            self._local(cid, op)
-            found = preview[0] if preview else self.message(cid, mid)
-            assert found is not None
-            return found
+    def _write_message(self, cid: str, mid: str, op: Any, planned: Message) -> Message:
         self._local(cid, op)
+        if self._batch.get() is not None:
+            # In a batch the write happens at the block's end, against the state the ops
+            # before it make: the message as asked for, its place settled at the commit.
+            return planned
         found = self.message(cid, mid)
         assert found is not None, "a committed post is known"
         return found

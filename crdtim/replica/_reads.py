@@ -259,12 +259,12 @@ class Reads(ReplicaCore):
         index = MessageIndex(t, cid)
         messages, choices = {}, {}
         place = None
-        for name, raw in index.records():
-            if name <= after:
-                continue
+        taken = after
+        for name, raw in index.records(after):
             if not budget.take(len(raw)):
-                place = _place(cid, name)
+                place = _place(cid, taken)  # continue after the last record taken
                 break
+            taken = name
             ident = name[1:].decode()
             if name[:1] == b"m":
                 messages[ident] = index.message(ident)

@@ -25,7 +25,7 @@ __all__ = ["MAX_FRAME_BYTES", "MAX_REPLICA_ID_BYTES", "MIN_FRAME_BYTES", "NONCE_
            "Hello", "Message", "Ping", "Pong", "StateChunk", "StateEnd", "encode_frame",
            "message_name"]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_REPLICA_ID_BYTES = 255
 #: The smallest max_frame_bytes a replica may set: a conversation's whole state, at the
 #: codec's limits on text, must fit in one frame.

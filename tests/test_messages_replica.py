@@ -189,3 +189,26 @@ def test_message_limits_are_the_replicas(open_replica) -> None:
     r.message_limits = MessageLimits(max_text_bytes=10)
     with pytest.raises(InvalidArgument, match="over the limit of 10"):
         r.post("c", "x" * 11)
+
+
+def test_no_delta_holds_more_messages_than_a_peer_decodes(a: Replica, b: Replica,
+                                                          monkeypatch) -> None:
+    from crdtim import codec
+    monkeypatch.setattr(codec.DEFAULT_LIMITS, "max_messages", 5)
+    with pytest.raises(InvalidArgument, match="at most 5 messages"):
+        with a.batch():
+            for n in range(6):
+                a.post("c", f"m{n}", id=f"m{n}")
+    assert a.head == 0
+    with a.batch():
+        for n in range(3):
+            a.post("c", f"m{n}", id=f"m{n}")
+    with a.batch():
+        for n in range(3, 6):
+            a.post("c", f"m{n}", id=f"m{n}")
+    # Two entries of 3 would join to 6: the interval stops after the first.
+    end, delta = a.delta_interval(0)
+    assert end == 1 and len(delta.fields("c")["messages"].messages) == 3
+    b.apply_map(delta, a.id)
+    end, delta = a.delta_interval(1)
+    assert end == 2

@@ -210,6 +210,7 @@ class LocalWrites(ReplicaCore):
             w = WriteTxn(self, t)
             for cid, op in ops:
                 w.join(cid, op(w, w.fields(cid)))
+            _check_message_count(w)
             return due, w.finish(self.id)
 
         due, changes = self.store.write(txn)
@@ -229,3 +230,14 @@ def _check_seen(cid: str, seq: int, cur: Fields) -> None:
     if seq > last:
         raise InvalidArgument(f"seq {seq} is above conversation {cid!r:.80}'s last_seq {last}: "
                               f"record the message's arrival first")
+
+
+def _check_message_count(w: WriteTxn) -> None:
+    """One transaction's log entry must be one peers can decode: at most
+    codec.Limits.max_messages message and choice records per conversation (crdt.md §8.7)."""
+    bound = codec.DEFAULT_LIMITS.max_messages
+    for cid, fields in w.delta.items():
+        history = fields.get("messages")
+        if history is not None and len(history.messages) + len(history.choices) > bound:
+            raise InvalidArgument(f"conversation {cid!r:.80}: one batch may write at most "
+                                  f"{bound} messages and version choices to a conversation")

@@ -178,7 +178,10 @@ class Reads(ReplicaCore):
                     size += len(payload)
                     if max_bytes is not None and size > max_bytes and acc:
                         break
-                    _join_into(acc, self._decode_log(payload))
+                    entry = self._decode_log(payload)
+                    if acc and _too_many_messages(acc, entry):
+                        break
+                    _join_into(acc, entry)
                 to = seq
             return to, ConversationMap(acc, self.schema) if acc else None
         return self.store.read(read)
@@ -315,6 +318,24 @@ def _transfer_place(place: str | None) -> tuple[str | None, bytes | None, bool]:
         key, _, cid = place[1:].partition(":")
         return cid, base64.urlsafe_b64decode(key), False
     return place[1:], None, True
+
+
+def _too_many_messages(acc: dict[str, Fields], entry: ConversationMap) -> bool:
+    """Whether joining `entry` could give one conversation more message and choice records
+    than a peer decodes in one delta (codec.Limits.max_messages): then it goes in the next
+    DELTA. A single entry never has more (local writes refuse it, remote ones were decoded
+    under it)."""
+    for cid, fields in entry.convs.items():
+        history = fields.get(MESSAGES)
+        held = acc.get(cid, {}).get(MESSAGES)
+        if history is not None and held is not None and (
+                _records(history) + _records(held) > codec.DEFAULT_LIMITS.max_messages):
+            return True
+    return False
+
+
+def _records(history: History) -> int:
+    return len(history.messages) + len(history.choices)
 
 
 def _join_into(acc: dict[str, Fields], delta: ConversationMap) -> None:

@@ -212,3 +212,18 @@ def test_no_delta_holds_more_messages_than_a_peer_decodes(a: Replica, b: Replica
     b.apply_map(delta, a.id)
     end, delta = a.delta_interval(1)
     assert end == 2
+
+
+def test_a_history_stamped_far_ahead_waits_and_the_rest_applies(open_replica) -> None:
+    clock = {"now": 1_000_000}
+    ahead = open_replica("ahead", now_ms=lambda: clock["now"] + 3_600_000)
+    here = open_replica("here", now_ms=lambda: clock["now"])
+    ahead.pin("c")  # a flag has no stamp: it applies at once
+    ahead.post("c", "from the future", id="f")
+    changed = here.apply_delta(ahead.delta_since(0), origin=ahead.id)
+    assert changed == {"c"} and here.message("c", "f") is None  # held, not refused
+    assert here.get("c").pinned  # type: ignore[union-attr]
+    clock["now"] += 3_600_000
+    here.apply_pending()
+    m = here.message("c", "f")
+    assert m is not None and m.text == "from the future"

@@ -11,6 +11,7 @@ draft. A refused call raises InvalidArgument naming what was wrong and changes n
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from ._local import LocalWrites
 from ._message_index import MessageIndex, pos_id
 from ._reads import Page, decode_cursor, encode_cursor
 from ._subscriptions import MESSAGES
-from ._write import WriteTxn
+from ._write import LocalOp, WriteTxn
 
 __all__ = ["PREVIEW_CHARS", "Message", "Messages", "new_message_id"]
 
@@ -140,7 +141,7 @@ class Messages(LocalWrites):
         _check_strings(mid=mid)
         self._message_op(cid, lambda w: _run(ops.delete, w.history(cid), mid))
 
-    def _message_op(self, cid: str, changes: Any) -> None:
+    def _message_op(self, cid: str, changes: Callable[[WriteTxn], Changes]) -> None:
         def op(w: WriteTxn, cur: Fields) -> Fields:
             messages, choices = changes(w)
             return {MESSAGES: History(messages, choices)} if messages or choices else {}
@@ -167,7 +168,7 @@ class Messages(LocalWrites):
         delta[MESSAGES] = History(messages, choices)
         return delta
 
-    def _write_message(self, cid: str, mid: str, op: Any, planned: Message) -> Message:
+    def _write_message(self, cid: str, mid: str, op: LocalOp, planned: Message) -> Message:
         self._local(cid, op)
         if self._batch.get() is not None:
             # In a batch the write happens at the block's end, against the state the ops

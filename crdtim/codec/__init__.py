@@ -10,12 +10,14 @@ decoded can break a lattice invariant (a flag's dots always lie inside its conte
 This is the public face; the code lives in private modules, one concern each: `_limits` (the
 format version, integer ranges and decoder bounds), `_msgpack` (pack and unpack), `_encode`,
 `_decode` (the fast strict decoders) and `_validate` (their slow path, which names what is
-wrong), `_received` (maps and conversations kept as the bytes that came, not encoded again).
+wrong), `_census` (counting a map's conversations and items before decoding it), `_received`
+(maps and conversations kept as the bytes that came, not encoded again).
 Callers use `codec.<name>` or import from here, never from a private module.
 """
 
 from ..crdt.conversation import trusted_map
 from ..crdt.maxmap import MAX_READ_BY_MEMBERS
+from ._census import count_conversations, count_items
 from ._decode import decode_fields, decode_map
 from ._encode import encode_fields, encode_map
 from ._limits import (
@@ -47,6 +49,8 @@ __all__ = [
     "STORAGE_LIMITS",
     "Limits",
     "Received",
+    "count_conversations",  # a peer's frame is refused from these, before decoding
+    "count_items",
     "decode_fields",
     "decode_map",
     "decode_map_as_received",

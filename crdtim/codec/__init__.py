@@ -13,11 +13,14 @@ format version, integer ranges and decoder bounds), `_msgpack` (pack and unpack)
 wrong), `_history` (the message history: the field of tag 15, and the storage records of one
 message and one group choice), `_received` (maps and conversations kept as the bytes that
 came, not encoded again).
+wrong), `_census` (counting a map's conversations and items before decoding it), `_received`
+(maps and conversations kept as the bytes that came, not encoded again).
 Callers use `codec.<name>` or import from here, never from a private module.
 """
 
 from ..crdt.conversation import trusted_map
 from ..crdt.maxmap import MAX_READ_BY_MEMBERS
+from ._census import count_conversations, count_items
 from ._decode import decode_fields, decode_map
 from ._encode import encode_fields, encode_map
 from ._history import decode_choice, decode_message, encode_choice, encode_message
@@ -53,6 +56,8 @@ __all__ = [
     "Limits",
     "Received",
     "decode_choice",
+    "count_conversations",  # a peer's frame is refused from these, before decoding
+    "count_items",
     "decode_fields",
     "decode_map",
     "decode_map_as_received",

@@ -8,6 +8,7 @@ plain Python objects. It must never let a msgpack exception escape: whatever the
 
 from __future__ import annotations
 
+import io
 import threading
 from typing import Any
 
@@ -40,7 +41,8 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack extension type {code} is not allowed")
 
 
-def unpack(data: bytes, max_bytes: int = DEFAULT_LIMITS.max_bytes) -> Any:
+def unpack(data: bytes | bytearray | memoryview,
+           max_bytes: int = DEFAULT_LIMITS.max_bytes) -> Any:
     """msgpack bytes -> Python object; DecodeError for anything malformed."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
@@ -57,6 +59,14 @@ def unpack(data: bytes, max_bytes: int = DEFAULT_LIMITS.max_bytes) -> Any:
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as e:
         # ValueError covers UnicodeDecodeError, FormatError, StackError, "Unpack failed".
         raise DecodeError(f"not valid msgpack: {_reason(e)}") from None
+
+
+def stream(data: bytes) -> msgpack.Unpacker:
+    """An unpacker reading `data` one value (or one container header) at a time, with the
+    rules of `unpack`, for code that must look at a large value without building all of it
+    (`_census`). Its errors are msgpack's, or ValueError: the caller catches them."""
+    return msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=False,
+                            ext_hook=_no_ext)
 
 
 def _reason(e: BaseException) -> str:

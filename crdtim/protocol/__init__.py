@@ -2,12 +2,14 @@
 send (specs/protocol.md, specs/security.md).
 
 This is the public face; the code lives in private modules, one concern each: `_messages`
-(wire messages and framing), `_auth` (keys, scopes, the handshake MAC), `_events`,
-`_errors`, `_port` (the replica contract) and `_session` (the state machine). Nothing in this
-package touches a socket, a database, trio or the clock.
+(wire messages and framing), `_budget` (the decoded work a frame may cost), `_auth` (keys,
+scopes, the handshake MAC), `_events`, `_errors`, `_port` (the replica contract) and
+`_session` (the state machine). Nothing in this package touches a socket, a database, trio or
+the clock.
 """
 
 from ._auth import MAX_KEY_ID, MIN_SECRET_BYTES, SecurityConfig, valid_key_id
+from ._budget import MAX_FRAME_CONVERSATIONS, MAX_FRAME_ITEMS
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     DeltaApplied,
@@ -44,6 +46,8 @@ from ._session import SessionConfig, State, SyncSession
 
 __all__ = [
     "MAX_FRAME_BYTES",
+    "MAX_FRAME_CONVERSATIONS",
+    "MAX_FRAME_ITEMS",
     "MAX_KEY_ID",
     "MAX_REPLICA_ID_BYTES",
     "MIN_FRAME_BYTES",

@@ -15,6 +15,7 @@ from .. import codec
 from ..crdt import ConversationMap
 from ..errors import ClockDriftError, DecodeError
 from ._auth import outside_scope
+from ._budget import MAX_FRAME_CONVERSATIONS, over_budget
 from ._errors import RemoteProtocolError
 from ._events import DeltaApplied, Event, StateTransferFinished, StateTransferStarted
 from ._messages import Ack, ChunkAck, Delta, Message, StateChunk
@@ -65,11 +66,17 @@ class Inbound:
             raise RemoteProtocolError("DELTA during a state transfer")
         start = end = self._expect_from
         deltas: list[ConversationMap] = []
-        nbytes = 0
+        nbytes = conversations = 0
         error = None
-        for m in group:
+        rest: list[Delta] = []
+        for i, m in enumerate(group):
             if m.start != end:
                 error = f"DELTA starts at {m.start}, expected {end}"
+                break
+            # Counted before decoding: decoding is what a frame of tiny items amplifies.
+            over = over_budget(m.payload)
+            if over is not None:
+                error = f"DELTA: {over}"
                 break
             try:
                 delta = codec.decode_map(m.payload, self.replica.schema, self._limits)
@@ -80,7 +87,13 @@ class Inbound:
             if outside is not None:  # refused whole: nothing of this frame is applied
                 error = self._scope_refusal("DELTA", outside)
                 break
+            if deltas and conversations + len(delta.convs) > MAX_FRAME_CONVERSATIONS:
+                # The join is one transaction and one log entry, which we forward: it must
+                # stay within a frame's conversations too. The rest is the next group.
+                rest = group[i:]
+                break
             deltas.append(delta)
+            conversations += len(delta.convs)
             end, nbytes = m.end, nbytes + len(m.payload)
         events: list[Event] = []
         if deltas:
@@ -107,6 +120,12 @@ class Inbound:
             self._send(Ack(seq=end))
             events.append(DeltaApplied(start=start, end=end, changed=frozenset(changed),
                                        nbytes=nbytes))
+        if rest:
+            try:
+                events.extend(self.on_deltas(rest))
+            except RemoteProtocolError as later:
+                later.events = events + later.events
+                raise
         if error is not None:
             refusal = RemoteProtocolError(error)
             refusal.events = events  # the frames before it were applied
@@ -119,6 +138,9 @@ class Inbound:
             self._chunks_received = 0
             events.append(StateTransferStarted(outbound=False))
         self.state = after(self.state, "STATE_CHUNK")
+        over = over_budget(m.payload)
+        if over is not None:
+            raise RemoteProtocolError(f"STATE_CHUNK: {over}")
         try:
             chunk, wire = codec.decode_map_as_received(m.payload, self.replica.schema,
                                                        self._limits)

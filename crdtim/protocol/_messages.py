@@ -236,7 +236,7 @@ def encode_frame(m: Message) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def _parse_message(body: bytes, max_bytes: int) -> Message:
+def _parse_message(body: bytes | memoryview, max_bytes: int) -> Message:
     try:
         obj = codec.unpack(body, max_bytes)
     except DecodeError as e:
@@ -288,10 +288,16 @@ class FrameDecoder:
                 f"frame of {n} bytes is over the limit of {self.max_frame_bytes}")
         if len(self._buf) < 4 + n:
             return None
-        body = bytes(self._buf[4 : 4 + n])
-        del self._buf[: 4 + n]
-        self.frames_decoded += 1
-        return _parse_message(body, self.max_frame_bytes)
+        # Parsed in place: a copy of the body (two, with a slice of the bytearray) would
+        # double what a frame at the size limit holds in memory.
+        with memoryview(self._buf) as view, view[4 : 4 + n] as body:
+            try:
+                return _parse_message(body, self.max_frame_bytes)
+            finally:
+                body.release()
+                view.release()
+                del self._buf[: 4 + n]
+                self.frames_decoded += 1
 
     @property
     def buffered(self) -> int:

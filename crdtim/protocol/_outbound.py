@@ -14,6 +14,7 @@ from .. import codec
 from ..crdt import ConversationMap
 from ..errors import LogTrimmedError
 from ._auth import covers, within_scope
+from ._budget import MAX_FRAME_CONVERSATIONS, over_budget
 from ._errors import RemoteProtocolError
 from ._events import Event, PeerAcked, StateTransferStarted
 from ._messages import Delta, Message, StateChunk, StateEnd
@@ -150,14 +151,16 @@ class Outbound:
         if self.state is Sending.WAIT_RESUME:
             return 0
         queued = 0
+        max_entries = max_entries_per_delta
         while self.unacked_frames < max_unacked_frames:
             if self.state is Sending.STATE_TRANSFER:
-                queued += self._next_chunk(max_conversations_per_chunk)
+                queued += self._next_chunk(
+                    min(max_conversations_per_chunk, MAX_FRAME_CONVERSATIONS))
                 continue
             try:
                 end, delta = self.replica.delta_interval(
                     self._sent_upto, skip_origin=self._peer,
-                    max_entries=max_entries_per_delta, max_bytes=self.frame_budget)
+                    max_entries=max_entries, max_bytes=self.frame_budget)
                 if end == self._sent_upto:
                     break
                 if delta is not None:
@@ -167,6 +170,14 @@ class Outbound:
                 payload = codec.encode_map(delta or ConversationMap.bottom(self.replica.schema))
                 if len(payload) > self.peer_frame_bytes - DELTA_OVERHEAD:
                     raise LogTrimmedError("one log entry is larger than the peer's frames")
+                if over_budget(payload) is not None:
+                    # Over the decoded work a frame may cost (_budget.py): join fewer
+                    # entries; one entry alone over it (a huge batch) goes by state transfer.
+                    if end - self._sent_upto <= 1:
+                        raise LogTrimmedError("one log entry is over a frame's conversations")
+                    max_entries = (end - self._sent_upto) // 2
+                    continue
+                max_entries = max_entries_per_delta
             except LogTrimmedError:
                 # Entries not yet sent were dropped meanwhile (the retention bound), or one is
                 # too large for a frame: a DELTA would skip them silently and its ACK cover
@@ -187,8 +198,12 @@ class Outbound:
         the frames queued."""
         queued = 0
         # The stored bytes go out as they are, filtered to the peer's scope.
-        payload, after_id = self.replica.encoded_state_chunk(
-            self._transfer_after, max_conversations, self.frame_budget, self._scope)
+        while True:
+            payload, after_id = self.replica.encoded_state_chunk(
+                self._transfer_after, max_conversations, self.frame_budget, self._scope)
+            if max_conversations == 1 or payload is None or over_budget(payload) is None:
+                break
+            max_conversations //= 2  # too many items (_budget.py): fewer conversations
         if payload is not None:
             self._send(StateChunk(payload=payload))
             self._chunks_sent += 1

@@ -1,0 +1,65 @@
+"""Counting what a conversation map would decode to, before decoding it (specs/security.md
+§7, "decoded work per frame"): how many conversations, and how many items.
+
+Decoding builds Python objects at up to about 50 bytes of memory per byte of payload for the
+tiniest values (a 13-byte conversation, a 2-byte dot), so a peer's frame must be refused from
+its counts, not after it was decoded. The counts are read with a streaming unpacker: the
+conversation count from the map's header alone; the items one field value at a time, so that
+counting never holds more than one field's objects. Never raises: malformed data gives None,
+and the decoder then says what is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._msgpack import stream as _unpacker
+
+
+def _body(unpacker: Any) -> int:
+    """Read `[version, [replica ids], {` and return the number of conversations."""
+    if unpacker.read_array_header() != 3:
+        raise ValueError("not a conversation map")
+    unpacker.skip()  # the format version
+    unpacker.skip()  # the replica table, bounded by its own limit when decoded
+    return int(unpacker.read_map_header())
+
+
+def count_conversations(data: bytes) -> int | None:
+    """The number of conversations in an encoded conversation map, from its header only;
+    None when `data` does not start like one."""
+    try:
+        return _body(_unpacker(data))
+    except Exception:  # any malformation: the decoder names it
+        return None
+
+
+def count_items(data: bytes, stop_above: int) -> int | None:
+    """The items of an encoded conversation map: each conversation, each field, and each
+    value inside a field's arrays and maps (a dot is two: its replica and counter). Every
+    item takes at least one byte, so a map of n bytes has at most n items. Counting stops
+    once past `stop_above`; None when `data` is not a conversation map."""
+    try:
+        unpacker = _unpacker(data)
+        items = 0
+        for _ in range(_body(unpacker)):
+            unpacker.skip()  # the conversation id
+            nfields = unpacker.read_map_header()
+            items += 1 + nfields
+            for _ in range(nfields):
+                unpacker.skip()  # the field's tag
+                items += _nested(unpacker.unpack())
+            if items > stop_above:
+                break
+        return items
+    except Exception:  # any malformation: the decoder names it
+        return None
+
+
+def _nested(x: Any) -> int:
+    if type(x) is list:
+        return len(x) + sum(_nested(y) for y in x if type(y) is list or type(y) is dict)
+    if type(x) is dict:
+        return len(x) + sum(_nested(y) for y in x.values()
+                            if type(y) is list or type(y) is dict)
+    return 0

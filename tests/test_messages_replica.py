@@ -227,3 +227,23 @@ def test_a_history_stamped_far_ahead_waits_and_the_rest_applies(open_replica) ->
     here.apply_pending()
     m = here.message("c", "f")
     assert m is not None and m.text == "from the future"
+
+
+def test_group_commit_keeps_each_logged_entry_within_a_peers_message_bound(
+        a: Replica, b: Replica, monkeypatch) -> None:
+    """Two DELTAs read at once are joined into one entry, which is forwarded: the join stops
+    where one conversation would hold more message records than a peer decodes."""
+    from test_memory_amplification import drive
+
+    from crdtim import codec
+    from crdtim.protocol import SyncSession
+    monkeypatch.setattr(codec.DEFAULT_LIMITS, "max_messages", 5)
+    for k in range(2):
+        with a.batch():
+            for n in range(3):
+                a.post("c", "x", id=f"m{k}{n}")
+    drive(SyncSession(a), SyncSession(b))
+    assert ids(b) == ids(a)
+    for _, _, payload in b.store.read(lambda t: list(t.log_entries(0))):
+        history = codec.decode_map(payload, b.schema).fields("c")["messages"]
+        assert len(history.messages) + len(history.choices) <= 5

@@ -55,9 +55,9 @@ __all__ = [
     "STORAGE_LIMITS",
     "Limits",
     "Received",
-    "decode_choice",
     "count_conversations",  # a peer's frame is refused from these, before decoding
     "count_items",
+    "decode_choice",
     "decode_fields",
     "decode_map",
     "decode_map_as_received",

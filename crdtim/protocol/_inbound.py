@@ -67,6 +67,7 @@ class Inbound:
         start = end = self._expect_from
         deltas: list[ConversationMap] = []
         nbytes = conversations = 0
+        messages: dict[str, int] = {}  # message and choice records per conversation
         error = None
         rest: list[Delta] = []
         for i, m in enumerate(group):
@@ -87,13 +88,19 @@ class Inbound:
             if outside is not None:  # refused whole: nothing of this frame is applied
                 error = self._scope_refusal("DELTA", outside)
                 break
-            if deltas and conversations + len(delta.convs) > MAX_FRAME_CONVERSATIONS:
+            records = _message_records(delta)
+            if deltas and (conversations + len(delta.convs) > MAX_FRAME_CONVERSATIONS
+                           or any(messages.get(cid, 0) + n > self._limits.max_messages
+                                  for cid, n in records.items())):
                 # The join is one transaction and one log entry, which we forward: it must
-                # stay within a frame's conversations too. The rest is the next group.
+                # stay within a frame's conversations, and within the message records a
+                # peer decodes per conversation, too. The rest is the next group.
                 rest = group[i:]
                 break
             deltas.append(delta)
             conversations += len(delta.convs)
+            for cid, n in records.items():
+                messages[cid] = messages.get(cid, 0) + n
             end, nbytes = m.end, nbytes + len(m.payload)
         events: list[Event] = []
         if deltas:
@@ -165,3 +172,13 @@ class Inbound:
         self._expect_from = seq
         self._send(Ack(seq=seq))
         return [StateTransferFinished(outbound=False, seq=seq)]
+
+
+def _message_records(delta: ConversationMap) -> dict[str, int]:
+    """Message and choice records per conversation of `delta` (specs/crdt.md §8.7)."""
+    out = {}
+    for cid, fields in delta.convs.items():
+        history = fields.get("messages")
+        if history is not None:
+            out[cid] = len(history.messages) + len(history.choices)
+    return out

@@ -30,11 +30,13 @@ def _u64(b: bytes | None) -> int:
 def migrate(t: Txn, current: int) -> None:
     """Bring a replica of an older format to `current`, in the caller's write transaction.
 
-    1 -> 2 seals the values with their checksums; 2 -> 3 adds the message databases, which
-    the store has already made, empty, when it opened them.
+    1 -> 2 seals the values with their checksums; 2 -> 3 seals the held (`pending`) values
+    and adds the message databases, which the store made, empty, when it opened them.
     """
     if _u64(t.meta(b"format")) == 1:
         seal_all(t, ("convs", "order", "log"))
+    if _u64(t.meta(b"format")) == 2:  # values held for later are sealed from format 3 on
+        seal_all(t, ("pending",))
     if _u64(t.meta(b"format")) != current:
         t.put_meta(b"format", _U64.pack(current))
 
@@ -63,10 +65,10 @@ def checked_identity(path: str, meta: Callable[[bytes], bytes | None], current: 
 
 
 def seal_all(t: Txn, databases: tuple[str, ...]) -> None:
-    """Format 1 -> 2 (specs/storage.md §9): seal every value of `databases` with its checksum,
-    in the caller's write transaction, which also writes the new format; a crash leaves
-    either layout whole. The values are taken as they are: format 1 has no way to tell a
-    damaged one, and `crdtim verify` decodes each afterwards."""
+    """One format step (specs/storage.md §9): seal every value of `databases` with its
+    checksum, in the caller's write transaction, which also writes the next format; a crash
+    leaves either layout whole. The values are taken as they are: the older format has no
+    way to tell a damaged one, and `crdtim verify` decodes each afterwards."""
     for database in databases:
         after = b""
         while True:
@@ -76,7 +78,7 @@ def seal_all(t: Txn, databases: tuple[str, ...]) -> None:
             for k, v in batch:
                 t.put(database, k, seal(k, v))
             after = batch[-1][0]
-    t.put_meta(b"format", _U64.pack(2))
+    t.put_meta(b"format", _U64.pack(_u64(t.meta(b"format")) + 1))
 
 
 def _first(items: Iterator[T], n: int) -> list[T]:

@@ -3,7 +3,7 @@
 One environment per replica directory, with named databases (layout in specs/storage.md):
 
     meta   b"magic", b"format", b"replica_id", b"clock", b"log_floor"
-    (convs, order and log values are sealed with a CRC-32: seal, unseal)
+    (convs, order, log, pending and messages values are sealed with a CRC-32: seal, unseal)
     convs  conversation id (utf-8)          -> encoded conversation state
     order  ordering key (see order_key)     -> b""   (paged listing, pinned first)
     log    local sequence (8-byte big end.) -> origin length, origin, encoded delta
@@ -326,13 +326,14 @@ class Txn:
 
     # pending: values from peers stamped too far ahead, held until their time (see _pending)
     def pending_entry(self, wall: int, cid: str) -> tuple[str, bytes] | None:
-        raw = self._t.get(_U64.pack(wall) + cid.encode(), db=self._s._pending)
-        return None if raw is None else _framed(raw)
+        key = _U64.pack(wall) + cid.encode()
+        raw = self._t.get(key, db=self._s._pending)
+        return None if raw is None else _framed(unseal(self._s.path, "pending", key, raw))
 
     def put_pending(self, wall: int, cid: str, origin: str, payload: bytes) -> None:
         o = origin.encode()
-        self._t.put(_U64.pack(wall) + cid.encode(), bytes([len(o)]) + o + payload,
-                    db=self._s._pending)
+        key = _U64.pack(wall) + cid.encode()
+        self._t.put(key, seal(key, bytes([len(o)]) + o + payload), db=self._s._pending)
 
     def delete_pending(self, wall: int, cid: str) -> None:
         self._t.delete(_U64.pack(wall) + cid.encode(), db=self._s._pending)
@@ -352,7 +353,8 @@ class Txn:
                 held = _u64(k[:8])
                 if held > wall:
                     break
-                out.append((held, k[8:].decode(), *_framed(v)))
+                out.append((held, k[8:].decode(),
+                            *_framed(unseal(self._s.path, "pending", k, v))))
         return out
 
     def pending_count(self) -> int:

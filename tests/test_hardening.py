@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 import tempfile
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from crdtim import codec
 from crdtim.crdt import CausalContext, ConversationMap, Flag, Lww, Stamp
 from crdtim.net import Node
 from nodes import FAST, LOCAL, settle, wait_until
-from crdtim.errors import DecodeError
+from crdtim.errors import CorruptStoreError, DecodeError
 from crdtim.replica import InvalidArgument, Replica
 
 
@@ -240,3 +241,46 @@ def test_msgpack_errors_name_the_problem(data, reason):
     # "not valid msgpack: " and nothing more.
     with pytest.raises(DecodeError, match=reason):
         codec.unpack(data)
+
+
+def _held_replica(path: Path, now: list[int]) -> Replica:
+    r = Replica.open(path, durability="nosync", now_ms=lambda: now[0])
+    r.apply_delta(codec.encode_map(_title("c1", 2 * DRIFT, 0, "p", "later")), origin="peer")
+    assert r.status()["pending"]["count"] == 1
+    return r
+
+
+def test_a_damaged_held_value_is_reported_not_applied(tmp_path):
+    import lmdb
+    now = [T0]
+    _held_replica(tmp_path / "r", now).close()
+    env = lmdb.open(str(tmp_path / "r"), max_dbs=16)
+    with env.begin(write=True) as t:
+        db = env.open_db(b"pending", txn=t)
+        ((k, v),) = list(t.cursor(db=db))
+        t.put(k, v[:-6] + bytes([v[-6] ^ 0x20]) + v[-5:], db=db)  # one bit of the text
+    env.close()
+    now[0] = T0 + 4 * DRIFT
+    with Replica.open(tmp_path / "r", now_ms=lambda: now[0]) as r:
+        with pytest.raises(CorruptStoreError, match="pending"):
+            r.apply_pending()
+        assert r.get("c1") is None
+
+
+def test_a_format_2_directory_gets_its_held_values_sealed(tmp_path):
+    """Format 2 kept `pending` values unsealed: rewrite a copy that way and open it."""
+    import lmdb
+    now = [T0]
+    _held_replica(tmp_path / "r", now).close()
+    env = lmdb.open(str(tmp_path / "r"), max_dbs=16)
+    with env.begin(write=True) as t:
+        db = env.open_db(b"pending", txn=t)
+        for k, v in list(t.cursor(db=db)):
+            t.put(k, v[:-4], db=db)
+        t.put(b"format", struct.pack(">Q", 2), db=env.open_db(b"meta", txn=t))
+    env.close()
+    now[0] = T0 + 4 * DRIFT
+    with Replica.open(tmp_path / "r", now_ms=lambda: now[0]) as r:
+        assert r.store.read(lambda t: t.meta(b"format")) == struct.pack(">Q", 3)
+        r.apply_pending()
+        assert r.get("c1").title == "later"

@@ -1,4 +1,10 @@
-"""The demo is the README's first command: it must run, converge and say so."""
+"""The demo is the README's first command: it must run, converge and say so. The README's
+message history example must run as it is written and print what it says it prints."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +50,32 @@ def test_demo_streams_regenerates_and_switches_the_same_history_everywhere(demo_
         rows = _rows(step)
         assert list(rows) == ["phone", "laptop", "server"]
         assert set(rows.values()) == {f"user: {QUESTION} | {answer}"}, rows
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_example(marker: str) -> tuple[str, list[str]]:
+    """The README's ```python block holding `marker`, and the output it shows: the trailing
+    `# ` comment lines of the block."""
+    blocks = re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
+    (code,) = [b for b in blocks if marker in b]
+    lines = code.rstrip("\n").splitlines()
+    shown: list[str] = []
+    while lines[-1].startswith("# "):
+        shown.insert(0, lines.pop()[2:])
+    return code, shown
+
+
+def test_the_readme_message_history_example_runs_verbatim(tmp_path):
+    code, shown = _readme_example("regenerate(")
+    assert len(shown) == 3
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == shown
+    phone, laptop = (line.split(" ", 1) for line in shown[:2])
+    assert (phone[0], laptop[0]) == ("phone", "laptop") and phone[1] == laptop[1]
+    assert list(tmp_path.iterdir()) == [script]  # it cleans up after itself

@@ -46,6 +46,8 @@ VISIBLE_SCAN_PAGE = 500
 def _stdin_pieces() -> Iterator[str]:
     """stdin as UTF-8 text, a piece per read as it arrives (a pipe gives what was written
     so far); a character split between two reads is kept for the next piece."""
+    if sys.stdin is None:  # started with stdin closed (a service, pythonw)
+        raise CommandFailed("TEXT - reads stdin, but there is no stdin", EXIT_USAGE)
     stream = getattr(sys.stdin, "buffer", None)
     if stream is None:  # stdin replaced by a text stream (an embedding program, a test)
         yield sys.stdin.read()

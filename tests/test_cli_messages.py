@@ -278,6 +278,14 @@ def test_stdin_that_is_not_utf8_is_refused_and_nothing_changes(cli, monkeypatch)
     assert (head(cli), thread(cli)) == before
 
 
+def test_dash_without_a_stdin_is_refused(cli, monkeypatch):
+    cli("init")
+    monkeypatch.setattr(sys, "stdin", None)
+    assert cli("post", "c", "-") == (
+        2, "", "crdtim: error: TEXT - reads stdin, but there is no stdin\n")
+    assert history(cli) == {"items": [], "cursor": None, "has_more": False}
+
+
 # -- bad input: exit 2, one line, nothing changed ----------------------------------------------
 
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from .replica import Change
+    from .replica import Change, Message
 
 __all__ = [
     "change_json",
@@ -26,6 +26,7 @@ __all__ = [
     "display_width",
     "error",
     "local_time",
+    "message_lines",
     "note",
     "notes",
     "print_json",
@@ -105,6 +106,25 @@ def notes(c: Any) -> str:
     if c.read_by:
         out.append(f"read by {len(c.read_by)}")
     return ", ".join(out)
+
+
+def message_lines(m: Message, *, id_width: int = 0, mark: str | None = None) -> list[str]:
+    """One message of `history` or `versions` as it reads in a thread: its id (padded to
+    `id_width`), `mark` (versions' column for the visible one), "2/3" when it has other
+    versions, its role and author, then its text, each further line of the text indented
+    under the first; "(deleted)" for a deleted one, "(edited)" after an edited one."""
+    head = printable(m.id)
+    head += " " * (id_width - display_width(head)) + "  "
+    if mark is not None:
+        head = f"{mark} {head}"
+    if m.versions > 1 or mark is not None:
+        head += f"{m.version + 1}/{m.versions} "
+    head += printable(m.role) + ("" if m.author is None else f" ({printable(m.author)})") + ": "
+    lines = ["(deleted)"] if m.deleted else [printable(t) for t in m.text.splitlines()] or [""]
+    if m.edited is not None and not m.deleted:
+        lines[-1] += " (edited)"
+    indent = " " * display_width(head)
+    return [(head + lines[0]).rstrip()] + [(indent + t).rstrip() for t in lines[1:]]
 
 
 def print_pairs(pairs: Mapping[str, str]) -> None:

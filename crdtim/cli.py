@@ -4,7 +4,8 @@ This module is the entry point (`crdtim.cli:main`, `python -m crdtim`): it assem
 command table from the command modules, builds the parser, runs the chosen row and turns
 crdtim's own errors into `crdtim: error: ...` on stderr with exit status 2 (bad usage or
 input) or 1 (anything else). The commands live by concern: _cli_replica (the replica's
-reads and writes), _cli_serve (`serve`), _cli_tools (`demo`, `bench`); what they share is in
+reads and writes), _cli_features (the conversation features), _cli_messages (the message
+history), _cli_serve (`serve`), _cli_tools (`demo`, `bench`); what they share is in
 _cli_common. A new command goes in one of those (or a new _cli_xxx module) and its table is
 added to COMMANDS here. Never put a command, or CRDT, storage or network logic, in this
 module, and never print a traceback for a user mistake.
@@ -33,6 +34,7 @@ from ._cli_common import (
     data_dir,
 )
 from ._cli_features import FEATURE_COMMANDS
+from ._cli_messages import MESSAGE_COMMANDS
 from ._cli_ops import OPS_COMMANDS
 from ._cli_replica import REPLICA_COMMANDS, WATCH_INTERVAL, watch_log
 from ._cli_serve import SERVE_COMMANDS
@@ -65,8 +67,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 # `crdtim --help` lists the commands in this order.
-COMMANDS: dict[str, Subcommand] = {**REPLICA_COMMANDS, **FEATURE_COMMANDS, **SERVE_COMMANDS,
-                                   **TOOL_COMMANDS}
+COMMANDS: dict[str, Subcommand] = {**REPLICA_COMMANDS, **FEATURE_COMMANDS,
+                                   **MESSAGE_COMMANDS, **SERVE_COMMANDS, **TOOL_COMMANDS}
 COMMANDS.update(OPS_COMMANDS)  # verify, backup, restore, unbind-peer (_cli_ops)
 
 
@@ -76,8 +78,9 @@ def build_parser(
     """The parser for `commands`, and the table itself: main runs `commands[args.command]`."""
     parser = _Parser(
         prog="crdtim",
-        description="Conversation state (title, pinned, muted, unread, last message) that "
-        "every device can change offline and that converges when they sync.",
+        description="Conversation state (title, pinned, muted, unread, last message) and "
+        "message history that every device can change offline and that converge when they "
+        "sync.",
     )
     parser.add_argument("--version", action="version", version=f"crdtim {__version__}")
     data_help = f"replica directory (default: ${DATA_ENV}, else ./{DEFAULT_DATA})"

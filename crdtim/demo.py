@@ -1,7 +1,9 @@
 """`crdtim demo`: three replicas of one user -- phone, laptop, server -- replicating on
 loopback, each step printed as a side-by-side table. Needs no input, writes only to a
 temporary directory, and shows the behaviours a user relies on: concurrent pin and unpin
-ending pinned, edits made offline merging, and reading on one device clearing the badge on all.
+ending pinned, edits made offline merging, reading on one device clearing the badge on all,
+and a message history: a reply streamed token by token, regenerated on another device and
+switched back on a third, the same on every device at each step.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -17,6 +19,11 @@ from .net import Node, NodeConfig
 from .replica import Replica
 
 NAMES = ("phone", "laptop", "server")
+#: The messages part's conversation, question, streamed reply and regenerated reply.
+CHAT = "assistant"
+QUESTION = "What is a CRDT?"
+TOKENS = ("Data ", "that merges ", "on every ", "device.")
+REGENERATED = "A lattice: joins converge."
 
 
 def _cell(r: Replica, cid: str) -> str:
@@ -40,6 +47,58 @@ def _table(replicas: dict[str, Replica], cids: list[str], online: dict[str, bool
     out = [line(["conversation", *heads]), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     return "\n".join(out)
+
+
+def _thread(r: Replica) -> list[str]:
+    """The visible history of CHAT on `r`, oldest first, one short cell per message."""
+    cells = []
+    for m in reversed(r.history(CHAT).items):
+        version = f" {m.version + 1}/{m.versions}" if m.versions > 1 else ""
+        cells.append(f"{m.role}{version}: {'(deleted)' if m.deleted else m.text}")
+    return cells
+
+
+def _threads(replicas: dict[str, Replica]) -> str:
+    rows = [[name, *_thread(r)] for name, r in replicas.items()]
+    columns = max(len(row) for row in rows)
+    rows = [row + [""] * (columns - len(row)) for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(columns)]
+    return "\n".join(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+async def _messages(replicas: dict[str, Replica], settle: Callable[[], Awaitable[None]],
+                    say: Callable[[str], None]) -> bool:
+    """Steps 4-6, all three online: the history is the same everywhere after each step."""
+    phone, laptop, server = (replicas[n] for n in NAMES)
+
+    def show(title: str) -> None:
+        say(f"\n== {title}\n")
+        say(_threads(replicas))
+
+    phone.post(CHAT, QUESTION)
+    await settle()
+    say("\n== 4. The phone asks; the server streams the answer a token at a time, and the "
+        "laptop shows it growing\n")
+    reply = server.post(CHAT, "", role="assistant")
+    for token in TOKENS:
+        server.append(CHAT, reply.id, token)
+        await settle()
+        shown = laptop.message(CHAT, reply.id)
+        say(f"   laptop: {shown.text if shown else '-'!r}")
+    say(_threads(replicas))
+
+    laptop.regenerate(CHAT, reply.id, REGENERATED)
+    await settle()
+    show("5. The laptop regenerates the answer: version 2 of 2, on every device")
+
+    phone.switch(CHAT, reply.id)
+    await settle()
+    show("6. The phone switches back to the first version")
+    threads = [[m.to_json() for m in r.history(CHAT).items] for r in replicas.values()]
+    same = all(t == threads[0] for t in threads)
+    say("Histories identical: " + ("yes" if same else "NO"))
+    return same and _thread(phone)[-1] == f"assistant 1/2: {''.join(TOKENS)}"
 
 
 async def _demo(root: str, say: Callable[[str], None]) -> bool:
@@ -109,6 +168,8 @@ async def _demo(root: str, say: Callable[[str], None]) -> bool:
             took = time.perf_counter() - started
             show("3. Phone back online: concurrent pin and unpin -> pinned (add-wins); the "
                  "later title wins; the badge read on the laptop is cleared on the phone")
+            histories_ok = await _messages(
+                replicas, lambda: settle([hub, laptop_node, phone_node]), say)
             bytes_sent += sum(n.stats.bytes_sent for n in (laptop_node, phone_node))
         bytes_sent += hub.stats.bytes_sent
 
@@ -116,7 +177,7 @@ async def _demo(root: str, say: Callable[[str], None]) -> bool:
     same = all(s == states[0] for s in states)
     work = phone.get("work")
     family = phone.get("family")
-    ok = (same and work is not None and work.pinned and family is not None
+    ok = (same and histories_ok and work is not None and work.pinned and family is not None
           and family.unread == 0 and family.title == "Family <3")
     say(f"\nConverged after reconnect in {took * 1000:.1f} ms; {bytes_sent} bytes sent in all "
         f"(both directions, all links, handshakes included).")

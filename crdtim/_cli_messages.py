@@ -31,7 +31,7 @@ from ._cli_common import (
     writable_replica,
 )
 from ._cli_replica import CID, JSON
-from .replica import Message, Replica
+from .replica import Message
 
 __all__ = ["MESSAGE_COMMANDS"]
 
@@ -39,8 +39,6 @@ __all__ = ["MESSAGE_COMMANDS"]
 STDIN = "-"
 #: Bytes read from stdin at once; `append -` appends whatever one read returns.
 STDIN_CHUNK = 64 * 1024
-#: Messages read per page while `versions` looks for the one the history shows.
-VISIBLE_SCAN_PAGE = 500
 
 
 def _stdin_pieces() -> Iterator[str]:
@@ -147,7 +145,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         if not versions:  # as `show` of an unknown conversation: found nothing, status 1
             raise CommandFailed(f"no message {args.mid!r:.140} in conversation "
                                 f"{args.cid!r:.140}")
-        visible = _visible_version(replica, args.cid, versions)
+        visible = _visible_version(versions)
     if args.json:
         term.print_json({"items": [m.to_json() for m in versions], "visible": visible})
         return EXIT_OK
@@ -161,23 +159,9 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _visible_version(replica: Replica, cid: str, versions: list[Message]) -> str | None:
-    """The one of `versions` that the history shows, None if none is. The versions share a
-    parent and come after it, so the history is read newest first down to that parent at
-    most: one page when the versions are recent (regenerating the last reply)."""
-    ids = {m.id for m in versions}
-    parent = versions[0].parent
-    cursor = None
-    while True:
-        page = replica.history(cid, VISIBLE_SCAN_PAGE, cursor)
-        for m in page.items:
-            if m.id in ids:
-                return m.id
-            if m.id == parent:
-                return None
-        if not page.has_more:
-            return None
-        cursor = page.cursor
+def _visible_version(versions: list[Message]) -> str | None:
+    """The one of `versions` on the visible path, None if none is."""
+    return next((m.id for m in versions if m.visible), None)
 
 
 # -- the command table's rows ------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from crdtim import Replica
 
 MESSAGE_FIELDS = ["id", "cid", "parent", "role", "author", "text", "at", "seq", "edited",
-                  "deleted", "version", "versions"]
+                  "deleted", "version", "versions", "visible"]
 
 
 @pytest.fixture(autouse=True)
@@ -153,10 +153,7 @@ def test_versions_when_none_is_shown_says_so(cli):
     assert lines[0] == "  u2  1/1 user: u" and "none of them is in the history" in lines[1]
 
 
-def test_versions_finds_the_shown_one_beyond_the_first_page(cli, data, monkeypatch):
-    from crdtim import _cli_messages
-
-    monkeypatch.setattr(_cli_messages, "VISIBLE_SCAN_PAGE", 2)
+def test_versions_finds_the_shown_one_however_old(cli, data):
     with Replica.open(data) as r:
         r.post("c", "q", id="q")
         r.post("c", "a", id="a1", role="assistant")
@@ -178,7 +175,8 @@ def test_history_json_shape(cli):
     assert list(m) == MESSAGE_FIELDS
     assert {k: m[k] for k in MESSAGE_FIELDS if k != "at"} == {
         "id": "m1", "cid": "c", "parent": None, "role": "user", "author": None, "text": "hi",
-        "seq": 1, "edited": None, "deleted": False, "version": 0, "versions": 1}
+        "seq": 1, "edited": None, "deleted": False, "version": 0, "versions": 1,
+        "visible": True}
     assert isinstance(m["at"], int)
 
 

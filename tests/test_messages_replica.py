@@ -106,7 +106,7 @@ def test_regenerate_and_switch(a: Replica) -> None:
     v2 = a.regenerate("c", "a1", "second", id="a2")
     assert (v2.version, v2.versions, v2.role, v2.parent) == (1, 2, "assistant", "u1")
     assert ids(a) == ["u1", "a2"]
-    assert [m.id for m in a.versions("c", "a1")] == ["a1", "a2"]
+    assert [(m.id, m.visible) for m in a.versions("c", "a1")] == [("a1", False), ("a2", True)]
     a.switch("c", "u2")
     assert ids(a) == ["u1", "a1", "u2"]
 

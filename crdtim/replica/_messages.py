@@ -44,7 +44,7 @@ def new_message_id() -> str:
 class Message:
     """One message as an app sees it (specs/crdt.md §8). `version` is its index in its group
     of versions (oldest first), `versions` the group's size; `edited` the time (ms) of the
-    last edit, None if never edited."""
+    last edit, None if never edited; `visible` whether it is on the visible path (§8.3.3)."""
 
     id: str
     cid: str
@@ -58,6 +58,7 @@ class Message:
     deleted: bool
     version: int
     versions: int
+    visible: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,7 +202,7 @@ class Messages(LocalWrites):
             if h is None:
                 return []
             members = index.members(group_of(mid, h))
-            return [_view(cid, m, index.message(m), n, len(members))
+            return [_view(cid, m, index.message(m), n, len(members), index.is_visible(m))
                     for n, m in enumerate(members)]
 
         return self.store.read(read)
@@ -247,15 +248,18 @@ def _message(index: MessageIndex, mid: str) -> Message | None:
     if m.header is None:
         return None
     members = index.members(group_of(mid, m.header))
-    return _view(index.cid, mid, m, members.index(mid) if mid in members else 0, len(members))
+    return _view(index.cid, mid, m, members.index(mid) if mid in members else 0, len(members),
+                 index.is_visible(mid))
 
 
-def _view(cid: str, mid: str, m: MessageState, version: int, versions: int) -> Message:
+def _view(cid: str, mid: str, m: MessageState, version: int, versions: int,
+          visible: bool) -> Message:
     h = m.header
     assert h is not None
     edited = m.edited
     return Message(mid, cid, h.parent, h.role, h.author, m.text, h.at, h.seq,
-                   None if edited is None else edited.wall, m.deleted, version, versions)
+                   None if edited is None else edited.wall, m.deleted, version, versions,
+                   visible)
 
 
 def _run(mutator: Any, view: HistoryView, *args: Any, **kwargs: Any) -> Changes:

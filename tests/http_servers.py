@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,14 @@ def free_port() -> int:
 def cli(data: Path, *args: str) -> str:
     return subprocess.run([sys.executable, "-m", "crdtim", "--data", str(data), *args],
                           check=True, capture_output=True, text=True).stdout
+
+
+def write_in_another_process(data: Path, code: str) -> None:
+    """Run `code` with `r`, a Replica open on `data`, in a child process: a write that the
+    process serving `data` learns of from its log only (as it does the command line's)."""
+    script = ("import sys\nfrom crdtim import Replica\n"
+              "with Replica.open(sys.argv[1]) as r:\n" + textwrap.indent(code, "    "))
+    subprocess.run([sys.executable, "-c", script, str(data)], check=True, capture_output=True)
 
 
 @contextlib.contextmanager

@@ -197,7 +197,7 @@ async def test_every_route_is_in_the_openapi_document(replica):
     async with client(app) as c:
         spec = (await c.get("/openapi.json")).json()
     for route in app.routes:
-        path = route.path.replace("{cid:path}", "{cid}")
+        path = route.path.replace("{cid:path}", "{cid}").replace("{mid:path}", "{mid}")
         if not hasattr(route, "methods"):  # the static files' mount
             assert path + "/{path}" in spec["paths"]
             continue
@@ -372,7 +372,8 @@ async def test_normal_feed_lists_entries_after_since_with_their_fields(replica):
         now = (await c.get("/api/im/changes", params={"since": "now"})).json()["data"]
     assert [r["seq"] for r in data["results"]] == [2, 3]
     assert data["results"][0]["conversations"] == [
-        {"id": "family", "fields": ["last_message", "last_seq"]}]
+        {"id": "family", "fields": ["last_message", "last_seq"],
+         "messages": []}]
     assert data["results"][0]["origin"] == "local"
     assert data["last_seq"] == 3 and data["has_more"] and not data["reset"]
     assert data["replica"] == replica.id
@@ -411,7 +412,8 @@ async def test_longpoll_sees_another_process_write_by_polling_the_head(replica, 
         nursery.start_soon(other_process_writes)
         data = (await c.get("/api/im/changes", params={"since": head, "feed": "longpoll",
                                                         "timeout": 60_000})).json()["data"]
-    assert data["results"][0]["conversations"] == [{"id": "work", "fields": ["title"]}]
+    assert data["results"][0]["conversations"] == [{"id": "work", "fields": ["title"],
+                                                     "messages": []}]
 
 
 async def test_longpoll_times_out_empty(replica, autojump_clock):
@@ -433,10 +435,11 @@ async def test_eventsource_streams_heartbeats_and_new_writes(replica, autojump_c
                                   5)
     assert events[0] == {"id": "3", "event": "change", "data": {
         "seq": 3, "origin": "local", "peer": None,
-        "conversations": [{"id": "work", "fields": ["pinned"]}]}}
+        "conversations": [{"id": "work", "fields": ["pinned"], "messages": []}]}}
     assert [e.get("event", e.get("comment")) for e in events] == [
         "change", "change", "heartbeat", "heartbeat", "change"]
-    assert events[-1]["data"]["conversations"] == [{"id": "alice", "fields": ["pinned"]}]
+    assert events[-1]["data"]["conversations"] == [{"id": "alice", "fields": ["pinned"],
+                                                     "messages": []}]
 
 
 async def test_eventsource_resumes_after_last_event_id(replica, autojump_clock):

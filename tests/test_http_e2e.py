@@ -28,7 +28,7 @@ async def test_a_cli_write_on_a_peer_reaches_an_sse_client_and_the_list(tmp_path
                     if "family" in ids:
                         break
                     await trio.sleep(0.05)
-                assert set(ids) == {"work", "alice", "family"} and ids[0] == "work"
+                assert set(ids) == {"work", "alice", "family", "chat"} and ids[0] == "work"
                 async with c.stream("GET", "/api/im/changes",
                                     params={"feed": "eventsource", "since": "now",
                                             "heartbeat": 10_000}) as stream:

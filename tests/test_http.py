@@ -540,3 +540,46 @@ async def test_patch_and_list_reach_the_conversation_features(open_replica):
     assert bad.status_code == 400 and "true or false" in bad.json()["error"]
     r.message_arrived("a", 4, "back")  # a newer message unarchives it (specs/crdt.md §6)
     assert not r.get("a").archived
+
+
+# -- the list's answers kept while the head stands still ---------------------------------------
+
+
+async def test_a_kept_list_answer_is_dropped_by_any_write_even_another_process(replica):
+    app = create_app(replica)
+    cache = app.state.page_cache
+    async with client(app) as c:
+        first = (await c.get("/api/im/conversations")).json()
+        assert (await c.get("/api/im/conversations")).json() == first and cache.hits == 1
+        replica.set_title("alice", "Alice B.")
+        titles = {x["id"]: x["title"] for x in
+                  (await c.get("/api/im/conversations")).json()["data"]["conversations"]}
+        assert titles["alice"] == "Alice B."
+        subprocess.run([sys.executable, "-m", "crdtim", "--data", replica.path, "title",
+                        "alice", "Alice C."], check=True, capture_output=True)
+        titles = {x["id"]: x["title"] for x in
+                  (await c.get("/api/im/conversations")).json()["data"]["conversations"]}
+    assert titles["alice"] == "Alice C."
+    assert cache.hits == 1
+
+
+async def test_kept_list_answers_are_per_scope(scoped):
+    app = create_app(scoped, tokens=TOKENS, scopes=SCOPES)
+    ids = {}
+    for who in ("alice", "bob", "alice"):
+        async with client(app, authorization="Bearer " + TOKENS[who]) as c:
+            data = (await c.get("/api/im/conversations")).json()["data"]
+        ids[who] = sorted(x["id"] for x in data["conversations"])
+    assert ids == {"alice": ["u1/a", "u1/c", "u1/e"], "bob": ["u2/b", "u2/d"]}
+    assert app.state.page_cache.hits == 1  # alice's second request
+
+
+async def test_a_page_with_a_timed_mute_in_force_is_never_kept(replica):
+    # `muted` turns false when the time passes, with no write to move the head.
+    replica.mute("family", until=replica.get("family").last_at + 3_600_000)
+    app = create_app(replica)
+    async with client(app) as c:
+        for _ in range(2):
+            data = (await c.get("/api/im/conversations")).json()["data"]
+    assert [x["muted"] for x in data["conversations"] if x["id"] == "family"] == [True]
+    assert app.state.page_cache.hits == 0

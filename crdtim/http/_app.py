@@ -45,6 +45,7 @@ from ._messages import (
     switch_message,
 )
 from ._openapi import openapi_document
+from ._page_cache import PageCache
 
 __all__ = ["STATIC_DIR", "create_app"]
 
@@ -162,5 +163,6 @@ def create_app(replica: Replica, *, tokens: Mapping[str, str | bytes] | None = N
     app.state.access = Access(tokens, scopes)
     app.state.patch_operations = patch_operations(replica.schema)
     app.state.log_waiter = waiter
+    app.state.page_cache = PageCache(replica)
     waiter.start()  # here, not in the lifespan: an app mounted elsewhere may not get one
     return app

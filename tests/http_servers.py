@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,14 @@ def free_port() -> int:
 def cli(data: Path, *args: str) -> str:
     return subprocess.run([sys.executable, "-m", "crdtim", "--data", str(data), *args],
                           check=True, capture_output=True, text=True).stdout
+
+
+def write_in_another_process(data: Path, code: str) -> None:
+    """Run `code` with `r`, a Replica open on `data`, in a child process: a write that the
+    process serving `data` learns of from its log only (as it does the command line's)."""
+    script = ("import sys\nfrom crdtim import Replica\n"
+              "with Replica.open(sys.argv[1]) as r:\n" + textwrap.indent(code, "    "))
+    subprocess.run([sys.executable, "-c", script, str(data)], check=True, capture_output=True)
 
 
 @contextlib.contextmanager
@@ -61,7 +70,8 @@ def wait_http(port: int, child: subprocess.Popen[bytes], polls: int = 200) -> No
 @contextlib.contextmanager
 def two_replicas(tmp: Path, prepare: bool = True) -> Iterator[tuple[Path, int]]:
     """Replica `a` (peers only) and `b` (peers + --http), peered; yields (a's data
-    directory, b's HTTP port). With `prepare`, `a` first holds the demo's conversations."""
+    directory, b's HTTP port). With `prepare`, `a` first holds the demo's conversations and
+    "chat", whose message history has a reply in two versions (a1, a2 active)."""
     a, b = tmp / "a", tmp / "b"
     if prepare:  # in-process (a process start per write would cost seconds); closed after
         from crdtim import Replica
@@ -73,6 +83,11 @@ def two_replicas(tmp: Path, prepare: bool = True) -> Iterator[tuple[Path, int]]:
             r.message_arrived("family", 2, "bring the cake")
             r.set_title("alice", "Alice")
             r.message_arrived("alice", 1, "hi!")
+            r.set_title("chat", "Assistant")  # a history with two versions of a reply
+            r.post("chat", "What is a CRDT?", id="q1", at=1_700_000_000_000)
+            r.post("chat", "A data type.", role="assistant", id="a1", at=1_700_000_001_000)
+            r.regenerate("chat", "a1", "A conflict-free replicated data type: replicas "
+                         "merge without coordination.", id="a2")
     peer_port, http_port = free_port(), free_port()
     with serve(a, "--listen", f"127.0.0.1:{peer_port}") as server_a, \
             serve(b, "--listen", "127.0.0.1:0", "--peer", f"127.0.0.1:{peer_port}",

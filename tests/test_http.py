@@ -197,7 +197,7 @@ async def test_every_route_is_in_the_openapi_document(replica):
     async with client(app) as c:
         spec = (await c.get("/openapi.json")).json()
     for route in app.routes:
-        path = route.path.replace("{cid:path}", "{cid}")
+        path = route.path.replace("{cid:path}", "{cid}").replace("{mid:path}", "{mid}")
         if not hasattr(route, "methods"):  # the static files' mount
             assert path + "/{path}" in spec["paths"]
             continue
@@ -372,7 +372,8 @@ async def test_normal_feed_lists_entries_after_since_with_their_fields(replica):
         now = (await c.get("/api/im/changes", params={"since": "now"})).json()["data"]
     assert [r["seq"] for r in data["results"]] == [2, 3]
     assert data["results"][0]["conversations"] == [
-        {"id": "family", "fields": ["last_message", "last_seq"]}]
+        {"id": "family", "fields": ["last_message", "last_seq"],
+         "messages": []}]
     assert data["results"][0]["origin"] == "local"
     assert data["last_seq"] == 3 and data["has_more"] and not data["reset"]
     assert data["replica"] == replica.id
@@ -411,7 +412,8 @@ async def test_longpoll_sees_another_process_write_by_polling_the_head(replica, 
         nursery.start_soon(other_process_writes)
         data = (await c.get("/api/im/changes", params={"since": head, "feed": "longpoll",
                                                         "timeout": 60_000})).json()["data"]
-    assert data["results"][0]["conversations"] == [{"id": "work", "fields": ["title"]}]
+    assert data["results"][0]["conversations"] == [{"id": "work", "fields": ["title"],
+                                                     "messages": []}]
 
 
 async def test_longpoll_times_out_empty(replica, autojump_clock):
@@ -433,10 +435,11 @@ async def test_eventsource_streams_heartbeats_and_new_writes(replica, autojump_c
                                   5)
     assert events[0] == {"id": "3", "event": "change", "data": {
         "seq": 3, "origin": "local", "peer": None,
-        "conversations": [{"id": "work", "fields": ["pinned"]}]}}
+        "conversations": [{"id": "work", "fields": ["pinned"], "messages": []}]}}
     assert [e.get("event", e.get("comment")) for e in events] == [
         "change", "change", "heartbeat", "heartbeat", "change"]
-    assert events[-1]["data"]["conversations"] == [{"id": "alice", "fields": ["pinned"]}]
+    assert events[-1]["data"]["conversations"] == [{"id": "alice", "fields": ["pinned"],
+                                                     "messages": []}]
 
 
 async def test_eventsource_resumes_after_last_event_id(replica, autojump_clock):
@@ -537,3 +540,46 @@ async def test_patch_and_list_reach_the_conversation_features(open_replica):
     assert bad.status_code == 400 and "true or false" in bad.json()["error"]
     r.message_arrived("a", 4, "back")  # a newer message unarchives it (specs/crdt.md §6)
     assert not r.get("a").archived
+
+
+# -- the list's answers kept while the head stands still ---------------------------------------
+
+
+async def test_a_kept_list_answer_is_dropped_by_any_write_even_another_process(replica):
+    app = create_app(replica)
+    cache = app.state.page_cache
+    async with client(app) as c:
+        first = (await c.get("/api/im/conversations")).json()
+        assert (await c.get("/api/im/conversations")).json() == first and cache.hits == 1
+        replica.set_title("alice", "Alice B.")
+        titles = {x["id"]: x["title"] for x in
+                  (await c.get("/api/im/conversations")).json()["data"]["conversations"]}
+        assert titles["alice"] == "Alice B."
+        subprocess.run([sys.executable, "-m", "crdtim", "--data", replica.path, "title",
+                        "alice", "Alice C."], check=True, capture_output=True)
+        titles = {x["id"]: x["title"] for x in
+                  (await c.get("/api/im/conversations")).json()["data"]["conversations"]}
+    assert titles["alice"] == "Alice C."
+    assert cache.hits == 1
+
+
+async def test_kept_list_answers_are_per_scope(scoped):
+    app = create_app(scoped, tokens=TOKENS, scopes=SCOPES)
+    ids = {}
+    for who in ("alice", "bob", "alice"):
+        async with client(app, authorization="Bearer " + TOKENS[who]) as c:
+            data = (await c.get("/api/im/conversations")).json()["data"]
+        ids[who] = sorted(x["id"] for x in data["conversations"])
+    assert ids == {"alice": ["u1/a", "u1/c", "u1/e"], "bob": ["u2/b", "u2/d"]}
+    assert app.state.page_cache.hits == 1  # alice's second request
+
+
+async def test_a_page_with_a_timed_mute_in_force_is_never_kept(replica):
+    # `muted` turns false when the time passes, with no write to move the head.
+    replica.mute("family", until=replica.get("family").last_at + 3_600_000)
+    app = create_app(replica)
+    async with client(app) as c:
+        for _ in range(2):
+            data = (await c.get("/api/im/conversations")).json()["data"]
+    assert [x["muted"] for x in data["conversations"] if x["id"] == "family"] == [True]
+    assert app.state.page_cache.hits == 0

@@ -28,7 +28,7 @@ async def test_a_cli_write_on_a_peer_reaches_an_sse_client_and_the_list(tmp_path
                     if "family" in ids:
                         break
                     await trio.sleep(0.05)
-                assert set(ids) == {"work", "alice", "family"} and ids[0] == "work"
+                assert set(ids) == {"work", "alice", "family", "chat"} and ids[0] == "work"
                 async with c.stream("GET", "/api/im/changes",
                                     params={"feed": "eventsource", "since": "now",
                                             "heartbeat": 10_000}) as stream:
@@ -43,7 +43,8 @@ async def test_a_cli_write_on_a_peer_reaches_an_sse_client_and_the_list(tmp_path
                             if any(x["id"] == "family" for x in event["conversations"]):
                                 break
                 assert event is not None and event["origin"] == "remote"
-                assert event["conversations"] == [{"id": "family", "fields": ["title"]}]
+                assert event["conversations"] == [{"id": "family", "fields": ["title"],
+                                                         "messages": []}]
                 one = (await c.get("/api/im/conversations/family")).json()["data"]
                 assert one["title"] == "From A"
                 listed = (await c.get("/api/im/conversations")).json()["data"]

@@ -33,7 +33,19 @@ from ._conversations import (
     patch_operations,
 )
 from ._envelope import ApiError, envelope, failure, query, status_of
+from ._messages import (
+    append_message,
+    delete_message,
+    edit_message,
+    get_message,
+    list_messages,
+    message_versions,
+    post_message,
+    regenerate_message,
+    switch_message,
+)
 from ._openapi import openapi_document
+from ._page_cache import PageCache
 
 __all__ = ["STATIC_DIR", "create_app"]
 
@@ -99,17 +111,28 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    """The app's routes. Paths with a conversation id take any id, slashes included."""
+    """The app's routes. Paths with a conversation or message id take any id, slashes
+    included; the routes with a suffix come first, since the plain one would take
+    ".../arrivals" or ".../versions" as an id."""
     conversation = "/api/im/conversations/{cid:path}"
+    message = "/api/im/messages/{mid:path}"
     return [
         Route("/", _page, methods=["GET"]),
         Route("/healthz", _healthz, methods=["GET"]),
         Route("/openapi.json", _openapi, methods=["GET"]),
         Route("/api/im/conversations", _endpoint(list_conversations), methods=["GET"]),
-        # Before the plain conversation route, which would take ".../arrivals" as an id.
         Route(conversation + "/arrivals", _endpoint(arrive), methods=["POST"]),
         Route(conversation, _endpoint(get_conversation), methods=["GET"]),
         Route(conversation, _endpoint(patch_conversation), methods=["PATCH"]),
+        Route("/api/im/messages", _endpoint(list_messages), methods=["GET"]),
+        Route("/api/im/messages", _endpoint(post_message), methods=["POST"]),
+        Route(message + "/versions", _endpoint(message_versions), methods=["GET"]),
+        Route(message + "/versions", _endpoint(regenerate_message), methods=["POST"]),
+        Route(message + "/appends", _endpoint(append_message), methods=["POST"]),
+        Route(message + "/switch", _endpoint(switch_message), methods=["POST"]),
+        Route(message, _endpoint(get_message), methods=["GET"]),
+        Route(message, _endpoint(edit_message), methods=["PATCH"]),
+        Route(message, _endpoint(delete_message), methods=["DELETE"]),
         Route("/api/im/changes", _endpoint(changes), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
@@ -140,5 +163,6 @@ def create_app(replica: Replica, *, tokens: Mapping[str, str | bytes] | None = N
     app.state.access = Access(tokens, scopes)
     app.state.patch_operations = patch_operations(replica.schema)
     app.state.log_waiter = waiter
+    app.state.page_cache = PageCache(replica)
     waiter.start()  # here, not in the lifespan: an app mounted elsewhere may not get one
     return app

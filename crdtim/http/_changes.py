@@ -2,13 +2,13 @@
 from the client's own position (specs/http.md §5).
 
 Each result is one log entry: its sequence number, where it came from and the conversations
-(and fields) it touched, those outside the caller's scope left out. The feed keeps no copy
-of the log and no queue per client: every answer, and every step of an event stream, reads
-at most `limit` entries after the client's position, so a slow or vanished client costs a
-position and a page, never a backlog. When the entries after the position were trimmed
-(acknowledged by every peer, or past the retention bound), or the position is past this
-log's head (a log of another replica), the feed says `reset` -- refetch the list -- and goes
-on from what is left.
+(with the fields and the message ids) it touched, those outside the caller's scope left
+out. The feed keeps no copy of the log and no queue per client: every answer, and every
+step of an event stream, reads at most `limit` entries after the client's position, so a
+slow or vanished client costs a position and a page, never a backlog. When the entries
+after the position were trimmed (acknowledged by every peer, or past the retention bound),
+or the position is past this log's head (a log of another replica), the feed says `reset`
+-- refetch the list -- and goes on from what is left.
 
 Waking: `LogWaiter` is woken by the replica's change events (this process's writes and the
 remote deltas its Node applies) and looks at `Replica.head` every `poll_interval` for other
@@ -92,7 +92,8 @@ def read_changes(replica: Replica, caller: Caller, since: int, limit: int) -> Ch
                 entry = groups[seq] = {"seq": seq, "origin": change.origin,
                                        "peer": change.peer, "conversations": []}
             entry["conversations"].append(
-                {"id": change.conversation, "fields": sorted(change.fields)})
+                {"id": change.conversation, "fields": sorted(change.fields),
+                 "messages": sorted(change.messages)})
     # Sequence numbers are consecutive and trimming drops a prefix: a hole after `since`
     # means entries were dropped before this client read them.
     if (first is not None and first > since + 1) or (first is None and head > since):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from .._cli_common import positive
 from ..crdt import DEFAULT_SCHEMA, Flag, Lww, Schema
@@ -23,6 +24,7 @@ from ..crdt.conversation import FIRST_APP_TAG
 from ..replica import InvalidArgument, Replica
 from ._access import Caller
 from ._envelope import ApiError, expect, query, read_json_object
+from ._page_cache import PageCache
 
 __all__ = [
     "MAX_SCAN_PAGES",
@@ -135,10 +137,15 @@ def _visible(replica: Replica, caller: Caller, cid: str) -> dict[str, Any]:
     return conversation.as_dict()
 
 
-async def list_conversations(replica: Replica, caller: Caller,
-                             request: Request) -> dict[str, Any]:
+async def list_conversations(replica: Replica, caller: Caller, request: Request) -> Response:
     params = query(request, {"limit": positive, "cursor": _cursor, "archived": _boolean,
                              "unread": _boolean, "pinned": _boolean})
+    cache: PageCache = request.app.state.page_cache
+    return cache.answer(caller, request.scope.get("query_string", b""),
+                        lambda: _list_page(replica, caller, params))
+
+
+def _list_page(replica: Replica, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
     limit = params.get("limit", 50)
     cursor = params.get("cursor")
     # The filters of `crdtim ls` (specs/storage.md §4, "Filters").

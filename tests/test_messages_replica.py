@@ -62,7 +62,7 @@ def test_own_post_clears_the_draft(a: Replica) -> None:
 
 def test_streamed_reply_ships_only_the_new_text(a: Replica, b: Replica) -> None:
     a.post("c", "question", id="u1")
-    a.post("c", "", role="assistant", id="a1")
+    a.post("c", "x" * 300, role="assistant", id="a1")  # the preview is full: it stays
     sync(a, b)
     sizes = []
     for token in ["The", " answer", " is", " 42."]:
@@ -70,7 +70,7 @@ def test_streamed_reply_ships_only_the_new_text(a: Replica, b: Replica) -> None:
         a.append("c", "a1", token)
         sizes.append(len(a.delta_since(head)))
         b.apply_delta(a.delta_since(head), origin=a.id)
-    assert b.message("c", "a1").text == "The answer is 42."  # type: ignore[union-attr]
+    assert b.message("c", "a1").text == "x" * 300 + "The answer is 42."  # type: ignore
     assert max(sizes) < 80, sizes  # an append carries its token, not the whole text
 
 
@@ -247,3 +247,17 @@ def test_group_commit_keeps_each_logged_entry_within_a_peers_message_bound(
     for _, _, payload in b.store.read(lambda t: list(t.log_entries(0))):
         history = codec.decode_map(payload, b.schema).fields("c")["messages"]
         assert len(history.messages) + len(history.choices) <= 5
+
+
+def test_a_streamed_reply_grows_the_conversations_preview(a: Replica, b: Replica) -> None:
+    a.post("c", "question", id="u1")
+    a.post("c", "", role="assistant", id="a1")
+    sync(a, b)
+    for token in ["The", " answer"]:
+        a.append("c", "a1", token)
+    b.append("c", "a1", "!")  # concurrent: both previews grow; the join keeps the larger
+    sync(a, b)
+    assert a.get("c").last_preview == b.get("c").last_preview  # type: ignore[union-attr]
+    assert a.get("c").last_preview.startswith("The answer")  # type: ignore[union-attr]
+    a.append("c", "u1", " (earlier message)")  # not the last message: the preview stays
+    assert a.get("c").last_preview.startswith("The answer")  # type: ignore[union-attr]

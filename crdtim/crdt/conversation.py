@@ -207,17 +207,20 @@ def _covered(at: int, *parts: Fields) -> bool:
     return False
 
 
-def message_arrived_delta(state: Fields, seq: int, preview: str, at: int, replica: str) -> Fields:
+def message_arrived_delta(state: Fields, seq: int, preview: str, at: int, replica: str,
+                          tiebreak: int | None = None) -> Fields:
     """Delta mutator on one conversation: message `seq` sent at `at` ms has arrived.
 
     Raises last_seq, and becomes the last message if it is newer (by message time, then
-    sequence) than the one shown; only the fields that change are in the delta.
+    sequence, or `tiebreak` in its place) than the one shown; only the fields that change are
+    in the delta. A post without a sequence passes its created stamp's counter as
+    `tiebreak`, so that two posts in one millisecond do not share a key (crdt.md §8.8).
     """
     delta: Fields = {}
     last_seq = state.get("last_seq", MaxReg.bottom()).raise_to(seq)
     if not last_seq.is_bottom():
         delta["last_seq"] = last_seq
-    message = Lww(Stamp(at, seq, replica), preview)
+    message = Lww(Stamp(at, seq if tiebreak is None else tiebreak, replica), preview)
     shown = state.get("last_message")
     if (shown is None or shown.join(message) != shown) and not _covered(at, state):
         delta["last_message"] = message

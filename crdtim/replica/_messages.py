@@ -20,7 +20,7 @@ from ..crdt import history_ops as ops
 from ..crdt.conversation import Fields, message_arrived_delta
 from ..crdt.history_ops import Changes, HistoryView
 from ..crdt.lww import Stamp
-from ..crdt.message import MessageState, group_of
+from ..crdt.message import Header, MessageState, group_of
 from ..store import Txn
 from ._checks import InvalidArgument, check_cid, check_seq
 from ._local import LocalWrites
@@ -119,8 +119,18 @@ class Messages(LocalWrites):
         """Add `text` at the end of message `mid` (a streamed reply): only `text` is sent."""
         check_cid(cid)
         _check_strings(mid=mid, text=text)
-        self._message_op(cid, lambda w: _run(ops.append, w.history(cid), mid, text, w.stamp(),
-                                             self.message_limits))
+
+        def op(w: WriteTxn, cur: Fields) -> Fields:
+            index = w.history(cid)
+            before = index.message(mid)
+            messages, choices = _run(ops.append, index, mid, text, w.stamp(),
+                                     self.message_limits)
+            if not messages:
+                return {}
+            return {MESSAGES: History(messages, choices),
+                    **_grown_preview(cur, before, before.text + text)}
+
+        self._local(cid, op)
 
     def edit(self, cid: str, mid: str, text: str) -> None:
         """Replace the text of `mid` (last writer wins; appends made on the old text go)."""
@@ -159,7 +169,8 @@ class Messages(LocalWrites):
         header = messages[mid].header
         assert header is not None
         text = messages[mid].base.value
-        delta = message_arrived_delta(cur, seq or 0, text[:PREVIEW_CHARS], header.at, self.id)
+        delta = message_arrived_delta(cur, seq or 0, text[:PREVIEW_CHARS], header.at, self.id,
+                                      _tiebreak(header))
         if own and seq is not None:
             read = cur.get("read_seq", MaxReg.bottom()).raise_to(seq)
             if not read.is_bottom():
@@ -260,6 +271,23 @@ def _view(cid: str, mid: str, m: MessageState, version: int, versions: int,
     return Message(mid, cid, h.parent, h.role, h.author, m.text, h.at, h.seq,
                    None if edited is None else edited.wall, m.deleted, version, versions,
                    visible)
+
+
+def _grown_preview(cur: Fields, m: MessageState, text: str) -> Fields:
+    """The last message with a longer preview, when `m` is the conversation's last message
+    and its text grew to `text` (crdt.md §8.8): same key, so the join keeps the larger
+    preview, and a stream's previews only grow. Empty when the preview is not `m`'s."""
+    h = m.header
+    last = cur.get("last_message")
+    if h is None or last is None or last.stamp != Stamp(h.at, _tiebreak(h), h.created.replica):
+        return {}
+    grown = Lww(last.stamp, text[:PREVIEW_CHARS])
+    return {} if last.join(grown) == last else {"last_message": grown}
+
+
+def _tiebreak(h: Header) -> int:
+    """The second part of a post's last-message key: its seq, else its created counter."""
+    return h.seq if h.seq is not None else h.created.counter
 
 
 def _run(mutator: Any, view: HistoryView, *args: Any, **kwargs: Any) -> Changes:

@@ -962,8 +962,9 @@ def child_rawserve(spec: dict[str, Any]) -> dict[str, Any]:
     return {"sent": sent}
 
 
-def spawn_child(kind: str, spec: dict[str, Any]) -> tuple[subprocess.Popen, dict[str, Any]]:
-    cmd = [sys.executable, "-m", MODULE, "--child", kind, json.dumps(spec)]
+def spawn_child(kind: str, spec: dict[str, Any], module: str = MODULE
+                ) -> tuple[subprocess.Popen, dict[str, Any]]:
+    cmd = [sys.executable, "-m", module, "--child", kind, json.dumps(spec)]
     p = subprocess.Popen(cmd, cwd=PROJECT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()

@@ -109,6 +109,47 @@ def bootstrap(points: list[dict[str, Any]], path: str) -> str:
     return _save(fig, path)
 
 
+def messages(data: dict[str, Any], path: str) -> str:
+    """The message history's figures beside their references: append-to-peer latency
+    (cumulative), bytes per streamed append, bootstrap time."""
+    fig, axes = plt.subplots(1, 3, figsize=(10.0, 3.8),
+                             gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    ax = axes[0]
+    for name, label, color in (("raw", "raw LMDB + trio", "tab:grey"),
+                               ("crdtim", "crdtim append", "tab:blue")):
+        xs = data.get("latency", {}).get(name) or []
+        if xs:
+            s = sorted(xs)
+            ax.step(s, [(k + 1) / len(s) for k in range(len(s))], "-", where="post",
+                    color=color, label=f"{label} (p50 {statistics.median(s):.2f} ms)")
+    ax.axvline(20.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("append -> visible at peer, ms (log; dotted: 20 ms)")
+    ax.set_ylabel("fraction of appends")
+    ax.set_title("Streamed reply, sync, loopback", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    sizes = data.get("bytes", {})
+    if sizes:
+        names = list(sizes)
+        ax.bar(range(len(names)), [sizes[n] for n in names],
+               color=["tab:blue", "tab:cyan", "tab:grey"][:len(names)])
+        ax.set_xticks(range(len(names)), [n.replace(" ", "\n") for n in names], fontsize=7)
+    ax.set_ylabel("bytes per 4-character append")
+    ax.set_title("Bytes per streamed append", fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax = axes[2]
+    boot = data.get("bootstrap")
+    if boot:
+        ax.bar([0, 1], [boot["crdtim"], boot["raw"]], color=["tab:blue", "tab:grey"])
+        ax.set_xticks([0, 1], ["crdtim\nstate transfer", "raw LMDB\ncopy"], fontsize=7)
+        ax.set_title(f"Bootstrap, {boot['messages']:,} messages", fontsize=9)
+    ax.set_ylabel("seconds")
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 def write_all(doc: dict[str, Any], stem: str) -> list[str]:
     """Every plot whose data the document holds; returns the paths written."""
     p = doc.get("plots", {})
@@ -121,6 +162,8 @@ def write_all(doc: dict[str, Any], stem: str) -> list[str]:
         out.append(latency(p["latency"], f"{stem}-latency.png"))
     if p.get("bootstrap"):
         out.append(bootstrap(p["bootstrap"], f"{stem}-bootstrap.png"))
+    if p.get("messages"):
+        out.append(messages(p["messages"], f"{stem}-messages.png"))
     return out
 
 

@@ -33,6 +33,11 @@ Groups (the --only names), in the order they run:
             applied through its sync protocol, bytes per change
   sync      bench_sync a, b, c, d: mesh/star/line bytes vs the floor, classic delta and state
             propagation; bytes per change on the wire; commit-to-peer latency; bootstrap of 1M
+  messages  bench_messages: durable posts (single, batched) vs raw LMDB and set_title; first
+            history page of 100k messages vs a raw cursor read; a reply streamed as 1000
+            appends to a Node peer (wire bytes vs pycrdt, latency vs raw); bootstrap of
+            2,000 (--boot-convs: 10,000 for the full 1M) conversations x 100 messages vs a raw
+            copy of the LMDB environment
   curves    the plots' extra points: bytes to converge for 2..12 replicas, bootstrap time for
             several sizes
   big       10M conversations (200k with --quick): build, disk, RSS and first page in a fresh
@@ -71,7 +76,7 @@ import trio
 from crdtim import Node, Replica, codec
 from crdtim.protocol import PROTOCOL_VERSION, Delta, Hello, SyncSession, encode_frame
 
-from . import bench_local, bench_sync
+from . import bench_local, bench_messages, bench_sync
 from .report import (
     PROJECT,
     Row,
@@ -87,7 +92,8 @@ from .report import (
     value_at_most,
 )
 
-GROUPS = ("hw", "local", "nosync", "session", "automerge", "sync", "curves", "big")
+GROUPS = ("hw", "local", "nosync", "session", "automerge", "sync", "messages", "curves",
+          "big")
 MIB = 1024 * 1024
 T0 = 1_700_000_000_000
 
@@ -822,6 +828,12 @@ GOALS = [
     Goal("latency p50 <= 2 ms (sync, default linger)", "sync.c-sy-ld", 2.0, "value<="),
     Goal("latency p99 <= 20 ms (sync, default linger)", "sync.c-sy-ld99", 20.0, "value<="),
     Goal("bootstrap 1M conversations <= 10 s", "sync.d", 10.0, "value<=", full_only=True),
+    Goal("history first page (50 of 100k messages) <= 2 ms", "messages.history", 2000.0,
+         "value<=", full_only=True),
+    Goal("streamed reply: wire bytes per append <= pycrdt's update", "messages.stream-bytes",
+         1.0, "ratio<="),
+    Goal("streamed reply: append -> peer p99 <= 20 ms (sync)", "messages.stream-p99", 20.0,
+         "value<="),
     Goal("10M conversations: RSS <= 200 MB", "big.rss", 200 * 1e6 / MIB, "value<=",
          full_only=True),
     Goal("10M conversations: first page <= 1 ms", "big.page", 1000.0, "value<=",
@@ -905,6 +917,18 @@ def profile_goal(key: str, sz: dict[str, Any], wd: Workdir) -> tuple[cProfile.Pr
         bench_sync.finish_child(p)
         rm(src_dir, path)
         return prof, f"bootstrap newcomer (sync), {n:,} conversations (in-process side only)"
+    if key == "messages.history":
+        path = wd.fresh("profile-history")
+        bench_messages.build_history(path, sz["messages"]["history"])
+        r = Replica.open(path, durability="sync")
+        prof.runcall(lambda: [r.history("long", limit=50) for _ in range(1000)])
+        r.close()
+        rm(path)
+        return prof, "history(limit=50), first page, 1000 calls"
+    if key in ("messages.stream-p99", "messages.stream-bytes"):
+        prof.runcall(lambda: trio.run(bench_messages.stream_reply, sz["messages"]["appends"],
+                                      wd))
+        return prof, "a reply streamed as appends to a Node peer (both Nodes)"
     if key in ("sync.c-sy-ld", "sync.c-sy-ld99"):
         prof.runcall(lambda: trio.run(bench_sync.crdtim_latency, "sync", None,
                                       sz["latency_writes"], wd))
@@ -940,6 +964,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="profile (cProfile) the crdtim side of every missed goal; summaries "
                         "are written beside the results")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--boot-convs", type=int, default=None,
+                   help="conversations (x 100 messages) of the messages bootstrap (default "
+                        f"{bench_messages.SIZES['full']['boot_convs']:,} in the full suite; "
+                        f"{bench_messages.BOOT_FULL_CONVS:,} for 1M messages)")
     cfg = p.parse_args(argv)
     mode = "tiny" if cfg.tiny else "quick" if cfg.quick else "full"
     only = [g.strip() for g in cfg.only.split(",") if g.strip()]
@@ -951,6 +979,9 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.runs:
         sz["runs"] = cfg.runs
         sz["d_runs"] = min(cfg.runs, sz["d_runs"])
+    sz["messages"] = dict(bench_messages.SIZES[mode], runs=sz["runs"])
+    if cfg.boot_convs:
+        sz["messages"]["boot_convs"] = cfg.boot_convs
     os.makedirs(cfg.out, exist_ok=True)
     if cfg.dir:
         os.makedirs(cfg.dir, exist_ok=True)
@@ -1039,6 +1070,28 @@ def main(argv: list[str] | None = None) -> int:
         steps += [("bytes to converge (mesh/star/line); bytes per change on the wire", mesh),
                   ("commit -> visible at peer latency", latency),
                   (f"bootstrap {sz['sync_big']:,} conversations", boot)]
+    if "messages" in only:
+        msz = sz["messages"]
+
+        def messages_post() -> None:
+            add("messages", bench_messages.bench_post(msz, wd))
+            add("messages", bench_messages.bench_history(msz, wd))
+
+        def messages_stream() -> None:
+            r, plots["messages"] = bench_messages.bench_stream(msz, wd)
+            add("messages", r)
+
+        def messages_boot() -> None:
+            r, d = bench_messages.bench_boot(msz, wd)
+            add("messages", r)
+            plots.setdefault("messages", {}).update(d)
+
+        steps += [("messages: durable posts; first history page of "
+                   f"{msz['history']:,}", messages_post),
+                  (f"messages: a reply streamed as {msz['appends']:,} appends to a peer",
+                   messages_stream),
+                  (f"messages: bootstrap {msz['boot_convs']:,} x {msz['boot_messages']} "
+                   "messages", messages_boot)]
     if "curves" in only:
         def curve_mesh() -> None:
             plots["propagation"] = propagation_curve(sz, wd)

@@ -48,7 +48,8 @@ def test_tiny_suite_writes_json_with_every_figure_summarised(tiny_run):
     for group in suite.GROUPS:
         if group not in ("automerge", "curves"):  # optional; plot data only
             assert any(k.startswith(group + ".") for k in keys), f"no figure from {group}"
-    assert set(doc["plots"]) == {"propagation", "apply_rate", "latency", "bootstrap"}
+    assert set(doc["plots"]) == {"propagation", "apply_rate", "latency", "bootstrap",
+                                 "messages"}
     for f in doc["figures"]:
         for part in ("value", "reference", "ratio"):
             stats = f[part]
@@ -62,6 +63,32 @@ def test_tiny_suite_writes_json_with_every_figure_summarised(tiny_run):
     assert machine["packages"]["crdtim"] and machine["packages"]["pycrdt"]
     automerge = doc["details"]["automerge"]
     assert automerge["ran"] or automerge["reason"], "Automerge: a version or the reason"
+
+
+#: The message history's figures, each with the reference it is reported beside.
+MESSAGE_FIGURES = {
+    "messages.post": "raw LMDB", "messages.post-vs-title": "set_title",
+    "messages.post-batch": "raw LMDB", "messages.post-batch-vs-title": "set_title",
+    "messages.history": "raw LMDB", "messages.stream-bytes": "pycrdt",
+    "messages.stream-payload": "pycrdt", "messages.stream-p50": "raw",
+    "messages.stream-p99": "raw", "messages.boot": "raw", "messages.boot-B": "copy",
+}
+
+
+def test_tiny_suite_reports_every_message_figure_beside_its_reference(tiny_run):
+    _, out = tiny_run
+    doc = json.loads(_one(out, "*-tiny.json").read_text())
+    figures = {f["key"]: f for f in doc["figures"]}
+    for key, reference in MESSAGE_FIGURES.items():
+        f = figures.get(key)
+        assert f is not None, f"no figure {key}"
+        assert f["reference"] is not None and f["ratio"] is not None, key
+        assert reference in f["reference_label"], (key, f["reference_label"])
+        assert f["value"]["median"] > 0 and f["reference"]["median"] > 0, key
+    plot = doc["plots"]["messages"]
+    assert plot["latency"]["crdtim"] and plot["latency"]["raw"]
+    assert set(plot["bytes"]) == {"crdtim wire", "crdtim payload", "pycrdt update"}
+    assert plot["bootstrap"]["crdtim"] > 0 and plot["bootstrap"]["raw"] > 0
 
 
 def test_tiny_suite_reports_every_goal(tiny_run):
@@ -82,7 +109,7 @@ def test_tiny_suite_writes_markdown_and_small_png_plots(tiny_run):
     _, out = tiny_run
     md = _one(out, "*-tiny.md").read_text()
     assert "## Goals" in md and "## Every figure" in md
-    for plot in ("propagation", "apply-rate", "latency", "bootstrap"):
+    for plot in ("propagation", "apply-rate", "latency", "bootstrap", "messages"):
         png = _one(out, f"*-tiny-{plot}.png")
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC), plot

@@ -106,3 +106,22 @@ def test_mutators_make_the_same_delta_on_the_stored_view(
     pure = run(state.view())
     stored = replica.store.read(lambda t: run(MessageIndex(t, cid)))
     assert stored == pure
+
+
+def test_large_records_read_back_as_written_through_the_decoded_cache(tmp_path) -> None:
+    """Records of 2 KB or more are kept decoded by their bytes: every read must still be the
+    state as written, in this process and in a fresh one (a reopened replica)."""
+    r = Replica.open(tmp_path / "r", durability="nosync")
+    r.post("c", "x" * 3000, id="big")
+    for n in range(5):
+        r.append("c", "big", str(n))
+    assert r.message("c", "big").text == "x" * 3000 + "01234"  # type: ignore[union-attr]
+    r.edit("c", "big", "y" * 2500)
+    assert r.message("c", "big").text == "y" * 2500  # type: ignore[union-attr]
+    state = r.state()
+    r.close()
+    with Replica.open(tmp_path / "r") as again:
+        assert again.state() == state
+        again.delete_message("c", "big")
+        m = again.message("c", "big")
+        assert m is not None and m.deleted and m.text == ""

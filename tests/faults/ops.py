@@ -100,8 +100,11 @@ def perform(r: Replica, i: Intent, *, exclusive: bool) -> AckedOp:
             unrecorded = True
         if len(local) > 1:
             extra = f"one call logged {len(local)} entries"
-    elif r.log_floor > head:
-        unrecorded = True  # a trim may have dropped it before it was read
+    elif r.log_floor > head and i.kind not in ("switch", "delete_message"):
+        # A trim may have dropped it before it was read. (A switch or a delete is judged by
+        # the state alone, and is often a no-op that logs nothing: a switch to a visible
+        # message, a delete of a deleted one.)
+        unrecorded = True
     after = r.state().fields(i.cid)
     defect = call_defect(r.id, i, None if delta is None else delta.fields(i.cid), before, after,
                          exclusive=exclusive) if not unrecorded else None

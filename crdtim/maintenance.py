@@ -15,6 +15,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ from . import codec
 from .errors import CorruptStoreError, CrdtimError, DecodeError, StoreError
 from .replica import InvalidArgument, Replica
 from .replica._core import new_replica_id
+from .replica._message_index import MessageIndex
 from .store import Txn, copy_environment, describe_key, order_key_of, unseal
 
 __all__ = ["Problem", "VerifyReport", "backup", "restore", "verify", "walk"]
@@ -94,6 +97,10 @@ class _Findings:
         self.bad_order: list[bytes] = []
         self.missing_order: list[bytes] = []
         self.bad_log_upto = 0
+        self.bad_messages: list[bytes] = []  # `messages` keys
+        self.reindex: list[str] = []  # conversations whose `mindex` differs from a rebuild
+        self.stray_index: list[bytes] = []  # `mindex` keys under no conversation's number
+        self.last_number: bytes | None = None  # to write as the last number made
 
     def add(self, database: str, key: bytes, problem: str) -> None:
         self.problems.append(Problem(database, describe_key(database, key), problem))
@@ -160,6 +167,7 @@ def _find(t: Txn, path: str, replica: Replica) -> _Findings:
             f.add("log", k, _why(e))
             f.bad_log_upto = max(f.bad_log_upto, seq)
         previous = seq
+    _find_messages(t, path, f)
     for k, v in t.raw_records("meta"):
         width = _META_WIDTHS.get(k)
         if width is not None and len(v) != width:
@@ -172,6 +180,166 @@ def _find(t: Txn, path: str, replica: Replica) -> _Findings:
     return f
 
 
+# -- the message histories: records, then their index against a rebuild --------------------
+
+_KINDS = {b"s": "shape", b"g": "member", b"k": "child", b"v": "visible"}
+
+
+def _find_messages(t: Txn, path: str, f: _Findings) -> None:
+    """Every `messages` record: its key's shape, its checksum, that it decodes; then each
+    conversation's `mindex` entries against what MessageIndex.rebuild makes from the
+    records that are sound (specs/storage.md §8a)."""
+    numbers: dict[bytes, str] = {}  # P -> conversation id
+    last = None
+    for k, v in t.raw_records("mindex"):
+        if k == _CIDS:
+            last = v
+        elif k[:1] != _CIDS:
+            continue
+        elif len(v) != 8 or not _utf8(k[1:]):
+            f.add("mindex", k, "damaged conversation number")
+            f.stray_index.append(k)
+        else:
+            numbers[v] = k[1:].decode()
+    if numbers and (last is None or len(last) != 8 or last < max(numbers)):
+        # Numbers are never reused: the last one made must be at least every one in use.
+        f.add("mindex", _CIDS, "the last conversation number made is missing or too small")
+        f.last_number = max(numbers)
+    damaged: dict[bytes, set[bytes]] = {}  # P -> keys of its damaged records
+    for n, (k, v) in enumerate(t.raw_records("messages"), 1):
+        f.checked["messages"] = n
+        number, kind, name = k[:8], k[8:9], k[9:]
+        cid = numbers.get(number)
+        where = _message_key(cid, k)
+        try:
+            if cid is None:
+                raise DecodeError("a record of no conversation (its number is unknown)")
+            if kind not in (b"m", b"c") or not _utf8(name) or not name or b"\x00" in name:
+                raise DecodeError(f"not a message or choice key ({kind!r})")
+            body = unseal(path, "messages", k, v)
+            if kind == b"m":
+                if codec.decode_message(body).is_bottom():
+                    raise DecodeError("a bottom message (a stored message never is)")
+            else:
+                codec.decode_choice(body)
+        except CrdtimError as e:
+            f.problems.append(Problem("messages", where, _why(e)))
+            f.bad_messages.append(k)
+            damaged.setdefault(number, set()).add(k)
+    stored = _Stored(t, damaged)
+    entries = 0
+    for k, _ in t.raw_records("mindex"):
+        if k[:1] == _CIDS:
+            continue
+        entries += 1
+        if k[:8] not in numbers:
+            f.problems.append(Problem("mindex", _message_key(None, k),
+                                      "index entry of no conversation"))
+            f.stray_index.append(k)
+    if entries:
+        f.checked["mindex"] = entries
+    for number, cid in sorted(numbers.items()):
+        rebuilt = stored.rebuilt(cid)
+        found = dict(t.scan("mindex", number, _after(number)))
+        if rebuilt == found:
+            continue
+        f.reindex.append(cid)
+        if number in damaged:
+            continue  # the damaged records explain it; repair rebuilds without them
+        for k in sorted(rebuilt.keys() | found.keys()):
+            if k not in found:
+                why = "index entry missing (a rebuild from the records has it)"
+            elif k not in rebuilt:
+                why = "index entry that a rebuild from the records does not make"
+            elif found[k] != rebuilt[k]:
+                why = "index entry differs from a rebuild from the records"
+            else:
+                continue
+            f.problems.append(Problem("mindex", _message_key(cid, k), why))
+
+
+class _Stored(Txn):
+    """The read transaction with `mindex` replaced by an empty one in memory, and the
+    damaged `messages` records left out: what MessageIndex.rebuild writes into it is the
+    index the sound records call for, made by the code that keeps the real one, without
+    writing to the replica."""
+
+    __slots__ = ("_damaged", "_index", "_keys")
+
+    def __init__(self, t: Txn, damaged: dict[bytes, set[bytes]]):
+        super().__init__(t._t, t._s)  # the same LMDB transaction, read through
+        self._damaged = {k for keys in damaged.values() for k in keys}
+        self._index: dict[bytes, bytes] = {}
+        self._keys: list[bytes] = []
+
+    def rebuilt(self, cid: str) -> dict[bytes, bytes]:
+        self._index, self._keys = {}, []
+        index = MessageIndex(self, cid)
+        index.rebuild()
+        return self._index
+
+    def get(self, database: str, key: bytes) -> bytes | None:
+        if database == "mindex" and key[:1] != _CIDS:
+            return self._index.get(key)
+        return super().get(database, key)
+
+    def get_sealed(self, database: str, key: bytes) -> bytes | None:
+        if database == "messages" and key in self._damaged:
+            return None
+        return super().get_sealed(database, key)
+
+    def put(self, database: str, key: bytes, value: bytes) -> None:
+        assert database == "mindex" and key[:1] != _CIDS, "a rebuild writes only the index"
+        if key not in self._index:
+            self._keys.insert(bisect_left(self._keys, key), key)
+        self._index[key] = value
+
+    def delete(self, database: str, key: bytes) -> None:
+        assert database == "mindex"
+        if self._index.pop(key, None) is not None:
+            self._keys.remove(key)
+
+    def put_sealed(self, database: str, key: bytes, value: bytes) -> None:
+        raise AssertionError("a rebuild writes only the index")
+
+    def scan(self, database: str, start: bytes, stop: bytes | None = None,
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        if database != "mindex":
+            for k, v in super().scan(database, start, stop, reverse):
+                if k not in self._damaged:
+                    yield k, v
+            return
+        keys = [k for k in self._keys[bisect_left(self._keys, start):]
+                if stop is None or k < stop]
+        for k in reversed(keys) if reverse else keys:
+            yield k, self._index[k]
+
+
+_CIDS = b"\xff"
+
+
+def _after(prefix: bytes) -> bytes:
+    return (int.from_bytes(prefix, "big") + 1).to_bytes(8, "big")
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _message_key(cid: str | None, k: bytes) -> str:
+    """A `messages` or `mindex` key as a person reads it: conversation, kind, the rest."""
+    who = repr(cid) if cid is not None else f"#{int.from_bytes(k[:8], 'big')}"
+    kind = {b"m": "message", b"c": "choice", **_KINDS}.get(k[8:9], repr(k[8:9]))
+    rest = k[9:].split(b"\x00")[0] if k[8:9] in (b"g", b"k") else k[9:]
+    if k[8:9] == b"v":
+        rest = k[9:][k[9:].rfind(b"\x00") + 1:]
+    return f"{who} {kind} {rest.decode('utf-8', 'backslashreplace')!r}"
+
+
 def _repair(t: Txn, f: _Findings) -> dict[str, Any]:
     """Drop what is damaged, rebuild the index, and make peers send everything again
     (specs/storage.md §8a)."""
@@ -181,9 +349,19 @@ def _repair(t: Txn, f: _Findings) -> dict[str, Any]:
         t.delete_record("order", k)
     for k in f.missing_order:
         t.put_order_key(k)
+    for k in f.bad_messages:
+        t.delete_record("messages", k)
+    for k in f.stray_index:
+        t.delete_record("mindex", k)
+    if f.last_number is not None:
+        t.put("mindex", _CIDS, f.last_number)
+    for cid in f.reindex:
+        MessageIndex(t, cid).rebuild()
     done: dict[str, Any] = {"conversations_dropped": len(f.bad_convs),
-                            "index_entries_fixed": len(f.bad_order) + len(f.missing_order)}
-    if f.bad_convs or f.bad_log_upto:
+                            "index_entries_fixed": len(f.bad_order) + len(f.missing_order),
+                            "message_records_dropped": len(f.bad_messages),
+                            "message_indexes_rebuilt": len(f.reindex)}
+    if f.bad_convs or f.bad_log_upto or f.bad_messages:
         # Peers leave out of what they send us the entries that came from us: under our old
         # id they would never send back our own writes to the dropped conversations. Under a
         # new id, with every resume point cleared, they send everything (specs/storage.md §8a).

@@ -6,7 +6,8 @@ tests/test_damage.py. Not a test module itself.
         done, and flushes: {"outcome": "refused", "error": E} when Replica.open raised a
         CrdtimError, {"outcome": "reported", "error": E} when a read did, {"outcome": "read",
         "digest": D} when everything read back (D: every conversation, the listing order, the
-        head, the log floor and the decoded log), {"outcome": "uncaught", "error": E} for any
+        head, the log floor and the decoded log, and every message record: each message as
+        Replica.message shows it, each choice, each history page), {"outcome": "uncaught", "error": E} for any
         other exception. A signal ends the process: the parent sees that as a crash of the
         case it sent last, and starts another child for the rest.
 """
@@ -28,6 +29,14 @@ def digest(r: Replica) -> str:
     # (sorted: a frozenset's repr follows the process's string hashing)
     parts += [repr((seq, c.conversation, sorted(c.fields), c.origin, c.peer))
               for seq, c in r.changes_since(r.log_floor)]
+    for cid, fields in sorted(r.state().convs.items()):
+        history = fields.get("messages")
+        if history is None:
+            continue
+        parts += [json.dumps(r.message(cid, mid).to_json(), sort_keys=True)
+                  for mid in sorted(history.messages)]
+        parts += [repr((g, tuple(c.stamp), c.value)) for g, c in sorted(history.choices.items())]
+        parts.append(repr([m.id for m in r.history(cid, limit=10_000).items]))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

@@ -3,13 +3,15 @@ decoder and at a session after a genuine handshake. Not collected by pytest (no 
 
 How we fuzz (the same machinery as tests/test_fuzz_session.py, in tests/session_fuzz.py):
 - Corpus: the frames a real peer sent in recorded exchanges between small real replicas --
-  DELTAs, ACKs, PINGs and PONGs, a whole state transfer -- without authentication, with a
-  pre-shared key, and with a key plus an authorization scope.
+  DELTAs, ACKs, PINGs and PONGs, a whole state transfer, carrying conversations and message
+  histories (versions, a branch, streamed appends, an edit, a delete, a switch) -- without
+  authentication, with a pre-shared key, and with a key plus an authorization scope.
 - Each input is made by a random.Random seeded from (--seed, target, input number): 1-5
   mutations of a scenario's frames (bit flips, byte edits, truncation, lying and huge length
   prefixes, garbage and deeply nested msgpack bodies, fields of the wrong type or arity, edge
   and out-of-range sequence numbers, DELTA/STATE_CHUNK payloads with invalid or hostile CRDT
-  content, frames spliced from other exchanges, replayed, dropped or reordered, random
+  content (session_fuzz.crafted_histories among them: forged cycles, reshaped headers,
+  choices naming nothing, pending appends, stamps from the future), frames spliced from other exchanges, replayed, dropped or reordered, random
   well-formed messages), then split at random offsets between receive_data calls.
 - decoder: FrameDecoder yields messages or RemoteProtocolError; chunked equals whole; every
   message re-encodes canonically. session: a fresh copy of replica A is handshaken with a

@@ -7,6 +7,14 @@ multi-process test in tests/test_replica.py. Not a test module itself.
         line per write, and one per batch after the batch's writes, then flushes: a printed
         line is a write acknowledged to its caller.
 
+    python tests/replica_child.py streamer DIR SEED
+        Opens DIR with durability="sync" and plays a chat in conversation "chat" forever:
+        a user message, then an assistant reply streamed as appends (chunk(mid, 0), chunk(mid,
+        1), ...) until the reply holds target_chunks(mid) chunks, then the next user message.
+        A restarted streamer first finishes the reply it finds unfinished at the end of the
+        history. After each call returns it prints one JSON line: {"op": "post", "mid", "role",
+        "parent"} or {"op": "append", "mid", "n"} (the reply now holds chunks 0..n).
+
     python tests/replica_child.py serve DIR
         Opens DIR with durability="nosync" and runs JSON commands read from stdin, one per
         line, answering each with one JSON line ({"head": ..., "clock": [...]}) once done.
@@ -69,6 +77,47 @@ def writer(path: str, seed: int, prefix: str) -> None:
         sys.stdout.flush()
 
 
+STREAM_CID = "chat"
+
+
+def chunk(mid: str, n: int) -> str:
+    """The n-th streamed piece of reply `mid`: self-delimiting, so a torn or reordered text
+    shows; some pieces are long, so an append spans more than one LMDB page now and then."""
+    return f"<{mid}:{n}>" + "x" * (n * 37 % 900) + "|"
+
+
+def target_chunks(mid: str) -> int:
+    return random.Random(mid).randint(5, 60)
+
+
+def streamer(path: str, seed: int) -> None:
+    rng = random.Random(seed)
+    r = Replica.open(path, durability="sync")
+    page = r.history(STREAM_CID, limit=1)
+    last = page.items[0] if page.items else None
+    for turn in range(100_000):  # bounded, should the parent die without killing us
+        if last is None or last.role != "assistant" or \
+                last.text.count("|") >= target_chunks(last.id):
+            user = r.post(STREAM_CID, f"question {seed}-{turn}", id=f"u{seed}-{turn}")
+            say({"op": "post", "mid": user.id, "role": "user",
+                 "parent": None if last is None else last.id})
+            last = r.post(STREAM_CID, "", role="assistant", reply_to=user.id,
+                          id=f"a{seed}-{turn}")
+            say({"op": "post", "mid": last.id, "role": "assistant", "parent": user.id})
+        done = last.text.count("|")
+        while done < target_chunks(last.id):
+            if rng.random() < 0.2 and done + 1 < target_chunks(last.id):
+                with r.batch():  # two appends, one commit
+                    r.append(STREAM_CID, last.id, chunk(last.id, done))
+                    r.append(STREAM_CID, last.id, chunk(last.id, done + 1))
+                done += 2
+            else:
+                r.append(STREAM_CID, last.id, chunk(last.id, done))
+                done += 1
+            say({"op": "append", "mid": last.id, "n": done - 1})
+        last = r.message(STREAM_CID, last.id)
+
+
 def do(r: Replica, op: dict) -> None:
     if op["op"] == "title":
         r.set_title(op["cid"], op["text"])
@@ -101,6 +150,8 @@ if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
     if mode == "writer":
         writer(path, int(rest[0]), rest[1])
+    elif mode == "streamer":
+        streamer(path, int(rest[0]))
     elif mode == "serve":
         serve(path)
     else:

@@ -40,7 +40,8 @@ from typing import Any, Callable, Iterator
 
 from crdtim import codec, protocol
 from crdtim.protocol import _session
-from crdtim.crdt import ConversationMap, Stamp
+from crdtim.crdt import ConversationMap, History, Lww, Stamp
+from crdtim.crdt.message import Append, Header, MessageState
 from crdtim.protocol import (
     DeltaApplied,
     Error,
@@ -116,12 +117,14 @@ def _open(path: Path, **kw: Any) -> Replica:
 
 def replica_snapshot(r: Replica, peers: tuple[str, ...]) -> tuple:
     """Everything a frame could change: conversations and the ordering index as stored, the
-    log with origins, head and floor, the clock, acknowledgements (stored and pending) and
-    what was received from each peer."""
+    message records and their index, the values held until their time, the log with origins,
+    head and floor, the clock, acknowledgements (stored and pending) and what was received
+    from each peer."""
     def read(t: Any) -> tuple:
         return (t.head(), t.log_floor(), t.clock(), tuple(t.log_entries(0)),
                 tuple(t.conversations()), tuple(t.order_keys(None)),
-                tuple(t.received(p) for p in peers))
+                tuple(t.received(p) for p in peers),
+                *(tuple(t.scan(db, b"")) for db in ("messages", "mindex", "pending")))
     return r.store.read(read), tuple(sorted(r.peers().items()))
 
 
@@ -182,6 +185,14 @@ def _fill_a(a: Replica) -> None:
     a.mark_read("a2", 2)
     a.mute("shared")
     a.set_title("shared", "a's title")
+    # A message history of A's own, and one in the conversation both have (ids given: the
+    # recorded frames must not depend on a random id).
+    a.post("a1", "question", id="am1")
+    a.post("a1", "", role="assistant", id="am2")
+    for n in range(3):
+        a.append("a1", "am2", f"part {n} ")
+    a.regenerate("a1", "am2", "again", id="am3")
+    a.post("shared", "from a", id="sm-a")
 
 
 def _fill_p(p: Replica) -> None:
@@ -194,6 +205,20 @@ def _fill_p(p: Replica) -> None:
     p.set_title("shared", "p's title")
     p.mark_read("p1", 4)
     p.message_arrived("shared", 2**40, "big seq", NOW_MS - 10)
+    # Histories with every shape (specs/crdt.md §8.5): versions, a branch, streamed appends,
+    # an edit, a delete, a switch back; and a reply in the conversation A has too.
+    p.post("p3", "hello", id="pm1", seq=5)
+    p.post("p3", "hi", role="assistant", id="pm2", author="bot")
+    for n in range(4):
+        p.append("p3", "pm2", f" chunk {n}")
+    p.post("p3", "and then", id="pm3")
+    p.regenerate("p3", "pm2", "hi again", id="pm4")
+    p.post("p3", "a branch", reply_to="pm1", id="pm5")
+    p.edit("p3", "pm4", "hi, edited")
+    p.delete_message("p3", "pm3")
+    p.switch("p3", "pm2")
+    p.post("shared", "from p", id="sm-p", at=NOW_MS - 20)
+    p.post("shared", "reply", reply_to="sm-p", id="sm-p2")
 
 
 def handshake(a: SyncSession, p: SyncSession, now: float = 0.0,
@@ -617,6 +642,45 @@ def garbage_body(rng: random.Random) -> bytes:
     return b""
 
 
+def crafted_histories(peer: str, a_id: str) -> list[ConversationMap]:
+    """Message histories (specs/crdt.md §8) that test each of a receiver's checks: stamps
+    from the future or at the top, a forged cycle, a header of another shape for an id the
+    receiver holds (its index is rebuilt), choices naming nothing or another group's
+    message, appends on a base not yet seen, tombstones, a message A never made under A's
+    id, edge times and sequence numbers, a message larger than the frame limit."""
+    def msg(parent: str | None, stamp: Stamp, text: str = "t", origin: str | None = None,
+            role: str = "user", at: int | None = None, seq: int | None = None,
+            deleted: bool = False, appends: tuple[Append, ...] = ()) -> MessageState:
+        header = Header(parent, origin, role, None, stamp.wall if at is None else at, seq, stamp)
+        return MessageState.make(header, Lww(stamp, text), appends, deleted)
+
+    def one(cid: str, messages: dict[str, MessageState],
+            choices: dict[str, Lww] | None = None) -> ConversationMap:
+        return ConversationMap({cid: {"messages": History.make(messages, choices)}})
+
+    now = Stamp(NOW_MS - 50, 0, peer)
+    later = Stamp(NOW_MS - 40, 0, peer)
+    future = Stamp(NOW_MS + 10**9, 0, peer)
+    return [
+        one("p3", {"x": msg("pm1", future)}),
+        one("c", {"x": msg(None, Stamp(NOW_MS - 1, MAX_SEQ, peer))}),
+        one("c", {"x": msg(None, Stamp(MAX_SEQ, MAX_SEQ, peer))}),
+        one("c", {"x": msg("y", now), "y": msg("x", later)}),  # a cycle: never visible
+        one("a1", {"am1": msg("am3", Stamp(1, 0, peer))}),  # another shape for A's message
+        one("p3", {}, {"pm2": Lww(later, "nobody")}),
+        one("p3", {}, {"pm2": Lww(later, "sm-p")}),
+        one("a1", {"am2": MessageState(None, Lww.bottom(), frozenset(
+            {Append(later, Stamp(NOW_MS + 5, 0, peer), "pending")}), False)}),
+        one("a1", {"am2": MessageState.make(None, Lww.bottom(), (), True)}),
+        one("a1", {"forged": msg("am1", Stamp(NOW_MS - 30, 0, a_id))}),
+        one("c", {"x": msg(None, now, at=MAX_SEQ, seq=MAX_SEQ, role="r" * 64)}),
+        one("c", {"x": msg(None, now, "z" * 70_000)}),
+        one("c", {"x": msg("x", now, origin="x")}),
+        one("shared", {"sm-x": msg("sm-a", now, appends=(Append(later, now, "more"),)),
+                       "sm-y": msg("sm-a", later, origin="sm-x")}, {"sm-x": Lww(later, "sm-y")}),
+    ]
+
+
 class Mutator:
     """Mutations of a scenario's recorded frames; `stream(rng)` makes one input."""
 
@@ -644,6 +708,7 @@ class Mutator:
             bottom.message_arrived("c", 1, "y", NOW_MS + 10**9, peer),
             bottom.set_title("", "empty id", Stamp(1, 0, peer)),
             bottom.set_title("shared", "again", Stamp(NOW_MS - 2000, 0, sc.a_id)),
+            *crafted_histories(peer, sc.a_id),
         ]]
         self.ops: list[Callable[[random.Random, list[bytes]], list[bytes]]] = [
             self.flip_bits, self.set_byte, self.insert_delete_bytes, self.truncate,

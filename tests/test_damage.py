@@ -216,6 +216,74 @@ def test_flipped_bytes_are_never_read_back_as_altered_values(original, tmp_path)
         assert not maintenance.verify(path).ok
 
 
+def make_message_store(path: Path) -> None:
+    """Conversations with message histories: regenerated, branched, streamed, edited."""
+    with Replica.open(path, durability="nosync") as r:
+        for c in range(12):
+            cid = f"chat-{c}"
+            u = r.post(cid, f"question {c} " + "q" * (c * 40), id=f"u{c}")
+            a = r.post(cid, f"answer {c}", role="assistant", id=f"a{c}")
+            for n in range(c % 5):
+                r.append(cid, a.id, f" part {n}")
+            if c % 3 == 0:
+                r.regenerate(cid, a.id, f"again {c}", id=f"a{c}b")
+            if c % 4 == 1:
+                r.post(cid, f"other branch {c}", reply_to=u.id, id=f"u{c}b")
+            if c % 5 == 2:
+                r.edit(cid, a.id, f"edited {c}")
+            if c % 6 == 5:
+                r.delete_message(cid, u.id)
+
+
+def sealed_value_ranges(path: Path, database: str) -> list[tuple[int, int]]:
+    """(offset, length) in data.mdb of every value of `database` (each found once)."""
+    data = (path / "data.mdb").read_bytes()
+    env = lmdb.open(str(path), max_dbs=10, readonly=True, lock=False)
+    with env.begin() as t:
+        values = [bytes(v) for _, v in t.cursor(db=env.open_db(database.encode(), txn=t,
+                                                                create=False))]
+    env.close()
+    ranges = []
+    for v in values:
+        offset = data.find(v)
+        assert offset >= 0 and data.find(v, offset + 1) < 0, "a value not found once"
+        ranges.append((offset, len(v)))
+    return ranges
+
+
+def test_flipped_bytes_in_message_records_are_never_read_back_as_altered_values(tmp_path):
+    """Flips aimed at the `messages` values: the CRC catches each one (a history page, a
+    message or the whole state read reports CorruptStoreError), never an altered text."""
+    original = tmp_path / "original"
+    make_message_store(tmp_path / "made")
+    maintenance.backup(tmp_path / "made", original)  # compacted: no stale copies of a value
+    reference = run_cases([original])[original]
+    assert reference["outcome"] == "read", reference
+    ranges = sealed_value_ranges(original, "messages")
+    assert len(ranges) > 30
+    rng = random.Random(11)
+
+    def flip(b, offset, mask):
+        b[offset] ^= mask
+        return b
+
+    cases = {}
+    for n in range(120):
+        start, length = rng.choice(ranges)
+        offset, mask = start + rng.randrange(length), rng.randrange(1, 256)
+        cases[damaged_copy(original, tmp_path / f"m{n}",
+                           lambda b, o=offset, m=mask: flip(b, o, m))] = offset
+    counts: Counter[str] = Counter()
+    for path, result in run_cases(list(cases)).items():
+        outcome = result["outcome"]
+        if outcome == "read":
+            outcome = "identical" if result["digest"] == reference["digest"] else "silent"
+        counts[outcome] += 1
+        assert outcome == "reported", (cases[path], result)  # every flip hits a value
+        assert "checksum mismatch" in result["error"]
+    print(f"flipped message records: {dict(counts)}")
+
+
 def test_a_format_1_directory_is_migrated_when_opened(original, tmp_path):
     """Format 1 had no checksums: rewrite a copy as format 1 (values without their checksum,
     empty `order` values), open it, and read the same state as format 2."""

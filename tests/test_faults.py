@@ -25,10 +25,12 @@ import trio
 
 from crdtim import cli
 from crdtim.crdt import DEFAULT_MAX_DRIFT_MS, ConversationMap, Flag, Stamp
+from crdtim.crdt.message import MessageState
+from crdtim.replica._message_index import MessageIndex
 from tests.faults import ops as fault_ops
 from tests.faults.checker import AckedOp, Intent, check, expected_view
 from tests.faults.cluster import ClusterConfig, run_cluster
-from tests.faults.sim import SESSION_CONFIG, Wire, run_many, run_one
+from tests.faults.sim import SESSION_CONFIG, SimConfig, Wire, run_many, run_one
 from crdtim.protocol import RemoteProtocolError, SyncSession
 from crdtim.replica import CLOCK_OFFSET_ENV, InvalidArgument, Replica
 from crdtim.store import Store
@@ -214,6 +216,9 @@ def test_short_simulation_converges_with_every_fault_injected():
     for kind in ("crash", "crash_in_write", "drop", "partition", "split_read", "idle_timeout",
                  "clock_held", "clock_step", "state_transfer"):
         assert summary.faults[kind] > 0, kind
+    for kind in ("post", "regenerate", "append", "edit", "switch", "delete_message", "title",
+                 "arrive"):
+        assert summary.kinds[kind] > 0, kind
 
 
 def test_the_simulation_flags_an_ack_for_more_than_the_peer_applied(monkeypatch):
@@ -235,7 +240,9 @@ def test_the_simulation_flags_a_call_that_silently_does_nothing(monkeypatch, bro
         enable = Replica.enable
         monkeypatch.setattr(Replica, "enable", lambda self, cid, flag: None
                             if flag == "pinned" else enable(self, cid, flag))
-    summary = run_many(20, first_seed=0)
+    # The conversation operations alone, as when these thresholds were set (the message
+    # operations have their own mutations below).
+    summary = run_many(20, first_seed=0, config=SimConfig(message_share=0.0))
     # A read lands only on a conversation with arrivals at that replica (mark_read above
     # last_seq is refused, specs/crdt.md §6), so fewer runs hold a read that changes anything.
     assert summary.lost_writes > 0 and len(summary.failing_seeds) > (
@@ -276,6 +283,45 @@ def test_the_simulation_flags_a_join_that_drops_an_enable(monkeypatch):
     monkeypatch.setattr(Flag, "join", one_sided_join)
     summary = run_many(40, first_seed=0)
     assert summary.diverged_runs > 0 and summary.wrong_values > 0
+
+
+# -- message histories under faults (tests/faults/messages.py) -----------------------------------
+
+
+def test_the_simulation_flags_an_append_that_silently_does_nothing(monkeypatch):
+    monkeypatch.setattr(Replica, "append", lambda self, cid, mid, text: None)
+    summary = run_many(20, first_seed=0)
+    assert summary.lost_writes > 0 and "append" in summary.first_failure
+
+
+def test_the_simulation_flags_a_text_that_shows_streamed_pieces_out_of_order(monkeypatch):
+    # Every replica agrees, and wrongly: the pages show the appends newest first.
+    def reversed_text(self):
+        return self.base.value + "".join(a.text for a in self.current_appends()[::-1])
+
+    monkeypatch.setattr(MessageState, "text", property(reversed_text))
+    summary = run_many(30, first_seed=0)
+    assert summary.wrong_values > 0 and "pages text" in summary.first_failure
+
+
+def test_the_simulation_flags_a_delete_that_does_not_travel(monkeypatch):
+    join = MessageState.join
+
+    def forgetful(self, other):
+        if other.deleted and not self.deleted and not self.is_bottom():
+            return self  # a delete from elsewhere is ignored
+        return join(self, other)
+
+    monkeypatch.setattr(MessageState, "join", forgetful)
+    summary = run_many(60, first_seed=0)
+    assert summary.lost_writes > 0 and "deleted" in summary.first_failure
+
+
+def test_the_simulation_flags_history_pages_that_disagree_with_the_visible_path(monkeypatch):
+    # An index that never marks a message visible: the pages miss what the state shows.
+    monkeypatch.setattr(MessageIndex, "_refresh", lambda self, seeds: None)
+    summary = run_many(20, first_seed=0)
+    assert summary.wrong_values > 0 and "visible path" in summary.first_failure
 
 
 def test_a_seed_replays_exactly():
@@ -349,6 +395,7 @@ def test_real_servers_converge_after_kill_9_cuts_partitions_and_clock_skew():
     assert report.ok, report.to_json()
     assert report.rounds == 2 and len(report.converge_seconds) == 2
     assert report.acked_ops > 50 and report.faults["kill9_server"] >= 2
+    assert report.kinds["post"] > 0 and report.kinds["append"] > 0  # histories too
     assert report.faults["kill9_workload"] >= 1
     assert report.faults["partition"] >= 2
     assert max(abs(o) for o in report.offsets_ms) > 5 * 60_000  # beyond the default bound

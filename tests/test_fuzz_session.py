@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
+import message_strategies as ms
 import session_fuzz as fz
 import strategies as s
 from crdtim import codec, protocol
@@ -104,12 +105,22 @@ def mutator(name: str, handshake: bool = False) -> fz.Mutator:
     return fz.Mutator(lab().by_name[name], lab().scenarios, handshake=handshake)
 
 
+def history_encodings() -> st.SearchStrategy[bytes]:
+    """Deltas holding message histories (specs/crdt.md §8): any valid one, or one reached by
+    the mutators, in a conversation the receiver has (with its own messages) or a new one."""
+    return st.builds(
+        lambda cid, h: codec.encode_map(ConversationMap({cid: {"messages": h}})),
+        st.sampled_from(["a1", "p3", "shared", "new"]), ms.encodable_histories())
+
+
 def payloads(name: str) -> st.SearchStrategy[bytes]:
-    """Valid encodings (the strategies' small alphabets), the payloads of the recorded
-    exchanges, crafted hostile content (future stamps, forged dots of the receiver, ids too
-    long for the store, top values...), and the codec fuzzer's mutants."""
+    """Valid encodings (the strategies' small alphabets), message histories, the payloads of
+    the recorded exchanges, crafted hostile content (future stamps, forged dots of the
+    receiver, ids too long for the store, top values, forged history shapes...), and the
+    codec fuzzer's mutants."""
     return st.one_of(
         s.valid_encodings(),
+        history_encodings(),
         st.deferred(lambda: st.sampled_from(mutator(name).payloads)),
         st.deferred(lambda: st.sampled_from(mutator(name).crafted)),
         s.byte_mutants(),
@@ -305,6 +316,56 @@ def test_the_recorded_exchange_is_accepted_whole_and_split_at_every_byte(name) -
         assert outcome.reason is None
         assert outcome.accepted_frames == len(lab().by_name[name].frames)
         assert any(isinstance(e, DeltaApplied) for e in outcome.events)
+
+
+@pytest.mark.parametrize("name", ["open-deltas", "open-transfer"])
+def test_the_recorded_exchange_carries_the_message_histories(name) -> None:
+    # The corpus must hold histories (DELTAs or STATE_CHUNKs), or no mutation reaches them.
+    sc = lab().by_name[name]
+    r, s = lab().attach(sc)
+    try:
+        fz.feed(s, [sc.stream])
+        mine, theirs = r.history("p3", limit=100), sc.peer.history("p3", limit=100)
+        assert [m.to_json() for m in mine.items] == [m.to_json() for m in theirs.items]
+        assert [m.id for m in r.versions("p3", "pm2")] == ["pm2", "pm4", "pm5"]
+        assert r.message("p3", "pm3").deleted
+        assert {m.id for m in r.history("shared").items} >= {"sm-a", "sm-p", "sm-p2"}
+    finally:
+        lab().release(r)
+
+
+def crafted_history_payloads() -> list[bytes]:
+    m = mutator("open-deltas")
+    return m.crafted[-len(fz.crafted_histories("p", "a")):]
+
+
+@pytest.mark.parametrize("k", range(len(fz.crafted_histories("p", "a"))))
+def test_crafted_histories_are_applied_or_refused_cleanly(k) -> None:
+    # Each hostile history after the whole recorded exchange, as one more DELTA, whole and
+    # split at every byte: applied, or refused changing nothing (check_session_input).
+    sc = lab().by_name["open-deltas"]
+    end = max(m[2] for f in sc.frames if (m := fz._unpacked(f)) and m[0] == 2)
+    data = sc.stream + encode_frame(Delta(start=end, end=end + 1,
+                                          payload=crafted_history_payloads()[k]))
+    for cuts in ([], list(range(len(sc.stream), len(data)))):
+        outcome = fz.check_session_input(lab(), sc, data, cuts)
+        assert outcome.accepted_frames >= len(sc.frames)
+
+
+def test_the_checks_catch_a_refused_frame_that_changed_a_message_record(monkeypatch) -> None:
+    # The snapshot must cover the message records and their index: a session that writes
+    # one and then refuses the frame is caught.
+    sc = lab().by_name["open-deltas"]
+    real = Inbound.on_deltas
+
+    def leaky(self, group):
+        self.replica.store.write(lambda t: t.put("mindex", b"leak", b""))
+        return real(self, group)
+
+    monkeypatch.setattr(Inbound, "on_deltas", leaky)
+    bad = encode_frame(Delta(start=fz.MAX_SEQ - 1, end=fz.MAX_SEQ, payload=b""))
+    with pytest.raises(fz.FuzzFailure, match="changed the replica|differs"):
+        fz.check_session_input(lab(), sc, bad, [])
 
 
 def test_a_bad_frame_after_good_ones_keeps_exactly_the_good_ones() -> None:

@@ -7,6 +7,12 @@ after a seeded random number of them, mid-write more often than not. After every
 directory must open cleanly, and every write the child printed (including lines still in the
 pipe when it died) must be there. Fifteen rounds on one directory, so later rounds also
 reopen what earlier kills left. No sleeps: the kill moment is chosen by line count.
+
+The same for a streamed reply (mode `streamer`): a chat whose assistant replies grow by
+appends, one fsync'd commit each, killed mid-stream again and again; each restarted child
+finishes the reply the last one left. Every acknowledged append must be in the reply's text,
+in order, and the text must be exactly chunks 0..k-1 (no torn or partial append), and the
+history index must agree with the records.
 """
 
 from __future__ import annotations
@@ -20,18 +26,24 @@ import sys
 from pathlib import Path
 
 from crdtim import Replica
+from crdtim.crdt import visible_path
+from crdtim.replica._message_index import MessageIndex
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from replica_child import STREAM_CID, chunk, target_chunks  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROUNDS = 15
 SEED = 20240607
 
 
-def run_until_killed(path: Path, round_no: int, kill_after: int) -> list[dict]:
-    """Start a writer, SIGKILL it after `kill_after` acknowledged lines; all lines it printed."""
+def run_until_killed(path: Path, round_no: int, kill_after: int,
+                     mode: str = "writer") -> list[dict]:
+    """Start a child, SIGKILL it after `kill_after` acknowledged lines; all lines it printed."""
     env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = [str(SEED + round_no)] + ([f"r{round_no}"] if mode == "writer" else [])
     child = subprocess.Popen(
-        [sys.executable, str(HERE / "replica_child.py"), "writer", str(path),
-         str(SEED + round_no), f"r{round_no}"],
+        [sys.executable, str(HERE / "replica_child.py"), mode, str(path), *args],
         stdout=subprocess.PIPE, env=env,
     )
     lines: list[bytes] = []
@@ -89,3 +101,55 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path):
             assert r.head >= max(heads)
             assert r.head - len(heads) <= round_no + 1
             assert len(list(r)) == len(r)  # the ordering index agrees with the states
+
+
+def whole_history(r: Replica, cid: str) -> list[str]:
+    """Every visible id, oldest first, through the pages."""
+    ids, cursor = [], None
+    while True:
+        page = r.history(cid, limit=7, cursor=cursor)
+        ids += [m.id for m in page.items]
+        if not page.has_more:
+            return ids[::-1]
+        cursor = page.cursor
+
+
+def check_stream(r: Replica, acked: list[dict]) -> None:
+    posts = [w for w in acked if w["op"] == "post"]
+    appended: dict[str, int] = {}
+    for w in acked:
+        if w["op"] == "append":
+            assert w["n"] > appended.get(w["mid"], -1)  # the child streams in order
+            appended[w["mid"]] = w["n"]
+    for w in posts:
+        m = r.message(STREAM_CID, w["mid"])
+        assert m is not None, f"acknowledged post lost: {w}"
+        assert (m.role, m.parent) == (w["role"], w["parent"])
+        if w["role"] == "user":
+            continue
+        k = m.text.count("|")
+        # Exactly chunks 0..k-1: an append is in the text whole or not at all, in order.
+        assert m.text == "".join(chunk(m.id, n) for n in range(k)), f"torn text in {m.id}"
+        assert appended.get(m.id, -1) < k <= target_chunks(m.id), (m.id, k, appended.get(m.id))
+    # The index agrees with the records: pages show the visible path of the stored history,
+    # which is the chain of every acknowledged post.
+    stored = r.store.read(lambda t: MessageIndex(t, STREAM_CID).state())
+    shown = whole_history(r, STREAM_CID)
+    assert shown == visible_path(stored)
+    assert [w["mid"] for w in posts] == shown[:len(posts)]
+    for a, b in zip(shown, shown[1:]):
+        assert r.message(STREAM_CID, b).parent == a
+
+
+def test_kill_9_during_a_streamed_reply_keeps_every_acknowledged_append(tmp_path):
+    rng = random.Random(SEED + 1)
+    path = tmp_path / "replica"
+    acked_so_far: list[dict] = []
+    for round_no in range(10):
+        acked = run_until_killed(path, round_no, rng.randint(1, 70), mode="streamer")
+        assert acked
+        acked_so_far += acked
+        with Replica.open(path, durability="sync") as r:
+            check_stream(r, acked_so_far)
+    assert sum(w["op"] == "append" for w in acked_so_far) > 100
+    assert sum(w["op"] == "post" for w in acked_so_far) >= 4

@@ -193,3 +193,123 @@ def test_unbind_peer_from_the_command_line(tmp_path):
     assert p.returncode == 0, p.stderr
     with Replica.open(path) as r:
         r.bind_peer("peer1", "key-2")  # refused (PeerIdentityError) while still bound
+
+
+# -- message histories: the records and their index (specs/storage.md §8a) -------------------
+
+
+def chat(r: Replica, cid: str = "chat") -> None:
+    """A history with every shape: regenerate, branch, appends, an edit, a delete, a switch."""
+    u1 = r.post(cid, "hello", id="u1")
+    a1 = r.post(cid, "hi", role="assistant", id="a1")
+    r.append(cid, a1.id, " there")
+    r.post(cid, "how are you", id="u2")
+    a2 = r.regenerate(cid, a1.id, "hey", id="a2")
+    r.post(cid, "branch", reply_to=u1.id, id="u3")
+    r.edit(cid, a2.id, "hey you")
+    r.delete_message(cid, "u2")
+    r.switch(cid, a1.id)
+    r.post("other", "elsewhere", id="o1")
+
+
+def history_of(r: Replica, cid: str = "chat") -> list[str]:
+    return [m.id for m in r.history(cid, limit=100).items]
+
+
+def poke(path: Path, database: str, change) -> None:
+    """Run `change(txn, db)` on one database of the directory, no Replica having it open."""
+    env = lmdb.open(str(path), max_dbs=10)
+    with env.begin(write=True) as t:
+        change(t, env.open_db(database.encode(), txn=t))
+    env.close()
+
+
+def message_key(path: Path, cid: str, kind: bytes, name: str) -> bytes:
+    env = lmdb.open(str(path), max_dbs=10, readonly=True, lock=False)
+    with env.begin() as t:
+        number = t.get(b"\xff" + cid.encode(), db=env.open_db(b"mindex", txn=t, create=False))
+    env.close()
+    return number + kind + name.encode()
+
+
+def test_verify_walks_the_message_records_and_names_a_damaged_one(tmp_path):
+    path = tmp_path / "r"
+    with Replica.open(path, durability="nosync") as r:
+        chat(r)
+    report = maintenance.verify(path)
+    assert report.ok, report.problems
+    assert report.checked["messages"] == 6 + 1  # five messages, "other"'s one, one choice
+    assert report.checked["mindex"] > 0
+    key = message_key(path, "chat", b"m", "a1")
+
+    def flip(t, db):
+        raw = bytearray(t.get(key, db=db))
+        raw[3] ^= 0x04
+        t.put(key, bytes(raw), db=db)
+    poke(path, "messages", flip)
+    report = maintenance.verify(path)
+    assert [(p.database, p.key, p.problem) for p in report.problems] == \
+        [("messages", "'chat' message 'a1'", "checksum mismatch")]
+    choice = message_key(path, "chat", b"c", "a1")
+    poke(path, "messages", lambda t, db: t.put(choice, seal(choice, b"\x93\x01\x90\xc0"), db=db))
+    problems = {(p.key, p.problem.split(":")[0]) for p in maintenance.verify(path).problems}
+    assert ("'chat' choice 'a1'", "DecodeError") in problems
+
+
+def test_verify_compares_the_message_index_with_a_rebuild_and_names_each_wrong_entry(tmp_path):
+    path = tmp_path / "r"
+    with Replica.open(path, durability="nosync") as r:
+        chat(r)
+        shown = history_of(r)
+    visible = message_key(path, "chat", b"v", "")
+    shape = message_key(path, "chat", b"s", "u3")
+    stray = message_key(path, "chat", b"k", "nobody") + b"\x00x"
+
+    def damage(t, db):
+        with t.cursor(db=db) as cur:  # drop the newest visible entry, whatever its position
+            cur.set_range(visible)
+            keys = [k for k, _ in cur if k.startswith(visible)]
+        t.delete(keys[-1], db=db)
+        t.put(stray, b"", db=db)
+        raw = bytearray(t.get(shape, db=db))
+        raw[0] ^= 1  # the visible flag
+        t.put(shape, bytes(raw), db=db)
+    poke(path, "mindex", damage)
+    report = maintenance.verify(path)
+    assert {(p.database, p.key, p.problem) for p in report.problems} == {
+        ("mindex", f"'chat' visible '{shown[0]}'",
+         "index entry missing (a rebuild from the records has it)"),
+        ("mindex", "'chat' child 'nobody'", "index entry that a rebuild from the records does not make"),
+        ("mindex", "'chat' shape 'u3'", "index entry differs from a rebuild from the records"),
+    }
+    with Replica.open(path, create=False) as r:
+        assert history_of(r) != shown  # the damage shows: that is what verify is for
+        before = r.id
+    report = maintenance.verify(path, repair=True)
+    assert report.repaired["message_indexes_rebuilt"] == 1
+    assert "new_id" not in report.repaired  # nothing of the lattice was lost
+    assert maintenance.verify(path).ok
+    with Replica.open(path, create=False) as r:
+        assert history_of(r) == shown and r.id == before
+
+
+def test_repair_drops_an_undecodable_message_record_and_a_peer_heals_it(tmp_path):
+    a = Replica.open(tmp_path / "a", durability="nosync")
+    b = Replica.open(tmp_path / "b", durability="nosync")
+    chat(a)
+    sync(a, b)
+    shown = history_of(a)
+    a.close()
+    key = message_key(tmp_path / "a", "chat", b"m", "u1")  # the root: all hangs from it
+    poke(tmp_path / "a", "messages", lambda t, db: t.put(key, seal(key, b"\x01"), db=db))
+    report = maintenance.verify(tmp_path / "a", repair=True)
+    assert [(p.database, p.key) for p in report.problems] == [("messages", "'chat' message 'u1'")]
+    assert report.repaired["message_records_dropped"] == 1 and "new_id" in report.repaired
+    assert maintenance.verify(tmp_path / "a").ok
+    a = Replica.open(tmp_path / "a", durability="nosync")
+    assert a.message("chat", "u1") is None and history_of(a) == []  # nothing reaches a root
+    sync(a, b)
+    assert history_of(a) == shown == history_of(b)
+    assert a.state() == b.state()
+    a.close()
+    b.close()

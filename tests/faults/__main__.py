@@ -79,11 +79,16 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _kinds(kinds: dict[str, int]) -> str:
+    return "  acknowledged by kind: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
+
+
 def _sim_lines(sim: dict[str, Any]) -> list[str]:
     spread = ", ".join(f"{k} ({sim['runs_by_clock_spread'][k]}, {v})"
                        for k, v in sim["max_converge_virtual_ms_by_clock_spread"].items())
     lines = [f"simulation ({sim['wall_seconds']} s): {sim['runs']} runs, "
-             f"{sim['acked_ops']} operations acknowledged", _faults(sim["faults"])]
+             f"{sim['acked_ops']} operations acknowledged", _faults(sim["faults"]),
+             _kinds(sim.get("acked_ops_by_kind", {}))]
     lines.append(f"  longest convergence after heal: {sim['max_converge_virtual_ms_after_heal']}"
                  f" ms of virtual time; by clock spread (runs, longest ms): {spread}")
     lines.append("  (synced: +-50 ms, skewed: +-2.5 min, wild: +-1 h; beyond the 5 min drift "
@@ -98,7 +103,8 @@ def _sim_lines(sim: dict[str, Any]) -> list[str]:
 def _real_lines(real: dict[str, Any]) -> list[str]:
     lines = [f"real processes: {real['servers']} servers, {real['seconds_under_faults']} s "
              f"under faults, {real['rounds']} heals, clock offsets (ms) "
-             f"{real['clock_offsets_ms']}", _faults(real["faults"])]
+             f"{real['clock_offsets_ms']}", _faults(real["faults"]),
+             _kinds(real.get("acked_ops_by_kind", {}))]
     lines.append(f"  operations acknowledged {real['acked_ops']} (unrecorded "
                  f"{real['unrecorded_ops']}); in progress when their workload was killed "
                  f"{real['maybe_ops']}")

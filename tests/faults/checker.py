@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from crdtim import codec
-from crdtim.crdt import ConversationMap, Flag, Lww, MaxReg
+from crdtim.crdt import ConversationMap, Flag, History, Lww, MaxReg
+
+from .messages import MESSAGE_KINDS, check_messages, plain_history
 
 __all__ = ["AckedOp", "Intent", "Verdict", "call_defect", "check", "expected_view", "plain"]
 
@@ -50,14 +52,23 @@ class Intent:
     text: str = ""  # title: the title; arrive: the preview
     seq: int = 0  # arrive: the message's seq; read: the read marker
     at: int = 0  # arrive: the message's time, ms
+    #: message kinds (messages.MESSAGE_KINDS): the message made (post, regenerate) or named
+    #: (append, edit, switch, delete_message); `ref` the reply_to of a post, the message a
+    #: regenerate makes a version of; `role` a post's role; `text` a post's, regenerate's,
+    #: append's or edit's text
+    mid: str = ""
+    ref: str = ""
+    role: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "cid": self.cid, "flag": self.flag, "text": self.text,
-                "seq": self.seq, "at": self.at}
+                "seq": self.seq, "at": self.at, "mid": self.mid, "ref": self.ref,
+                "role": self.role}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Intent:
-        return cls(obj["kind"], obj["cid"], obj["flag"], obj["text"], obj["seq"], obj["at"])
+        return cls(obj["kind"], obj["cid"], obj["flag"], obj["text"], obj["seq"], obj["at"],
+                   obj.get("mid", ""), obj.get("ref", ""), obj.get("role", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +143,8 @@ def plain(fields: Mapping[str, Any]) -> dict[str, Any]:
                          frozenset(s.context.cloud))
         elif isinstance(s, MaxReg):
             out[name] = s.value
+        elif isinstance(s, History):
+            out[name] = plain_history(s)
         else:
             out[name] = repr(s)
     return out
@@ -212,6 +225,8 @@ def call_defect(replica: str, intent: Intent, delta: Mapping[str, Any] | None,
         if exclusive and b.get("last_seq", 0) < intent.seq and (d or {}).get(
                 "last_seq") != intent.seq:
             return f"message {intent.seq} above last_seq {b.get('last_seq', 0)} did not log it"
+    elif kind in MESSAGE_KINDS:
+        return _message_call_defect(replica, intent, d, b, a, exclusive=exclusive)
     elif kind == "read":
         if a.get("read_seq", 0) < intent.seq:
             return f"read marker {intent.seq} set, but read_seq is {a.get('read_seq', 0)}"
@@ -223,6 +238,42 @@ def call_defect(replica: str, intent: Intent, delta: Mapping[str, Any] | None,
     return None
 
 
+def _message_call_defect(replica: str, intent: Intent, d: Mapping[str, Any] | None,
+                         b: Mapping[str, Any], a: Mapping[str, Any], *,
+                         exclusive: bool) -> str | None:
+    """A message call judged at once: its delta holds what it asked for, made here."""
+    logged = None if d is None else d.get("messages")
+    mine = None if logged is None else next((m for m in logged[0] if m[0] == intent.mid), None)
+    held = a.get("messages")
+    now = None if held is None else next((m for m in held[0] if m[0] == intent.mid), None)
+    kind = intent.kind
+    if kind in ("post", "regenerate"):
+        if mine is None or mine[1] is None or mine[2][1] != intent.text \
+                or mine[1][6][2] != replica:
+            return f"{kind} of {intent.mid!r} logged {mine!r}"
+        if kind == "post" and intent.ref and mine[1][0] != intent.ref:
+            return f"post replying to {intent.ref!r} logged parent {mine[1][0]!r}"
+    elif kind == "append" and intent.text:
+        if mine is None or not (any(t == intent.text and s[2] == replica for s, _, t in mine[3])
+                                or mine[2][1].endswith(intent.text)):
+            return f"append of {intent.text!r} to {intent.mid!r} logged {mine!r}"
+    elif kind == "edit":
+        if mine is None or mine[2][1] != intent.text:
+            return f"edit of {intent.mid!r} logged {mine!r}"
+    elif kind == "delete_message":
+        if now is None or not now[4]:
+            return f"deleted {intent.mid!r}, but it reads {now!r}"
+    if exclusive and kind in ("post", "regenerate", "append", "edit") and now is not None \
+            and not now[4] and intent.text and intent.text not in _visible_text(now):
+        return f"{kind} of {intent.text!r} does not show in {intent.mid!r}: {now!r}"
+    return None
+
+
+def _visible_text(m: tuple) -> str:
+    _, _, (base, text), appends, _ = m
+    return text + "".join(t for _, bs, t in sorted(appends) if bs == base)
+
+
 # -- after the heal ------------------------------------------------------------------------------
 
 
@@ -230,6 +281,8 @@ def _missing_at(op: AckedOp, held: Mapping[str, Any]) -> bool | None:
     """Is the effect of acknowledged `op` missing from a replica's plain fields `held`?
     None: it cannot be told (its log entry, which holds its stamp or dot, was not read)."""
     i = op.intent
+    if i.kind in MESSAGE_KINDS:
+        return False  # judged by messages.check_messages
     if i.kind == "title":
         stamp = _title_stamp(op)
         if stamp is None:
@@ -279,6 +332,8 @@ def expected_view(cid: str, ops: Iterable[AckedOp]) -> dict[str, Any]:
     titles = [t for t in titles if t[0] is not None]
     arrivals = [((op.intent.at, op.intent.seq, op.replica), op.intent.text)
                 for op in ops if op.kind == "arrive"]
+    arrivals += [((m[1][4], 0, op.replica), op.intent.text[:200]) for op in ops
+                 if op.kind in ("post", "regenerate") and (m := _made(op)) is not None]
     title = max(titles, default=((0, 0, ""), ""))
     message = max(arrivals, default=((0, 0, ""), ""))
     last_seq = max((op.intent.seq for op in ops if op.kind == "arrive"), default=0)
@@ -287,6 +342,13 @@ def expected_view(cid: str, ops: Iterable[AckedOp]) -> dict[str, Any]:
             "muted": _add_wins(ops, "muted"), "last_seq": last_seq, "read_seq": read_seq,
             "unread": max(0, last_seq - read_seq), "last_preview": message[1],
             "last_at": message[0][0], "title_stamp": title[0], "message_stamp": message[0]}
+
+
+def _made(op: AckedOp) -> tuple | None:
+    """The message a post or regenerate logged (plain), None if it logged none (a retry)."""
+    h = _own_fields(op).get("messages")
+    m = None if h is None else next((m for m in h[0] if m[0] == op.intent.mid), None)
+    return m if m is not None and m[1] is not None else None
 
 
 def _view(held: Mapping[str, Any]) -> dict[str, Any]:
@@ -319,10 +381,12 @@ def _allowed(want: dict[str, Any], got: dict[str, Any], maybe: list[Intent],
             and got["title_stamp"][2] in replicas_of_maybe):
         bad.append("title")
     maybe_messages = {(m.at, m.seq, m.text) for m in maybe if m.kind == "arrive"}
+    maybe_posts = {m.text[:200] for m in maybe if m.kind in ("post", "regenerate")}
     if (got["last_preview"], got["message_stamp"]) != (want["last_preview"],
                                                         want["message_stamp"]) and not (
             got["message_stamp"] > want["message_stamp"]
-            and (*got["message_stamp"][:2], got["last_preview"]) in maybe_messages):
+            and ((*got["message_stamp"][:2], got["last_preview"]) in maybe_messages
+                 or (got["message_stamp"][1] == 0 and got["last_preview"] in maybe_posts))):
         bad.append("last_preview")
     if got["last_at"] != got["message_stamp"][0]:
         bad.append("last_at")
@@ -334,10 +398,14 @@ def _allowed(want: dict[str, Any], got: dict[str, Any], maybe: list[Intent],
 
 
 def check(states: Mapping[str, ConversationMap], ops: Iterable[AckedOp],
-          maybe: Iterable[tuple[str, Intent]] = ()) -> Verdict:
+          maybe: Iterable[tuple[str, Intent]] = (),
+          pages: Mapping[str, Mapping[str, list[dict[str, Any]]]] | None = None,
+          exact: bool = False) -> Verdict:
     """Judge the final `states` (replica name -> whole state) against the acknowledged `ops`
     and the calls in `maybe` ((replica id, intent) of each call that was in progress when
-    its process was killed: its effect may or may not appear)."""
+    its process was killed: its effect may or may not appear); `pages`, when given: what
+    each replica's history pages show (messages.check_messages); `exact`: every delta came
+    from an acknowledged call whose log entry was read (the simulation)."""
     ops = list(ops)
     maybe = list(maybe)
     verdict = Verdict()
@@ -370,7 +438,12 @@ def check(states: Mapping[str, ConversationMap], ops: Iterable[AckedOp],
             if missing:
                 lost_ops.add(n)
                 verdict.lost.append(f"{what} is missing at {name}")
-    verdict.lost_ops = len(lost_ops)
+    lost, wrong, unchecked = check_messages(states, ops, [i for _, i in maybe], pages,
+                                            exact=exact)
+    verdict.lost += lost
+    verdict.wrong += wrong
+    verdict.unchecked += unchecked
+    verdict.lost_ops = len(lost_ops) + len(lost)
     cids = sorted({op.cid for op in ops} | {i.cid for _, i in maybe}
                   | {c for name in names for c in held[name]})
     for cid in cids:

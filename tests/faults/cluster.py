@@ -34,7 +34,7 @@ from crdtim.replica import CLOCK_OFFSET_ENV, Replica
 
 from .checker import AckedOp, Intent, Verdict, check
 from .proxy import Proxy
-from .sim import scratch_root
+from .sim import history_pages, scratch_root
 
 __all__ = ["ClusterConfig", "ClusterReport", "run_cluster"]
 
@@ -61,6 +61,7 @@ class ClusterReport:
     offsets_ms: list[int] = field(default_factory=list)
     faults: Counter = field(default_factory=Counter)
     acked_ops: int = 0
+    kinds: Counter = field(default_factory=Counter)  # acknowledged operations by kind
     unrecorded_ops: int = 0  # acknowledged, but the log entry was trimmed before it was read
     maybe_ops: int = 0  # calls in progress when their workload was killed: effect optional
     converge_seconds: list[float] = field(default_factory=list)  # per heal
@@ -81,6 +82,7 @@ class ClusterReport:
             "servers": self.servers, "seconds_under_faults": round(self.seconds, 1),
             "rounds": self.rounds, "clock_offsets_ms": self.offsets_ms,
             "faults": dict(sorted(self.faults.items())), "acked_ops": self.acked_ops,
+            "acked_ops_by_kind": dict(sorted(self.kinds.items())),
             "unrecorded_ops": self.unrecorded_ops, "maybe_ops": self.maybe_ops,
             "converge_seconds_after_heal": [round(s, 3) for s in self.converge_seconds],
             "max_converge_seconds_after_heal": round(max(self.converge_seconds, default=0), 3),
@@ -251,11 +253,19 @@ class _Workload:
 
 def read_states(paths: list[str]) -> dict[str, Any]:
     """Every directory's whole state, read by this process (beside the running servers)."""
-    states = {}
+    return read_histories(paths)[0]
+
+
+def read_histories(paths: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every directory's whole state, and what its history pages show of each conversation
+    (sim.history_pages), read by this process beside the running servers."""
+    states, pages = {}, {}
     for path in paths:
         with Replica.open(path, create=False) as r:
-            states[f"{r.id}@{os.path.basename(path)}"] = r.state()
-    return states
+            name = f"{r.id}@{os.path.basename(path)}"
+            states[name] = r.state()
+            pages[name] = {cid: history_pages(r, cid) for cid in states[name].convs}
+    return states, pages
 
 
 async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
@@ -361,7 +371,8 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
                     report.not_converged += 1
                 ops = [op for w in workloads for op in w.ops]
                 maybe = [m for w in workloads for m in w.maybe]
-                report.verdict = check(read_states(paths), ops, maybe)
+                states, pages = read_histories(paths)
+                report.verdict = check(states, ops, maybe, pages)
                 report.rounds += 1
                 if progress is not None:
                     progress(f"round {n + 1}/{rounds}: {len(ops)} ops acknowledged, "
@@ -387,6 +398,7 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
             if s.alive:
                 s.process.kill()
     report.acked_ops = sum(len(w.ops) for w in workloads)
+    report.kinds = Counter(op.intent.kind for w in workloads for op in w.ops)
     report.unrecorded_ops = sum(op.unrecorded for w in workloads for op in w.ops)
     report.maybe_ops = sum(len(w.maybe) for w in workloads)
     if report.ok:

@@ -20,12 +20,22 @@ from .checker import FLAGS, KINDS, AckedOp, Intent, call_defect
 
 __all__ = ["draw", "call", "perform", "readable"]
 
+#: Message operations (specs/crdt.md §8.5) and their weights: appends weigh most, as a
+#: streamed reply is many of them.
+_MESSAGE_MIX = (("post", 3), ("reply", 1), ("regenerate", 1), ("append", 5), ("edit", 1),
+                ("switch", 1), ("delete_message", 0.5))
+
 
 def draw(rng: random.Random, cids: Sequence[str], text: str, max_seq: int,
-         now_ms: int) -> Intent:
+         now_ms: int, r: Replica | None = None, messages: float = 0.0) -> Intent:
     """One operation: a title, an enable or disable of a flag, a message arrival (sent up to
-    5 s before `now_ms`) or a read marker, on one of `cids`."""
+    5 s before `now_ms`) or a read marker, on one of `cids`; or, with probability `messages`
+    (drawn only when it is not 0, so that seeds made without messages replay), an operation
+    on the message history of `r`'s conversation."""
     cid = rng.choice(cids)
+    if messages and rng.random() < messages:
+        assert r is not None
+        return _message_op(rng, r, cid, text)
     kind = rng.choice(KINDS)
     if kind == "title":
         return Intent(kind, cid, text=text)
@@ -57,6 +67,18 @@ def call(r: Replica, i: Intent) -> None:
         r.disable(i.cid, i.flag)
     elif i.kind == "arrive":
         r.message_arrived(i.cid, i.seq, i.text, at=i.at)
+    elif i.kind == "post":
+        r.post(i.cid, i.text, role=i.role or "user", reply_to=i.ref or None, id=i.mid)
+    elif i.kind == "regenerate":
+        r.regenerate(i.cid, i.ref, i.text, id=i.mid)
+    elif i.kind == "append":
+        r.append(i.cid, i.mid, i.text)
+    elif i.kind == "edit":
+        r.edit(i.cid, i.mid, i.text)
+    elif i.kind == "switch":
+        r.switch(i.cid, i.mid)
+    elif i.kind == "delete_message":
+        r.delete_message(i.cid, i.mid)
     else:
         r.mark_read(i.cid, i.seq)
 
@@ -78,9 +100,36 @@ def perform(r: Replica, i: Intent, *, exclusive: bool) -> AckedOp:
             unrecorded = True
         if len(local) > 1:
             extra = f"one call logged {len(local)} entries"
-    elif r.log_floor > head:
-        unrecorded = True  # a trim may have dropped it before it was read
+    elif r.log_floor > head and i.kind not in ("switch", "delete_message"):
+        # A trim may have dropped it before it was read. (A switch or a delete is judged by
+        # the state alone, and is often a no-op that logs nothing: a switch to a visible
+        # message, a delete of a deleted one.)
+        unrecorded = True
     after = r.state().fields(i.cid)
     defect = call_defect(r.id, i, None if delta is None else delta.fields(i.cid), before, after,
                          exclusive=exclusive) if not unrecorded else None
     return AckedOp(r.id, i, delta, defect or extra, unrecorded)
+
+
+def _message_op(rng: random.Random, r: Replica, cid: str, text: str) -> Intent:
+    """A message operation on what `r` holds of `cid`: a new id (from `rng`, so that seeds
+    replay) for a post or regenerate; a known message for the others (a live one for
+    append and edit, which a deleted message refuses)."""
+    h = r.state().fields(cid).get("messages")
+    known = [] if h is None else sorted(m for m, s in h.messages.items() if s.header is not None)
+    live = [m for m in known if not h.messages[m].deleted] if h is not None else []
+    kinds, weights = zip(*_MESSAGE_MIX)
+    kind = rng.choices(kinds, weights)[0]
+    new_id = f"{r.id[:4]}-{rng.getrandbits(40):010x}"
+    if not known or kind == "post" or (kind in ("append", "edit") and not live):
+        role = rng.choice(("user", "user", "assistant"))
+        return Intent("post", cid, text=text, mid=new_id, role=role)
+    if kind == "reply":
+        return Intent("post", cid, text=text, mid=new_id, ref=rng.choice(known),
+                      role=rng.choice(("user", "assistant")))
+    if kind == "regenerate":
+        return Intent("regenerate", cid, text=text, mid=new_id, ref=rng.choice(known))
+    if kind in ("append", "edit"):
+        chunk = f"{text}{rng.randrange(100)} " if kind == "append" else text
+        return Intent(kind, cid, text=chunk, mid=rng.choice(live))
+    return Intent(kind, cid, mid=rng.choice(known))

@@ -19,6 +19,7 @@ of the drift bound until peers stop refusing each other's clocks), then the chec
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import os
 import random
@@ -29,13 +30,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from crdtim.crdt import DEFAULT_MAX_DRIFT_MS, Flag
+from crdtim.crdt import DEFAULT_MAX_DRIFT_MS, Flag, History
 from crdtim.protocol import RemoteProtocolError, SessionConfig, StateTransferStarted, SyncSession
 from crdtim.replica import DEFAULT_LOG_RETENTION, Replica
 from crdtim.store import Store
 
 from . import ops
-from .checker import AckedOp, Verdict, check
+from .checker import AckedOp, Intent, Verdict, check
+from .messages import plain_history
 
 __all__ = ["SimConfig", "SimResult", "run_one", "run_many", "scratch_root"]
 
@@ -62,6 +64,7 @@ class SimConfig:
     max_steps: int = 120
     max_drift_ms: int = DEFAULT_MAX_DRIFT_MS
     heal_rounds: int = 40  # each: run to quiescence, then move virtual time on by the bound
+    message_share: float = 0.5  # of the local operations, those on message histories
 
 
 @dataclass
@@ -77,6 +80,7 @@ class SimResult:
     error: str | None = None  # an exception the run should never raise (a bug)
     final_state: Any = None  # the converged state (a ConversationMap), for replay checks
     ops: list[AckedOp] = field(default_factory=list)  # acknowledged, in order
+    kinds: Counter = field(default_factory=Counter)  # acknowledged operations by kind
 
     @property
     def ok(self) -> bool:
@@ -97,6 +101,8 @@ class SimResult:
 
 
 def _canonical(state: Any) -> Any:
+    if isinstance(state, History):
+        return plain_history(state)
     if isinstance(state, Flag):
         return (sorted(state.dots), sorted(state.context.vv.items()), sorted(state.context.cloud))
     return repr(state)
@@ -202,9 +208,15 @@ class Simulation:
         rng = self.rng
         i = rng.randrange(len(self.replicas))
         r = self.replicas[i]
-        intent = ops.readable(
-            r, ops.draw(rng, CIDS, rng.choice(TEXTS), 6, self.wall_ms + self.offsets[i]))
+        intent = ops.readable(r, self._draw(i))
         self.ops.append(ops.perform(r, intent, exclusive=True))
+        self.result.kinds[intent.kind] += 1
+        if intent.kind == "append":  # a streamed reply: more pieces, each its own call
+            for n in range(rng.choice((0, 0, 1, 3, 6))):
+                piece = dataclasses.replace(intent, text=f"{intent.text}{n}")
+                self.ops.append(ops.perform(r, piece, exclusive=True))
+                self.result.kinds["append"] += 1
+                self.result.acked_ops += 1
         self.result.acked_ops += 1
         if rng.random() < 0.7:  # a Node pushes a local write at once
             for wire in self.wires:
@@ -214,6 +226,11 @@ class Simulation:
         if rng.random() < 0.1:
             self.trim()
 
+    def _draw(self, i: int) -> Intent:
+        rng = self.rng
+        return ops.draw(rng, CIDS, rng.choice(TEXTS), 6, self.wall_ms + self.offsets[i],
+                        self.replicas[i], self.config.message_share)
+
     def crash_in_write(self) -> None:
         """kill -9 in the middle of a local write: the transaction has done all its work
         but not committed when the process dies. The call never returned, so the operation
@@ -221,8 +238,7 @@ class Simulation:
         rng = self.rng
         i = rng.randrange(len(self.replicas))
         r = self.replicas[i]
-        intent = ops.readable(
-            r, ops.draw(rng, CIDS, rng.choice(TEXTS), 6, self.wall_ms + self.offsets[i]))
+        intent = ops.readable(r, self._draw(i))
         head, state = r.head, r.state()
         store = r.store
         write = store.write
@@ -406,7 +422,8 @@ class Simulation:
         self.result.converge_virtual_ms = self.wall_ms - healed_at
         self.wires.clear()
         states = {r.id: r.state() for r in self.replicas}
-        self.result.verdict = check(states, self.ops)
+        pages = {r.id: {cid: history_pages(r, cid) for cid in CIDS} for r in self.replicas}
+        self.result.verdict = check(states, self.ops, pages=pages, exact=True)
         self.result.final_state = states[self.replicas[0].id]
 
     def _run_to_quiescence(self) -> bool:
@@ -424,6 +441,20 @@ class Simulation:
             if not moved:
                 return self.result.faults["clock_refusal"] > refused_before
         raise AssertionError("the replicas never went quiet")
+
+
+def history_pages(r: Replica, cid: str) -> list[dict[str, Any]]:
+    """The whole visible history of `cid` at `r` through its pages of 4 (newest first), each
+    message with the ids of its versions."""
+    out: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = r.history(cid, limit=4, cursor=cursor)
+        out += [dict(m.to_json(), versions_ids=[v.id for v in r.versions(cid, m.id)])
+                for m in page.items]
+        if not page.has_more:
+            return out
+        cursor = page.cursor
 
 
 def _is_clock_refusal(reason: str) -> bool:
@@ -456,6 +487,7 @@ class SimSummary:
     runs: int = 0
     faults: Counter = field(default_factory=Counter)
     acked_ops: int = 0
+    kinds: Counter = field(default_factory=Counter)
     max_converge_virtual_ms: int = 0
     max_converge_by_skew: Counter = field(default_factory=Counter)  # skew -> longest
     runs_by_skew: Counter = field(default_factory=Counter)
@@ -471,6 +503,7 @@ class SimSummary:
         self.runs += 1
         self.faults.update(r.faults)
         self.acked_ops += r.acked_ops
+        self.kinds.update(r.kinds)
         self.max_converge_virtual_ms = max(self.max_converge_virtual_ms, r.converge_virtual_ms)
         self.runs_by_skew[r.skew] += 1
         self.max_converge_by_skew[r.skew] = max(self.max_converge_by_skew[r.skew],
@@ -491,6 +524,7 @@ class SimSummary:
         self.runs += other.runs
         self.faults.update(other.faults)
         self.acked_ops += other.acked_ops
+        self.kinds.update(other.kinds)
         self.max_converge_virtual_ms = max(self.max_converge_virtual_ms,
                                            other.max_converge_virtual_ms)
         self.runs_by_skew.update(other.runs_by_skew)
@@ -507,7 +541,7 @@ class SimSummary:
     def to_json(self) -> dict[str, Any]:
         return {
             "runs": self.runs, "faults": dict(sorted(self.faults.items())),
-            "acked_ops": self.acked_ops,
+            "acked_ops": self.acked_ops, "acked_ops_by_kind": dict(sorted(self.kinds.items())),
             "max_converge_virtual_ms_after_heal": self.max_converge_virtual_ms,
             "runs_by_clock_spread": dict(sorted(self.runs_by_skew.items())),
             "max_converge_virtual_ms_by_clock_spread": dict(sorted(

@@ -25,6 +25,7 @@ from crdtim.replica import Replica, clock_offset_ms
 from . import ops
 
 CIDS = tuple(f"c{i}" for i in range(6))
+MESSAGE_SHARE = 0.4  # of the operations, those on message histories (ops._message_op)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 n += 1
                 now_ms = time.time_ns() // 1_000_000 + offset_ms
-                intent = ops.readable(r, ops.draw(rng, CIDS, f"{args.name}-{n}", 10_000, now_ms))
+                intent = ops.readable(r, ops.draw(rng, CIDS, f"{args.name}-{n}", 10_000, now_ms,
+                                                  r, MESSAGE_SHARE))
                 emit({"calling": intent.to_json()})  # before the call: it may die in it
                 emit(ops.perform(r, intent, exclusive=False).to_json())
             time.sleep(rng.uniform(0, 2 * args.interval))

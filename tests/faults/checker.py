@@ -332,7 +332,9 @@ def expected_view(cid: str, ops: Iterable[AckedOp]) -> dict[str, Any]:
     titles = [t for t in titles if t[0] is not None]
     arrivals = [((op.intent.at, op.intent.seq, op.replica), op.intent.text)
                 for op in ops if op.kind == "arrive"]
-    arrivals += [((m[1][4], 0, op.replica), op.intent.text[:200]) for op in ops
+    # A post's key: (at, seq, or its created counter without one, replica) (crdt.md §8.8).
+    arrivals += [((m[1][4], m[1][5] if m[1][5] is not None else m[1][6][1], op.replica),
+                  op.intent.text[:200]) for op in ops
                  if op.kind in ("post", "regenerate") and (m := _made(op)) is not None]
     title = max(titles, default=((0, 0, ""), ""))
     message = max(arrivals, default=((0, 0, ""), ""))
@@ -342,6 +344,12 @@ def expected_view(cid: str, ops: Iterable[AckedOp]) -> dict[str, Any]:
             "muted": _add_wins(ops, "muted"), "last_seq": last_seq, "read_seq": read_seq,
             "unread": max(0, last_seq - read_seq), "last_preview": message[1],
             "last_at": message[0][0], "title_stamp": title[0], "message_stamp": message[0]}
+
+
+def _posted(cid: str, ops: Iterable[AckedOp]) -> set[str]:
+    """The previews the acknowledged posts and regenerates of `cid` wrote."""
+    return {op.intent.text[:200] for op in ops if op.cid == cid
+            and op.kind in ("post", "regenerate") and _made(op) is not None}
 
 
 def _made(op: AckedOp) -> tuple | None:
@@ -364,7 +372,7 @@ def _view(held: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _allowed(want: dict[str, Any], got: dict[str, Any], maybe: list[Intent],
-             replicas_of_maybe: set[str]) -> list[str]:
+             replicas_of_maybe: set[str], posted: set[str] | None = None) -> list[str]:
     """The fields of `got` that neither the acknowledged ops (`want`) nor any subset of the
     operations that may or may not have happened (`maybe`) explain."""
     bad = []
@@ -382,11 +390,20 @@ def _allowed(want: dict[str, Any], got: dict[str, Any], maybe: list[Intent],
         bad.append("title")
     maybe_messages = {(m.at, m.seq, m.text) for m in maybe if m.kind == "arrive"}
     maybe_posts = {m.text[:200] for m in maybe if m.kind in ("post", "regenerate")}
+    # Appends to the last message grow its preview under the same key (crdt.md §8.8): the
+    # message's own checks (messages.py) judge its text; here the preview must extend the
+    # post's, within the preview's length.
+    # Two posts given one `at` may share a key (the created counter breaks ties only among
+    # posts made in the same millisecond): then the larger preview wins, grown or not.
+    posted = {want["last_preview"], *(posted or ()), *maybe_posts}
+    grown = (got["message_stamp"] == want["message_stamp"]
+             and any(got["last_preview"].startswith(p) for p in posted)
+             and len(got["last_preview"]) <= 200)
     if (got["last_preview"], got["message_stamp"]) != (want["last_preview"],
-                                                        want["message_stamp"]) and not (
-            got["message_stamp"] > want["message_stamp"]
-            and ((*got["message_stamp"][:2], got["last_preview"]) in maybe_messages
-                 or (got["message_stamp"][1] == 0 and got["last_preview"] in maybe_posts))):
+                                                        want["message_stamp"]) and not grown \
+            and not (got["message_stamp"] > want["message_stamp"]
+                     and ((*got["message_stamp"][:2], got["last_preview"]) in maybe_messages
+                          or any(got["last_preview"].startswith(p) for p in maybe_posts))):
         bad.append("last_preview")
     if got["last_at"] != got["message_stamp"][0]:
         bad.append("last_at")
@@ -452,7 +469,7 @@ def check(states: Mapping[str, ConversationMap], ops: Iterable[AckedOp],
         maybe_replicas = {r for r, i in maybe if i.cid == cid}
         for name in names:
             got = _view(held[name].get(cid, {}))
-            bad = _allowed(want, got, cid_maybe, maybe_replicas)
+            bad = _allowed(want, got, cid_maybe, maybe_replicas, _posted(cid, ops))
             if bad:
                 verdict.wrong.append(f"{cid} at {name} reads " + ", ".join(
                     f"{k}={got[k]!r} (expected {want[k]!r})" for k in bad))

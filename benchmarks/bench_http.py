@@ -9,8 +9,8 @@
 
 The load comes from one separate process speaking HTTP/1.1 over raw trio sockets (a request
 is fixed bytes, a response is read by its Content-Length), so that the client costs little
-beside the server. Not wired into `make bench`'s suite (benchmarks/suite.py), whose groups,
-goals and result files follow one schema that this first version does not fill in.
+beside the server. `make bench` runs both as its `http` group (`bench_rows`, one row each
+beside its reference, a run per repetition); alone, this module prints them as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -181,6 +182,30 @@ async def _sse_latency(root: Path, writes: int) -> list[float]:
                 server.terminate()
                 server.wait(10)
     return delays
+
+
+def bench_rows(seconds: float, writes: int, runs: int) -> list[Any]:
+    """The suite's rows (benchmarks/suite.py, group `http`): list requests/s beside the
+    ceiling's, and the SSE delay p99 beside p50, `runs` runs of each."""
+    from .report import Row
+
+    lists: list[dict[str, float]] = []
+    p50s: list[float] = []
+    p99s: list[float] = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="crdtim-bench-http-") as tmp:
+            lists.append(bench_list(Path(tmp), seconds))
+            delays = trio.run(_sse_latency, Path(tmp), writes)
+        p50s.append(statistics.median(delays))
+        p99s.append(statistics.quantiles(delays, n=100)[98] if len(delays) > 1 else delays[0])
+    return [
+        Row("list", f"GET /api/im/conversations req/s ({CLIENTS} keep-alive clients, 50 of 200;"
+            " no writes meanwhile: the kept answer)", "req/s",
+            [x["list_rps"] for x in lists], [x["ceiling_rps"] for x in lists],
+            "same stack, a fixed body"),
+        Row("sse-p99", "peer write -> SSE client p99", "ms", p99s, p50s, "p50",
+            fmt="{:,.1f}"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,8 @@ Groups (the --only names), in the order they run:
             appends to a Node peer (wire bytes vs pycrdt, latency vs raw); bootstrap of
             2,000 (--boot-convs: 10,000 for the full 1M) conversations x 100 messages vs a raw
             copy of the LMDB environment
+  http      bench_http: GET /api/im/conversations req/s from a real `serve --http` beside the
+            same Starlette/Hypercorn stack answering a fixed body; peer write -> SSE client
   curves    the plots' extra points: bytes to converge for 2..12 replicas, bootstrap time for
             several sizes
   big       10M conversations (200k with --quick): build, disk, RSS and first page in a fresh
@@ -76,7 +78,7 @@ import trio
 from crdtim import Node, Replica, codec
 from crdtim.protocol import PROTOCOL_VERSION, Delta, Hello, SyncSession, encode_frame
 
-from . import bench_local, bench_messages, bench_sync
+from . import bench_http, bench_local, bench_messages, bench_sync
 from .report import (
     PROJECT,
     Row,
@@ -92,8 +94,8 @@ from .report import (
     value_at_most,
 )
 
-GROUPS = ("hw", "local", "nosync", "session", "automerge", "sync", "messages", "curves",
-          "big")
+GROUPS = ("hw", "local", "nosync", "session", "automerge", "sync", "messages", "http",
+          "curves", "big")
 MIB = 1024 * 1024
 T0 = 1_700_000_000_000
 
@@ -106,20 +108,23 @@ SIZES: dict[str, dict[str, Any]] = {
                  list_calls=20, mesh_writes=6, byte_samples=5, latency_writes=6, sync_big=600,
                  d_runs=1, hw_puts=100, hw_msgpack=500, hw_frames=200, session_n=100,
                  session_groups=[1, 64], stream_n=30, automerge_n=50, curve_replicas=[2, 3],
-                 curve_writes=4, curve_boot=[300], big10=3000),
+                 curve_writes=4, curve_boot=[300], big10=3000, http_seconds=0.3,
+                 http_writes=5),
     "quick": dict(runs=3, single_ops=300, sync_deltas=300, batches=5, deltas=2000, big=50_000,
                   list_calls=300, mesh_writes=40, byte_samples=100, latency_writes=30,
                   sync_big=20_000, d_runs=2, hw_puts=1000, hw_msgpack=20_000, hw_frames=5000,
                   session_n=1000, session_groups=[1, 4, 16, 64, 256], stream_n=500,
                   automerge_n=1000, curve_replicas=[2, 3, 5, 8], curve_writes=20,
-                  curve_boot=[2000, 5000, 10_000], big10=200_000),
+                  curve_boot=[2000, 5000, 10_000], big10=200_000, http_seconds=2.0,
+                  http_writes=100),
     "full": dict(runs=5, single_ops=2000, sync_deltas=10_000, batches=20, deltas=10_000,
                  big=1_000_000, list_calls=2000, mesh_writes=200, byte_samples=300,
                  latency_writes=500, sync_big=1_000_000, d_runs=3, hw_puts=5000,
                  hw_msgpack=200_000, hw_frames=50_000, session_n=5000,
                  session_groups=[1, 4, 16, 64, 256], stream_n=5000, automerge_n=5000,
                  curve_replicas=[2, 3, 5, 8, 12], curve_writes=100,
-                 curve_boot=[100_000, 300_000], big10=10_000_000),
+                 curve_boot=[100_000, 300_000], big10=10_000_000, http_seconds=5.0,
+                 http_writes=300),
 }
 
 
@@ -834,6 +839,8 @@ GOALS = [
          1.0, "ratio<="),
     Goal("streamed reply: append -> peer p99 <= 20 ms (sync)", "messages.stream-p99", 20.0,
          "value<="),
+    Goal("HTTP list >= 0.6x the same stack's fixed answer", "http.list", 0.6, "ratio>="),
+    Goal("HTTP: peer write -> SSE client p99 <= 50 ms", "http.sse-p99", 50.0, "value<="),
     Goal("10M conversations: RSS <= 200 MB", "big.rss", 200 * 1e6 / MIB, "value<=",
          full_only=True),
     Goal("10M conversations: first page <= 1 ms", "big.page", 1000.0, "value<=",
@@ -1092,6 +1099,12 @@ def main(argv: list[str] | None = None) -> int:
                    messages_stream),
                   (f"messages: bootstrap {msz['boot_convs']:,} x {msz['boot_messages']} "
                    "messages", messages_boot)]
+    if "http" in only:
+        def http() -> None:
+            add("http", bench_http.bench_rows(sz["http_seconds"], sz["http_writes"],
+                                              sz["runs"]))
+
+        steps += [("HTTP: list requests/s beside the ceiling; peer write -> SSE client", http)]
     if "curves" in only:
         def curve_mesh() -> None:
             plots["propagation"] = propagation_curve(sz, wd)

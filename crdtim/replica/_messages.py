@@ -275,14 +275,16 @@ def _view(cid: str, mid: str, m: MessageState, version: int, versions: int,
 
 def _grown_preview(cur: Fields, m: MessageState, text: str) -> Fields:
     """The last message with a longer preview, when `m` is the conversation's last message
-    and its text grew to `text` (crdt.md §8.8): same key, so the join keeps the larger
-    preview, and a stream's previews only grow. Empty when the preview is not `m`'s."""
+    and its text grew to `text`, extending the preview shown (crdt.md §8.8): same key, so
+    the join keeps the longer one. Empty when the preview is not `m`'s, or would not grow."""
     h = m.header
     last = cur.get("last_message")
     if h is None or last is None or last.stamp != Stamp(h.at, _tiebreak(h), h.created.replica):
         return {}
-    grown = Lww(last.stamp, text[:PREVIEW_CHARS])
-    return {} if last.join(grown) == last else {"last_message": grown}
+    preview = text[:PREVIEW_CHARS]
+    if preview == last.value or not preview.startswith(last.value):
+        return {}  # not grown: the same, or edited since (an edit leaves the preview be)
+    return {"last_message": Lww(last.stamp, preview)}
 
 
 def _tiebreak(h: Header) -> int:

@@ -222,16 +222,21 @@ class MessageIndex:
 
     def state(self) -> History:
         """The whole history, from its records (for rebuilds, checks and tests: O(n))."""
-        messages, choices = {}, {}
+        messages: dict[str, MessageState] = {}
+        choices: dict[str, Lww] = {}
         for name, _ in self.records():
-            ident = name[1:].decode()
-            if name[:1] == b"m":
-                messages[ident] = self.message(ident)
-            else:
-                chosen = self.choice(ident)
-                if chosen is not None:
-                    choices[ident] = chosen
+            self.read_into(name, messages, choices)
         return History(messages, choices)
+
+    def read_into(self, name: bytes, messages: dict[str, MessageState],
+                  choices: dict[str, Lww]) -> None:
+        """Decode the record `name` (kind + id, as `records` gives it) into the message or
+        the choice map."""
+        ident = name[1:].decode()
+        if name[:1] == b"m":
+            messages[ident] = self.message(ident)
+        elif (chosen := self.choice(ident)) is not None:
+            choices[ident] = chosen
 
     # -- join (specs/crdt.md §8.4.2, §8.6) ---------------------------------------------------
 

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .. import codec
-from ..crdt import Conversation, ConversationMap, History, conversation_view, join_fields
+from ..crdt import (
+    Conversation,
+    ConversationMap,
+    History,
+    Lww,
+    MessageState,
+    conversation_view,
+    join_fields,
+)
 from ..crdt.conversation import Fields
 from ..errors import CorruptStoreError, DecodeError, LogTrimmedError
 from ..store import Txn
@@ -260,7 +268,8 @@ class Reads(ReplicaCore):
         if scope is not None and not cid.startswith(scope):
             return None
         index = MessageIndex(t, cid)
-        messages, choices = {}, {}
+        messages: dict[str, MessageState] = {}
+        choices: dict[str, Lww] = {}
         place = None
         taken = after
         for name, raw in index.records(after):
@@ -268,13 +277,7 @@ class Reads(ReplicaCore):
                 place = _place(cid, taken)  # continue after the last record taken
                 break
             taken = name
-            ident = name[1:].decode()
-            if name[:1] == b"m":
-                messages[ident] = index.message(ident)
-            else:
-                chosen = index.choice(ident)
-                if chosen is not None:
-                    choices[ident] = chosen
+            index.read_into(name, messages, choices)
         if messages or choices:
             out[cid] = History(messages, choices)
         return place

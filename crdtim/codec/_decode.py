@@ -85,7 +85,7 @@ def header_or_none(obj: Any, limits: Limits) -> tuple[list[str], Any] | None:
         if (type(version) is int and version == FORMAT_VERSION and type(rids) is list
                 and len(rids) <= limits.max_replicas):
             for rid in rids:
-                if type(rid) is not str or not 0 < len(rid) <= MAX_REPLICA_ID:
+                if type(rid) is not str or not 0 < len(rid) <= MAX_REPLICA_ID or "\x00" in rid:
                     return None
             return rids, body
     return None

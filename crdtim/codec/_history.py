@@ -118,7 +118,7 @@ def _record(data: bytes, what: str) -> tuple[list[str], Any]:
         version, rids, body = obj
         if type(version) is int and version == FORMAT_VERSION and type(rids) is list:
             for rid in rids:
-                if type(rid) is not str or not 0 < len(rid) <= MAX_REPLICA_ID:
+                if type(rid) is not str or not 0 < len(rid) <= MAX_REPLICA_ID or "\x00" in rid:
                     break
             else:
                 return rids, body

@@ -132,4 +132,7 @@ def dec_header(obj: Any, limits: Limits, what: str) -> tuple[list[str], Any]:
             f"{what}: {len(rids)} replica ids is over the limit of {limits.max_replicas}")
     for rid in rids:
         dec_str(rid, f"{what} replica id", MAX_REPLICA_ID, 1)
+        if "\x00" in rid:
+            # Message positions in storage end a replica id with NUL (storage.md §2).
+            raise DecodeError(f"{what}: replica id {rid!r:.80} holds a NUL character")
     return rids, body

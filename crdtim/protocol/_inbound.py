@@ -68,6 +68,7 @@ class Inbound:
         deltas: list[ConversationMap] = []
         nbytes = conversations = 0
         messages: dict[str, int] = {}  # message and choice records per conversation
+        appended: dict[tuple[str, str], int] = {}  # appends per (conversation, message)
         error = None
         rest: list[Delta] = []
         for i, m in enumerate(group):
@@ -88,10 +89,12 @@ class Inbound:
             if outside is not None:  # refused whole: nothing of this frame is applied
                 error = self._scope_refusal("DELTA", outside)
                 break
-            records = _message_records(delta)
+            records, appends = _message_records(delta)
             if deltas and (conversations + len(delta.convs) > MAX_FRAME_CONVERSATIONS
                            or any(messages.get(cid, 0) + n > self._limits.max_messages
-                                  for cid, n in records.items())):
+                                  for cid, n in records.items())
+                           or any(appended.get(key, 0) + n > self._limits.max_appends
+                                  for key, n in appends.items())):
                 # The join is one transaction and one log entry, which we forward: it must
                 # stay within a frame's conversations, and within the message records a
                 # peer decodes per conversation, too. The rest is the next group.
@@ -101,6 +104,8 @@ class Inbound:
             conversations += len(delta.convs)
             for cid, n in records.items():
                 messages[cid] = messages.get(cid, 0) + n
+            for key, n in appends.items():
+                appended[key] = appended.get(key, 0) + n
             end, nbytes = m.end, nbytes + len(m.payload)
         events: list[Event] = []
         if deltas:
@@ -174,11 +179,17 @@ class Inbound:
         return [StateTransferFinished(outbound=False, seq=seq)]
 
 
-def _message_records(delta: ConversationMap) -> dict[str, int]:
-    """Message and choice records per conversation of `delta` (specs/crdt.md §8.7)."""
-    out = {}
+def _message_records(delta: ConversationMap
+                     ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """Message and choice records per conversation of `delta`, and appends per message
+    (specs/crdt.md §8.7): what a joined, forwarded entry must keep within a peer's bounds."""
+    records: dict[str, int] = {}
+    appends: dict[tuple[str, str], int] = {}
     for cid, fields in delta.convs.items():
         history = fields.get("messages")
         if history is not None:
-            out[cid] = len(history.messages) + len(history.choices)
-    return out
+            records[cid] = len(history.messages) + len(history.choices)
+            for mid, m in history.messages.items():
+                if m.appends:
+                    appends[cid, mid] = len(m.appends)
+    return records, appends

@@ -240,10 +240,10 @@ class Messages(LocalWrites):
                     break
                 found = _message(index, pos_id(pos))
                 last = pos
+                # `at` need not follow the (created, id) order (a caller may give it), so a
+                # message at or before the clear hides itself only.
                 if found is not None and found.at > floor:
                     items.append(found)
-                elif found is not None:
-                    break  # older than the clear: everything after it is too
             return Page(items, encode_cursor(last) if more and last else None, more)
 
         return self.store.read(read)

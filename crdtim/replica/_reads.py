@@ -324,16 +324,24 @@ def _transfer_place(place: str | None) -> tuple[str | None, bytes | None, bool]:
 
 
 def _too_many_messages(acc: dict[str, Fields], entry: ConversationMap) -> bool:
-    """Whether joining `entry` could give one conversation more message and choice records
-    than a peer decodes in one delta (codec.Limits.max_messages): then it goes in the next
-    DELTA. A single entry never has more (local writes refuse it, remote ones were decoded
-    under it)."""
+    """Whether joining `entry` could give one conversation more message and choice records,
+    or one message more appends, than a peer decodes in one delta (codec.Limits.max_messages,
+    max_appends): then it goes in the next DELTA. A single entry never has more (local
+    writes refuse or fold it, remote ones were decoded under it)."""
+    limits = codec.DEFAULT_LIMITS
     for cid, fields in entry.convs.items():
         history = fields.get(MESSAGES)
         held = acc.get(cid, {}).get(MESSAGES)
-        if history is not None and held is not None and (
-                _records(history) + _records(held) > codec.DEFAULT_LIMITS.max_messages):
+        if history is None or held is None:
+            continue
+        if _records(history) + _records(held) > limits.max_messages:
             return True
+        # Appends per message too: an interval that leaves out the peer's own entries leaves
+        # out its edits, which are what drops appends made on older texts.
+        for mid, m in history.messages.items():
+            mine = held.messages.get(mid)
+            if mine is not None and len(m.appends) + len(mine.appends) > limits.max_appends:
+                return True
     return False
 
 

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdtim.crdt import (
+    BOTTOM_STAMP,
     Append,
     Header,
     History,
@@ -114,7 +115,8 @@ def post_after_newest(draw: Callable) -> Mutation:
 @st.composite
 def append_text(draw: Callable) -> Mutation:
     h = draw(ms.histories())
-    ids = live_ids(h)
+    # An append is made on a text: a message known by its header alone refuses it (§8.5.3).
+    ids = [mid for mid in live_ids(h) if h.messages[mid].base.stamp != BOTTOM_STAMP]
     if not ids:
         return Mutation(h, History(), h)
     mid, text = draw(st.sampled_from(ids)), draw(st.sampled_from(("a", "bc")))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from crdtim.replica import Replica
+from crdtim.replica import InvalidArgument, Replica
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -83,3 +83,65 @@ def test_index_orders_members_by_created_stamp_even_for_a_replica_id_holding_nul
         a.apply_delta(codec.encode_map(ConversationMap({"c": {"messages": hist}}, a.schema)),
                       origin="x")
     assert a.history("c").items == [] and visible_path(hist) == ["m"]
+
+
+def test_append_to_a_message_known_by_its_header_alone_stays_readable(open_replica) -> None:
+    """§8.2.2/§7: "no writer makes an append on a bottom base". A relay that got an edit
+    before the post logs the post's novel part, the header alone; a replica that receives
+    that entry knows the message with a bottom base, and `append` there stamps the append
+    with the bottom base stamp (replica ""). The record it commits does not decode: every
+    read of the message then raises CorruptStoreError on the writer, and its log entry is
+    refused by every peer (history_ops.append: Append(stamp, m.base.stamp, text))."""
+    a, b, c = open_replica("a"), open_replica("b"), open_replica("c")
+    a.post("k", "hello", id="m")
+    h = a.head
+    a.edit("k", "m", "edited")
+    b.apply_delta(a.delta_since(h), origin=a.id)  # the edit arrives first
+    hb = b.head
+    b.apply_delta(a.delta_since(0), origin=a.id)  # then the post: only its header is novel
+    c.apply_delta(b.delta_since(hb), origin=b.id)  # c hears b's entry alone
+    assert c.message("k", "m") is not None
+    head = c.head
+    with pytest.raises(InvalidArgument, match="has not arrived"):
+        c.append("k", "m", "x")  # once made on no text; its record did not decode
+    assert c.head == head and c.message("k", "m") is not None
+    a.apply_delta(c.delta_since(0), origin=c.id)  # c's log stays decodable by peers
+
+
+def test_app_history_field_stamped_far_ahead_is_held_not_refused(open_replica) -> None:
+    """crdt.md §1 rule 2 / §8.8: a history delta whose largest stamp is beyond the drift
+    bound is held whole and joined when its time comes; refusing it stalls every later write
+    of that sender. The schema counts an app's clocked History field among its histories
+    (Schema.histories: stamp_bounds reads it, the view leaves it out like `messages`), but
+    _pending.split_future holds only the field named `messages` and the registers: the app's
+    history stays in Δ_now, and w.observe raises ClockDriftError for the whole delta."""
+    import time
+
+    from crdtim import codec
+    from crdtim.crdt import DEFAULT_SCHEMA, ConversationMap, Field, History, Stamp
+
+    schema = DEFAULT_SCHEMA.extend(Field("notes", 64, History, clocked=True))
+    a = open_replica("a", schema=schema)
+    ahead = int(time.time() * 1000) + 3_600_000
+    for name in ("messages", "notes"):
+        h = History().post("n", "later", Stamp(ahead, 0, "p"))
+        delta = codec.encode_map(ConversationMap({"c-" + name: {name: h}}, schema))
+        a.apply_delta(delta, origin="p")  # "notes": ClockDriftError
+
+
+def test_history_page_after_a_clear_says_no_more_when_only_cleared_messages_remain(
+        a: Replica) -> None:
+    """Page.has_more / cursor (as for list pages: has_more says whether more match): a page
+    of history() whose remaining path holds only messages hidden by a delete-for-me still
+    says has_more=True and hands out a cursor, whose page is then empty
+    (_messages.Messages.history counts any further position as "more", shown or not)."""
+    import time
+
+    a.post("c", "before the clear", id="m1")
+    a.delete_conversation("c")
+    a.post("c", "after the clear", id="m2", at=int(time.time() * 1000) + 2000)
+    page = a.history("c", limit=1)
+    assert [m.id for m in page.items] == ["m2"]
+    if page.has_more:
+        assert a.history("c", limit=1, cursor=page.cursor).items, "has_more, then nothing"
+    assert not page.has_more

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .lww import Lww, Stamp
+from .lww import BOTTOM_STAMP, Lww, Stamp
 from .message import (
     DEFAULT_MESSAGE_LIMITS,
     Append,
@@ -155,6 +155,10 @@ def append(view: HistoryView, mid: str, text: str, stamp: Stamp,
     m = _live(view, mid, "append to")
     if not text:
         return {}, {}
+    if m.base.stamp == BOTTOM_STAMP:
+        # Known by its header alone (its text has not arrived here yet): an append is made
+        # on a text, and one on no text could not be encoded (crdt.md §7, §8.5.3).
+        raise MessageError(f"append to {mid!r}: its text has not arrived here yet")
     whole = m.text + text
     _check_text(whole, limits)
     if len(m.current_appends()) >= limits.max_appends:

@@ -235,15 +235,16 @@ class Messages(LocalWrites):
             last = None
             more = False
             for pos in index.visible_positions(before, 10**18):
-                if len(items) == limit:
-                    more = True
-                    break
                 found = _message(index, pos_id(pos))
-                last = pos
                 # `at` need not follow the (created, id) order (a caller may give it), so a
                 # message at or before the clear hides itself only.
-                if found is not None and found.at > floor:
-                    items.append(found)
+                if found is None or found.at <= floor:
+                    continue
+                if len(items) == limit:
+                    more = True  # a further message is shown: the page is not the last
+                    break
+                items.append(found)
+                last = pos
             return Page(items, encode_cursor(last) if more and last else None, more)
 
         return self.store.read(read)

@@ -18,7 +18,7 @@ from ..crdt import ConversationMap, Hlc, Schema, join_fields, novel_fields, trus
 from ..crdt.conversation import Fields
 from ..errors import CorruptStoreError, DecodeError
 from ..store import Txn
-from ._subscriptions import MESSAGES, Changed
+from ._subscriptions import Changed
 from ._write import WriteHost, WriteTxn
 
 __all__ = ["Changes", "apply_due", "hold", "split_future"]
@@ -38,14 +38,16 @@ def split_future(delta: ConversationMap, horizon: int) -> tuple[ConversationMap,
     registers = delta.schema.registers
     for cid, fields in delta.convs.items():
         kept = fields
-        history = fields.get(MESSAGES)
-        if history is not None:
+        for name, _ in delta.schema.histories:  # `messages`, and an app's own histories
+            history = fields.get(name)
+            if history is None:
+                continue
             # A history delta is held whole, until its latest stamp or message time.
             clock = history.max_clock()
             wall = max(0 if clock is None else clock.wall, history.max_at())
             if wall > horizon:
-                kept = {name: state for name, state in fields.items() if name != MESSAGES}
-                later.setdefault((wall, cid), {})[MESSAGES] = history
+                kept = {n: state for n, state in kept.items() if n != name}
+                later.setdefault((wall, cid), {})[name] = history
         for name, _ in registers:
             state = fields.get(name)
             if state is None or state.stamp.wall <= horizon:

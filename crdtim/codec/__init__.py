@@ -11,10 +11,9 @@ This is the public face; the code lives in private modules, one concern each: `_
 format version, integer ranges and decoder bounds), `_msgpack` (pack and unpack), `_encode`,
 `_decode` (the fast strict decoders) and `_validate` (their slow path, which names what is
 wrong), `_history` (the message history: the field of tag 15, and the storage records of one
-message and one group choice), `_received` (maps and conversations kept as the bytes that
-came, not encoded again).
-wrong), `_census` (counting a map's conversations and items before decoding it), `_received`
-(maps and conversations kept as the bytes that came, not encoded again).
+message and one group choice), `_census` (counting a map's conversations and items before
+decoding it), `_received` (maps and conversations kept as the bytes that came, not encoded
+again).
 Callers use `codec.<name>` or import from here, never from a private module.
 """
 

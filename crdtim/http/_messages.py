@@ -13,7 +13,7 @@ same one is answered with the message, 200).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -169,30 +169,33 @@ async def regenerate_message(replica: Replica, caller: Caller,
     return message.to_json()
 
 
-async def append_message(replica: Replica, caller: Caller, request: Request) -> dict[str, Any]:
-    """Text added at the end of the message (not idempotent: a retry appends again)."""
-    args = await _read_body(request, APPEND_FIELDS, "an append")
+async def _change_known_message(replica: Replica, caller: Caller, request: Request,
+                                 fields: Any, what: str,
+                                 change: Callable[[str, str, dict[str, Any]], None]
+                                 ) -> dict[str, Any]:
+    """Read the body, check the message is known to the caller, change it, answer with it."""
+    args = await _read_body(request, fields, what)
     cid, mid = args["conversation_id"], request.path_params["mid"]
     _known(replica, caller, cid, mid)
-    replica.append(cid, mid, args["text"])
+    change(cid, mid, args)
     return _known(replica, caller, cid, mid).to_json()
+
+
+async def append_message(replica: Replica, caller: Caller, request: Request) -> dict[str, Any]:
+    """Text added at the end of the message (not idempotent: a retry appends again)."""
+    return await _change_known_message(replica, caller, request, APPEND_FIELDS, "an append",
+                                       lambda cid, mid, a: replica.append(cid, mid, a["text"]))
 
 
 async def edit_message(replica: Replica, caller: Caller, request: Request) -> dict[str, Any]:
-    args = await _read_body(request, EDIT_FIELDS, "PATCH")
-    cid, mid = args["conversation_id"], request.path_params["mid"]
-    _known(replica, caller, cid, mid)
-    replica.edit(cid, mid, args["text"])
-    return _known(replica, caller, cid, mid).to_json()
+    return await _change_known_message(replica, caller, request, EDIT_FIELDS, "PATCH",
+                                       lambda cid, mid, a: replica.edit(cid, mid, a["text"]))
 
 
 async def switch_message(replica: Replica, caller: Caller, request: Request) -> dict[str, Any]:
     """Make this version (and the branch it is on) the visible one."""
-    args = await _read_body(request, SWITCH_FIELDS, "switch")
-    cid, mid = args["conversation_id"], request.path_params["mid"]
-    _known(replica, caller, cid, mid)
-    replica.switch(cid, mid)
-    return _known(replica, caller, cid, mid).to_json()
+    return await _change_known_message(replica, caller, request, SWITCH_FIELDS, "switch",
+                                       lambda cid, mid, a: replica.switch(cid, mid))
 
 
 async def delete_message(replica: Replica, caller: Caller, request: Request) -> dict[str, Any]:

@@ -25,7 +25,8 @@ the conversation's index from its records.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from .. import codec
 from ..crdt import History, Lww, MessageState
@@ -37,6 +38,7 @@ from ..store import Txn
 __all__ = ["MessageIndex", "conversation_number"]
 
 _U64 = struct.Struct(">Q")
+T = TypeVar("T")
 _POS_STAMP = struct.Struct(">QI")
 _CIDS = b"\xff"
 _VISIBLE = 1
@@ -368,16 +370,15 @@ def _remember(raw: bytes, m: MessageState) -> MessageState:
 
 
 def _decode_message(raw: bytes, mid: str) -> MessageState:
-    try:
-        return codec.decode_message(raw)
-    except DecodeError as e:
-        raise CorruptStoreError(f"message {mid!r:.80}: stored record does not decode: {e}"
-                                ) from None
+    return _decoded_record(codec.decode_message, raw, f"message {mid!r:.80}")
 
 
 def _decode_choice(raw: bytes, group: str) -> Lww:
+    return _decoded_record(codec.decode_choice, raw, f"choice of {group!r:.80}")
+
+
+def _decoded_record(decode: Callable[[bytes], T], raw: bytes, what: str) -> T:
     try:
-        return codec.decode_choice(raw)
+        return decode(raw)
     except DecodeError as e:
-        raise CorruptStoreError(f"choice of {group!r:.80}: stored record does not decode: {e}"
-                                ) from None
+        raise CorruptStoreError(f"{what}: stored record does not decode: {e}") from None

@@ -306,6 +306,58 @@ def _missing_at(op: AckedOp, held: Mapping[str, Any]) -> bool | None:
     return held.get("read_seq", 0) < i.seq
 
 
+def reached(op: AckedOp, held: Mapping[str, Any]) -> bool:
+    """Does a replica's plain fields `held` (of the op's conversation) already hold what
+    acknowledged `op` wrote? Used when the op's own replica is damaged (specs/faults.md §4):
+    an op that reached another replica cannot be lost by that damage; one that reached none
+    may be. An op whose stamps are unknown has reached nowhere that can be told."""
+    i = op.intent
+    if i.kind not in MESSAGE_KINDS:
+        return _missing_at(op, held) is False
+    if i.kind == "switch":
+        return True  # the checker judges no switch by its effect: nothing to lose
+    logged = _own_fields(op).get("messages")
+    mine = None if logged is None else next((m for m in logged[0] if m[0] == i.mid), None)
+    if mine is None:
+        return op.delta is not None or not op.unrecorded  # it changed nothing
+    h = held.get("messages")
+    there = None if h is None else next((m for m in h[0] if m[0] == i.mid), None)
+    if there is None:
+        return False
+    if i.kind in ("post", "regenerate"):
+        return there[1] is not None
+    if i.kind == "delete_message":
+        return bool(there[4])
+    if i.kind == "append" and mine[3]:
+        return {(s, b) for s, b, _ in mine[3]} <= {(s, b) for s, b, _ in there[3]}
+    return there[2][0] >= mine[2][0]  # an edit, or an append folded into the base
+
+
+def refused_traces(states: Mapping[str, ConversationMap],
+                   refused: Iterable[tuple[str, Intent]]) -> list[str]:
+    """Traces of refused calls (the replica raised StoreError: nothing may be committed)
+    that a final state still shows: a refused post's or regenerate's message id, a refused
+    title's text, a refused arrival's preview at its (at, seq). Texts and ids are unique per
+    call, so any of these seen anywhere was committed by the refused call."""
+    found = []
+    for name, state in states.items():
+        for replica, i in refused:
+            held = plain(state.fields(i.cid)) if i.cid in state.convs else {}
+            if i.kind in ("post", "regenerate"):
+                h = held.get("messages")
+                trace = h is not None and any(m[0] == i.mid for m in h[0])
+            elif i.kind == "title":
+                trace = held.get("title", (None, None))[1] == i.text
+            elif i.kind == "arrive":
+                shown = held.get("last_message")
+                trace = shown is not None and shown[1] == i.text
+            else:
+                continue
+            if trace:
+                found.append(f"{i.kind} {i.to_json()} refused at {replica} shows at {name}")
+    return found
+
+
 def _add_wins(ops: list[AckedOp], flag: str) -> bool:
     """True iff an enable's dot survives: no other op's delta observed it without keeping it.
 
@@ -417,15 +469,27 @@ def _allowed(want: dict[str, Any], got: dict[str, Any], maybe: list[Intent],
 def check(states: Mapping[str, ConversationMap], ops: Iterable[AckedOp],
           maybe: Iterable[tuple[str, Intent]] = (),
           pages: Mapping[str, Mapping[str, list[dict[str, Any]]]] | None = None,
-          exact: bool = False) -> Verdict:
+          exact: bool = False, at_risk: Iterable[AckedOp] = (),
+          refused: Iterable[tuple[str, Intent]] = ()) -> Verdict:
     """Judge the final `states` (replica name -> whole state) against the acknowledged `ops`
     and the calls in `maybe` ((replica id, intent) of each call that was in progress when
     its process was killed: its effect may or may not appear); `pages`, when given: what
     each replica's history pages show (messages.check_messages); `exact`: every delta came
-    from an acknowledged call whose log entry was read (the simulation)."""
+    from an acknowledged call whose log entry was read (the simulation). `at_risk`: some of
+    `ops`, acknowledged at a replica whose file was then damaged and repaired before they
+    had reached any other replica (specs/faults.md §4): their effect, like a killed call's,
+    may or may not appear, but a defect at the call still counts. `refused`: (replica id,
+    intent) of calls the replica refused with StoreError: not acknowledged, and no trace
+    of them may show (`refused_traces`)."""
     ops = list(ops)
-    maybe = list(maybe)
+    risky = {id(op) for op in at_risk}
     verdict = Verdict()
+    verdict.lost += [f"{op.kind} {op.intent.to_json()} acknowledged by {op.replica} did "
+                     f"nothing right: {op.defect}" for op in ops
+                     if id(op) in risky and op.defect is not None]
+    risky_defects = len(verdict.lost)
+    maybe = [*maybe, *((op.replica, op.intent) for op in ops if id(op) in risky)]
+    ops = [op for op in ops if id(op) not in risky]
     names = list(states)
     if not names:
         return verdict
@@ -458,9 +522,9 @@ def check(states: Mapping[str, ConversationMap], ops: Iterable[AckedOp],
     lost, wrong, unchecked = check_messages(states, ops, [i for _, i in maybe], pages,
                                             exact=exact)
     verdict.lost += lost
-    verdict.wrong += wrong
+    verdict.wrong += wrong + refused_traces(states, refused)
     verdict.unchecked += unchecked
-    verdict.lost_ops = len(lost_ops) + len(lost)
+    verdict.lost_ops = len(lost_ops) + len(lost) + risky_defects
     cids = sorted({op.cid for op in ops} | {i.cid for _, i in maybe}
                   | {c for name in names for c in held[name]})
     for cid in cids:

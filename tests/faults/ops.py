@@ -13,12 +13,17 @@ import dataclasses
 import random
 from typing import Sequence
 
-from crdtim.errors import LogTrimmedError
+from crdtim.errors import LogTrimmedError, StoreError
 from crdtim.replica import Replica
 
 from .checker import FLAGS, KINDS, AckedOp, Intent, call_defect
 
-__all__ = ["draw", "call", "perform", "readable"]
+__all__ = ["Refused", "draw", "call", "perform", "readable"]
+
+
+class Refused(Exception):
+    """The replica refused the call with `StoreError` (a full disk: specs/storage.md §6):
+    not acknowledged, and nothing of it may have been committed."""
 
 #: Message operations (specs/crdt.md §8.5) and their weights: appends weigh most, as a
 #: streamed reply is many of them.
@@ -88,7 +93,10 @@ def perform(r: Replica, i: Intent, *, exclusive: bool) -> AckedOp:
     meanwhile (the simulation); else a server may apply remote deltas beside the call."""
     head = r.head
     before = r.state().fields(i.cid)
-    call(r, i)
+    try:
+        call(r, i)
+    except StoreError as e:  # only the call itself: a read after it failing is no refusal
+        raise Refused(str(e)) from e
     # Returned: acknowledged. Its log entry is the one entry after `head` made here (only
     # this caller writes locally; remote deltas the server applied meanwhile are "remote").
     local = sorted({seq for seq, change in r.changes_since(head) if change.origin == "local"})

@@ -6,7 +6,10 @@ the environment of its server (same CRDTIM_CLOCK_OFFSET_MS), beside the running 
 (ops.draw: the mix the simulation uses) goes to stdout as a `{"calling": intent}` line
 *before* its call is made, and as one `checker.AckedOp` line once the call has returned --
 only then is it acknowledged. The harness may kill -9 this process at any moment: an intent
-with no acknowledgement after it is a call that may or may not have taken effect.
+with no acknowledgement after it is a call that may or may not have taken effect. A call the
+replica refuses with `StoreError` (the disk is full: specs/storage.md §6) is reported as a
+`{"refused": intent, "error": message}` line: not acknowledged, and it must have committed
+nothing; the workload carries on with its next operation.
 Commands on stdin, one per line: `pause` (answered by a `{"paused": true}` line once no
 operation is in progress), `resume`, `stop` (also EOF).
 """
@@ -77,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                 intent = ops.readable(r, ops.draw(rng, CIDS, f"{args.name}-{n}", 10_000, now_ms,
                                                   r, MESSAGE_SHARE))
                 emit({"calling": intent.to_json()})  # before the call: it may die in it
-                emit(ops.perform(r, intent, exclusive=False).to_json())
+                try:
+                    acked = ops.perform(r, intent, exclusive=False)
+                except ops.Refused as e:  # nothing committed: not acknowledged
+                    emit({"refused": intent.to_json(), "error": str(e)})
+                else:
+                    emit(acked.to_json())
             time.sleep(rng.uniform(0, 2 * args.interval))
     emit({"done": True})
     return 0

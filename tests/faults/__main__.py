@@ -108,6 +108,13 @@ def _real_lines(real: dict[str, Any]) -> list[str]:
     lines.append(f"  operations acknowledged {real['acked_ops']} (unrecorded "
                  f"{real['unrecorded_ops']}); in progress when their workload was killed "
                  f"{real['maybe_ops']}")
+    lines.append(f"  disks: made full by {real['disk_full_method']}; calls refused (not "
+                 f"acknowledged) {real['refused_ops']}; server log lines saying the disk is "
+                 f"full {real['disk_full_log_lines']}; damaged files: "
+                 + (", ".join(f"{k} {v}" for k, v in real["damaged_file_outcomes"].items())
+                    or "none")
+                 + f"; acknowledged writes at risk from damage {real['at_risk_ops']}; "
+                 f"tracebacks in server logs {real['server_tracebacks']}")
     lines.append(f"  convergence after heal (s): {real['converge_seconds_after_heal']}; longest "
                  f"{real['max_converge_seconds_after_heal']} s; not converged "
                  f"{real['not_converged']}")

@@ -17,9 +17,11 @@ behind would refuse its peers' deltas until real time caught up (specs/faults.md
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -30,9 +32,11 @@ from typing import Any
 
 import trio
 
+from crdtim import maintenance
 from crdtim.replica import CLOCK_OFFSET_ENV, Replica
 
-from .checker import AckedOp, Intent, Verdict, check
+from .checker import AckedOp, Intent, Verdict, check, plain, reached
+from .disk import Disks, damage_data_file
 from .proxy import Proxy
 from .sim import history_pages, scratch_root
 
@@ -51,6 +55,9 @@ class ClusterConfig:
     converge_deadline: float = 90.0  # seconds after a heal before "did not converge"
     op_interval: float = 0.03  # mean seconds between one workload's operations
     fault_gap: tuple[float, float] = (0.2, 1.2)  # seconds between two faults
+    disk_mib: int = 64  # each data directory's tmpfs (disk.py)
+    disk_full_seconds: tuple[float, float] = (1.0, 4.0)  # how long a disk stays full
+    damage_share: float = 0.5  # of the heals, those that damage the killed server's file
 
 
 @dataclass
@@ -64,6 +71,15 @@ class ClusterReport:
     kinds: Counter = field(default_factory=Counter)  # acknowledged operations by kind
     unrecorded_ops: int = 0  # acknowledged, but the log entry was trimmed before it was read
     maybe_ops: int = 0  # calls in progress when their workload was killed: effect optional
+    refused_ops: int = 0  # calls the replica refused (StoreError: the disk was full)
+    at_risk: list[AckedOp] = field(default_factory=list)  # acknowledged at a replica whose
+    # file was damaged and repaired (or replaced) before they reached any other: may be lost
+    at_risk_ops: int = 0
+    disk_method: str = ""  # how disks are made full: "tmpfs" or "rlimit" (disk.py)
+    disk_full_log_lines: int = 0  # server log lines saying the disk is full
+    damage: Counter = field(default_factory=Counter)  # what the operator met and did
+    server_tracebacks: int = 0  # tracebacks in the servers' logs (a bug, never a fault)
+    problems: list[str] = field(default_factory=list)  # crdtim misbehaving under disk faults
     converge_seconds: list[float] = field(default_factory=list)  # per heal
     not_converged: int = 0  # heals after which the deadline passed
     verdict: Verdict | None = None
@@ -74,7 +90,8 @@ class ClusterReport:
     def ok(self) -> bool:
         # verdict.ok also requires that every acknowledged op was checked (none unrecorded)
         return (self.error is None and self.not_converged == 0 and self.verdict is not None
-                and self.verdict.ok and self.unrecorded_ops == 0)
+                and self.verdict.ok and self.unrecorded_ops == 0 and not self.problems
+                and self.server_tracebacks == 0)
 
     def to_json(self) -> dict[str, Any]:
         v = self.verdict or Verdict()
@@ -84,12 +101,18 @@ class ClusterReport:
             "faults": dict(sorted(self.faults.items())), "acked_ops": self.acked_ops,
             "acked_ops_by_kind": dict(sorted(self.kinds.items())),
             "unrecorded_ops": self.unrecorded_ops, "maybe_ops": self.maybe_ops,
+            "refused_ops": self.refused_ops, "at_risk_ops": self.at_risk_ops,
+            "disk_full_method": self.disk_method,
+            "disk_full_log_lines": self.disk_full_log_lines,
+            "damaged_file_outcomes": dict(sorted(self.damage.items())),
+            "server_tracebacks": self.server_tracebacks, "problems": self.problems,
             "converge_seconds_after_heal": [round(s, 3) for s in self.converge_seconds],
             "max_converge_seconds_after_heal": round(max(self.converge_seconds, default=0), 3),
             "not_converged": self.not_converged,
             "diverged": len(v.diverged), "lost_writes": v.lost_ops, "wrong_values": len(v.wrong),
             "unchecked_ops": len(v.unchecked),
-            "first_problem": self.error or (None if v.ok else v.summary()),
+            "first_problem": self.error or (None if v.ok else v.summary()) or (
+                self.problems[0] if self.problems else None),
             "logs": self.logs,
         }
 
@@ -131,6 +154,7 @@ class _Server:
         self.offset_ms = offset_ms
         self.process: trio.Process | None = None
         self.killed = False  # by the harness: anything else that ends it is a failure
+        self.started_on_full_disk = False  # then it may refuse to start (exit 1, one line)
 
     @property
     def alive(self) -> bool:
@@ -142,13 +166,16 @@ class _Server:
         for p in peers:
             argv += ["--peer", p]
         self.killed = False
+        _log_note(log_path, "start")
         with open(log_path, "ab") as log:
             self.process = await trio.lowlevel.open_process(
                 argv, env=_child_env(self.offset_ms), stdout=log, stderr=log)
+        self.log_path = log_path
 
     async def kill9(self) -> None:
         if self.alive:
             self.killed = True
+            _log_note(self.log_path, "kill -9")
             self.process.send_signal(signal.SIGKILL)
             await self.process.wait()
 
@@ -170,6 +197,7 @@ class _Workload:
         self.rng, self.interval = rng, interval
         self.ops: list[AckedOp] = []
         self.maybe: list[tuple[str, Intent]] = []  # (replica id, intent) killed in the call
+        self.refused: list[tuple[str, Intent]] = []  # (replica id, intent) refused: no effect
         self.incarnation = 0
         self.pending: Intent | None = None  # announced, not yet acknowledged
         self.paused = trio.Event()
@@ -207,6 +235,9 @@ class _Workload:
                     pass
                 elif "calling" in obj:
                     self.pending = Intent.from_json(obj["calling"])
+                elif "refused" in obj:
+                    self.refused.append((self.replica_id, Intent.from_json(obj["refused"])))
+                    self.pending = None
                 else:
                     self.ops.append(AckedOp.from_json(obj))
                     self.pending = None
@@ -274,6 +305,8 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
     report = ClusterReport(servers=config.servers)
     root = scratch_root()
     paths = [os.path.join(root, f"s{i}") for i in range(config.servers)]
+    disks = Disks(paths, config.disk_mib)
+    report.disk_method = disks.mount()
     ids = []
     for path in paths:
         with Replica.open(path) as r:
@@ -295,6 +328,7 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
         return os.path.join(root, f"{kind}{i}.log")
 
     async def start_server(s: _Server) -> None:
+        s.started_on_full_disk = s.index in full_since
         await s.start(proxy.peer_addresses(s.index), config.max_drift_ms, log_of("serve", s.index))
 
     async def restart_later(s: _Server, delay: float) -> None:
@@ -313,6 +347,114 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
         if not w.alive:
             await start_workload(w)
 
+    full_since: dict[int, int] = {}  # server index -> its log's length when its disk filled
+
+    async def fill_disk(i: int, seconds: float, restarts: trio.Nursery) -> None:
+        pids = [p.process.pid for p in (servers[i], workloads[i]) if p.alive]
+        _log_note(log_of("serve", i), "disk full")
+        full_since[i] = _log_length(log_of("serve", i))
+        await trio.to_thread.run_sync(disks.fill, i, pids)
+        report.faults["disk_full"] += 1
+
+        async def later() -> None:
+            await trio.sleep(seconds)
+            await release_disk(i)
+        restarts.start_soon(later)
+
+    async def release_disk(i: int) -> None:
+        """Space comes back; what the server logged meanwhile must say so, in one line. A
+        server started while the disk was full may have refused to start: start it again."""
+        disks.release(i)
+        _log_note(log_of("serve", i), "space back")
+        s = servers[i]
+        if not s.alive and not s.killed and s.started_on_full_disk:
+            report.damage["server_refused_to_start_on_full_disk"] += 1
+            last = _last_line(s.log_path)
+            if "Traceback" in last or not last.startswith("crdtim: error:"):
+                report.problems.append(f"server {i} refused to start on a full disk without "
+                                       f"a clear error: {last!r}")
+            await start_server(s)
+        with open(log_of("serve", i), "rb") as f:
+            f.seek(full_since.pop(i))
+            logged = f.read().decode("utf-8", "replace")
+        report.disk_full_log_lines += sum(
+            any(w in line for w in ("no space left on device", "File too large"))
+            for line in logged.splitlines())
+        if "Traceback" in logged:
+            report.problems.append(f"server {i} logged a traceback while its disk was full "
+                                   f"(see {log_of('serve', i)})")
+
+    async def damage_and_recover(s: _Server) -> None:
+        """Between rounds: damage the stopped server's data file, then do what an operator
+        would (specs/faults.md §4) and note which acknowledged writes it may lose."""
+        w = workloads[s.index]
+        await w.kill9()  # paused: no call in progress; it must not read the damaged file
+        others = await trio.to_thread.run_sync(read_states, [p for p in paths if p != s.path])
+        held = [{cid: plain(st.fields(cid)) for cid in st.convs} for st in others.values()]
+        mine = [op for op in w.ops if op.replica == w.replica_id]
+        unreached = [op for op in mine
+                     if not any(reached(op, h.get(op.cid, {})) for h in held)]
+        structure = rng.random() < 0.25
+        texts = [op.intent.text for op in mine[-30:] if op.intent.text]
+        await trio.to_thread.run_sync(damage_data_file, s.path, rng, texts, structure)
+        report.faults["damage_structure" if structure else "damage_value"] += 1
+        # The operator: start it; if it refuses, or verify finds damage, stop it, repair,
+        # and start it again. A walk that dies on the damage cannot repair: replace the
+        # directory by a new replica, which its peers fill (specs/storage.md §8a).
+        await start_server(s)
+        started = trio.current_time()
+        while s.alive and trio.current_time() - started < 1.0:
+            await trio.sleep(0.05)  # polled: a refusal at open is seen only as an exit
+        refused = not s.alive
+        if refused:
+            report.damage["server_refused_to_start"] += 1
+            last = _last_line(log_of("serve", s.index))
+            if "Traceback" in last or not last.startswith("crdtim: error:"):
+                report.problems.append(f"server {s.index} refused a damaged file without a "
+                                       f"clear error: {last!r}")
+        found = await trio.to_thread.run_sync(maintenance.verify, s.path)
+        if found.crashed:
+            report.damage["verify_walk_crashed"] += 1
+        elif not found.ok:
+            report.damage["verify_found_damage"] += 1
+        if not (refused or not found.ok):
+            report.damage["no_damage_seen"] += 1
+            return await _restart_workload(w)
+        await s.stop()
+        repair = await trio.to_thread.run_sync(
+            functools.partial(maintenance.verify, s.path, repair=True))
+        after = await trio.to_thread.run_sync(maintenance.verify, s.path)
+        damaged: set[str] | None = set()  # None: every conversation
+        if after.ok:
+            done = repair.repaired or {}
+            report.damage["repaired_new_id" if "new_id" in done else "repaired_same_id"] += 1
+            for p in found.problems + repair.problems:
+                if p.database in ("convs", "messages", "order"):
+                    cid = re.match(r"'([^']*)'", p.key)
+                    if cid is None:
+                        damaged = None
+                        break
+                    damaged.add(cid.group(1))
+                elif p.database not in ("log", "mindex", "meta", "acks"):
+                    damaged = None
+                    break
+            if not (done.get("conversations_dropped") or done.get("message_records_dropped")):
+                damaged = set()  # nothing of the state was dropped: nothing can be lost
+        else:
+            report.damage["replaced_by_new_replica"] += 1
+            await trio.to_thread.run_sync(_wipe, s.path)
+            damaged = None
+        at_risk = [op for op in unreached if damaged is None or op.cid in damaged]
+        report.at_risk.extend(at_risk)
+        await start_server(s)
+        await _restart_workload(w)
+
+    async def _restart_workload(w: _Workload) -> None:
+        with Replica.open(w.path, create=False) as r:  # a repair gives it a new id
+            w.replica_id = r.id
+        await start_workload(w)
+        await w.pause()
+
     try:
         async with trio.open_nursery() as nursery:
             await proxy.start(nursery, {s.index: ("127.0.0.1", s.port) for s in servers})
@@ -327,8 +469,12 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
                         await w.command("resume")
                 async with trio.open_nursery() as restarts:
                     await _fault_phase(rng, config, proxy, servers, workloads, report,
-                                       restarts, restart_later, workload_restart_later)
+                                       restarts, restart_later, workload_restart_later,
+                                       fill_disk if disks.method != "none" else None,
+                                       full_since)
                     restarts.cancel_scope.cancel()
+                for i in list(full_since):  # space comes back before the heal
+                    await release_disk(i)
                 report.seconds += config.round_seconds
                 # Every round ends under a partition and with a server killed, so that the
                 # heal below has work to do: writes on both sides of the cut, one replica
@@ -348,6 +494,9 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
                         _died_unkilled(w, "workload", log_of("workload", w.index))
                         await start_workload(w)
                     await w.pause()
+                if victim.killed and not victim.alive and rng.random() < config.damage_share:
+                    report.faults["damaged_file"] += 1
+                    await damage_and_recover(victim)
                 proxy.heal()
                 for s in servers:
                     if not s.alive:
@@ -371,15 +520,19 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
                     report.not_converged += 1
                 ops = [op for w in workloads for op in w.ops]
                 maybe = [m for w in workloads for m in w.maybe]
+                refused = [m for w in workloads for m in w.refused]
                 states, pages = read_histories(paths)
-                report.verdict = check(states, ops, maybe, pages)
+                report.verdict = check(states, ops, maybe, pages, at_risk=report.at_risk,
+                                       refused=refused)
+                report.server_tracebacks = sum(_log_text(log_of("serve", s.index)).count(
+                    "Traceback") for s in servers)
                 report.rounds += 1
                 if progress is not None:
                     progress(f"round {n + 1}/{rounds}: {len(ops)} ops acknowledged, "
                              + (f"converged {took:.2f} s after the heal, " if took is not None
                                 else "NOT converged, ")
                              + ("ok" if report.verdict.ok else report.verdict.summary()))
-                if not report.verdict.ok or report.not_converged:
+                if not report.ok:
                     break
             for w in workloads:
                 await w.stop()
@@ -397,13 +550,17 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
         for s in servers:
             if s.alive:
                 s.process.kill()
+        disks.release_all()
     report.acked_ops = sum(len(w.ops) for w in workloads)
     report.kinds = Counter(op.intent.kind for w in workloads for op in w.ops)
     report.unrecorded_ops = sum(op.unrecorded for w in workloads for op in w.ops)
     report.maybe_ops = sum(len(w.maybe) for w in workloads)
+    report.refused_ops = sum(len(w.refused) for w in workloads)
+    report.at_risk_ops = len(report.at_risk)
     if report.ok:
+        disks.unmount()
         shutil.rmtree(root, ignore_errors=True)
-    else:
+    else:  # the directories stay mounted, for a look; `umount` them when done
         report.logs = root
     return report
 
@@ -411,7 +568,7 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
 async def _fault_phase(rng: random.Random, config: ClusterConfig, proxy: Proxy,
                        servers: list[_Server], workloads: list[_Workload],
                        report: ClusterReport, restarts: trio.Nursery, restart_later: Any,
-                       workload_restart_later: Any) -> None:
+                       workload_restart_later: Any, fill_disk: Any, full: dict[int, int]) -> None:
     end = trio.current_time() + config.round_seconds
     # Each round opens with a workload kill: drawn at random, a short round could hold none
     # (or find every workload restarting), and a run must always exercise kill -9 mid-use.
@@ -421,8 +578,8 @@ async def _fault_phase(rng: random.Random, config: ClusterConfig, proxy: Proxy,
         if trio.current_time() >= end:
             return
         kind = "kill9_workload" if first else rng.choices(
-            ["kill9_server", "kill9_workload", "cut", "partition", "heal", "delay"],
-            [3, 2, 4, 1, 2, 1])[0]
+            ["kill9_server", "kill9_workload", "cut", "partition", "heal", "delay", "disk_full"],
+            [3, 2, 4, 1, 2, 1, 1 if fill_disk else 0])[0]
         if kind == "kill9_server":
             s = rng.choice(servers)
             if not s.alive:
@@ -448,6 +605,12 @@ async def _fault_phase(rng: random.Random, config: ClusterConfig, proxy: Proxy,
         elif kind == "heal":  # lifts partitions and delays early: faults come and go
             proxy.heal()
             continue
+        elif kind == "disk_full":  # counted by fill_disk; released later, or at the heal
+            i = rng.randrange(len(servers))
+            seconds = rng.uniform(*config.disk_full_seconds)
+            if i not in full:
+                await fill_disk(i, seconds, restarts)
+            continue
         else:
             proxy.set_delay(rng.uniform(0.001, 0.05))
         report.faults[kind] += 1
@@ -458,6 +621,40 @@ async def _until_in_call(w: _Workload) -> None:
     with trio.move_on_after(0.5):
         while w.alive and w.pending is None:
             await trio.sleep(0.0005)
+
+
+def _log_note(path: str, what: str) -> None:
+    """A line in a server's log saying what the harness did, to read its log by."""
+    with open(path, "ab") as log:
+        log.write(f"# harness: {what}\n".encode())
+
+
+def _log_length(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _log_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _last_line(path: str) -> str:
+    lines = _log_text(path).strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _wipe(path: str) -> None:
+    """Remove a data directory's contents (it may be a mount point) and make a new replica
+    there: what an operator does with a replica that cannot be repaired."""
+    for name in os.listdir(path):
+        os.unlink(os.path.join(path, name))
+    Replica.open(path).close()
 
 
 def _died_unkilled(p: _Server | _Workload, what: str, log_path: str) -> None:

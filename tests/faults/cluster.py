@@ -58,6 +58,7 @@ class ClusterConfig:
     disk_mib: int = 64  # each data directory's tmpfs (disk.py)
     disk_full_seconds: tuple[float, float] = (1.0, 4.0)  # how long a disk stays full
     damage_share: float = 0.5  # of the heals, those that damage the killed server's file
+    disk_full_weight: int = 1  # of a fault being `disk_full` (the others weigh 1 to 4)
 
 
 @dataclass
@@ -367,12 +368,16 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
         disks.release(i)
         _log_note(log_of("serve", i), "space back")
         s = servers[i]
-        if not s.alive and not s.killed and s.started_on_full_disk:
-            report.damage["server_refused_to_start_on_full_disk"] += 1
+        if not s.alive and not s.killed:
             last = _last_line(s.log_path)
-            if "Traceback" in last or not last.startswith("crdtim: error:"):
-                report.problems.append(f"server {i} refused to start on a full disk without "
-                                       f"a clear error: {last!r}")
+            if s.started_on_full_disk:  # may refuse to start, with one clear line
+                report.damage["server_refused_to_start_on_full_disk"] += 1
+                if "Traceback" in last or not last.startswith("crdtim: error:"):
+                    report.problems.append(f"server {i} refused to start on a full disk "
+                                           f"without a clear error: {last!r}")
+            else:  # a bug in crdtim: recorded (the run fails), and the run goes on
+                report.problems.append(f"server {i} exited while its disk was full: {last!r}"
+                                       f" (see {s.log_path})")
             await start_server(s)
         with open(log_of("serve", i), "rb") as f:
             f.seek(full_since.pop(i))
@@ -532,8 +537,8 @@ async def run_cluster(seed: int, config: ClusterConfig = ClusterConfig(),
                              + (f"converged {took:.2f} s after the heal, " if took is not None
                                 else "NOT converged, ")
                              + ("ok" if report.verdict.ok else report.verdict.summary()))
-                if not report.ok:
-                    break
+                if not report.verdict.ok or report.not_converged:
+                    break  # (problems and tracebacks are recorded, and the run goes on)
             for w in workloads:
                 await w.stop()
             for s in servers:
@@ -579,7 +584,7 @@ async def _fault_phase(rng: random.Random, config: ClusterConfig, proxy: Proxy,
             return
         kind = "kill9_workload" if first else rng.choices(
             ["kill9_server", "kill9_workload", "cut", "partition", "heal", "delay", "disk_full"],
-            [3, 2, 4, 1, 2, 1, 1 if fill_disk else 0])[0]
+            [3, 2, 4, 1, 2, 1, config.disk_full_weight if fill_disk else 0])[0]
         if kind == "kill9_server":
             s = rng.choice(servers)
             if not s.alive:
@@ -645,7 +650,8 @@ def _log_text(path: str) -> str:
 
 
 def _last_line(path: str) -> str:
-    lines = _log_text(path).strip().splitlines()
+    """The server's last log line (not the harness's notes)."""
+    lines = [line for line in _log_text(path).splitlines() if not line.startswith("# harness:")]
     return lines[-1] if lines else ""
 
 

@@ -8,8 +8,10 @@
 - a few hundred seeded simulation runs, with every kind of fault actually injected (a crash
   inside a write transaction too), and a seed that replays exactly;
 - a peer an hour ahead: its future values held until time catches up, losing nothing;
+- a refused call (StoreError) that left a trace, and ops at risk from a damaged replica;
 - a short run of real `crdtim serve` processes behind the fault-injecting proxy, with kill -9
-  of servers and of the workload processes that write.
+  of servers and of the workload processes that write, a full disk and a damaged data file
+  (repaired as an operator would).
 `make faults` runs the long version (10,000 simulation runs, minutes of real processes).
 """
 
@@ -439,7 +441,8 @@ def test_a_peer_an_hour_ahead_has_its_future_values_held_until_time_catches_up(t
 
 def test_real_servers_converge_after_kill_9_cuts_partitions_clock_skew_and_disk_faults():
     config = ClusterConfig(servers=3, seconds=10.0, round_seconds=5.0, fault_gap=(0.1, 0.6),
-                           converge_deadline=60.0, damage_share=1.0, disk_full_weight=5)
+                           converge_deadline=60.0, damage_share=1.0, disk_full_weight=5,
+                           disk_mib=64)  # small: a fill writes what is free
     report = trio.run(run_cluster, 7, config)
     # Known crdtim bug, not the harness's (found by this fault): a running server's
     # once-a-second housekeeping (Replica.housekeeping -> trim_log writing the acks it

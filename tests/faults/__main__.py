@@ -109,7 +109,8 @@ def _real_lines(real: dict[str, Any]) -> list[str]:
                  f"{real['unrecorded_ops']}); in progress when their workload was killed "
                  f"{real['maybe_ops']}")
     lines.append(f"  disks: made full by {real['disk_full_method']}; calls refused (not "
-                 f"acknowledged) {real['refused_ops']}; server log lines saying the disk is "
+                 f"acknowledged: disk full, or an append/edit of a message deleted meanwhile) "
+                 f"{real['refused_ops']}; server log lines saying the disk is "
                  f"full {real['disk_full_log_lines']}; damaged files: "
                  + (", ".join(f"{k} {v}" for k, v in real["damaged_file_outcomes"].items())
                     or "none")

@@ -9,6 +9,10 @@ progress then may or may not have happened: the checker is told), connections cu
 delays, all at random times drawn from the seed -- then the heal: workloads paused, faults
 lifted, dead servers restarted, and the time until every directory holds the same state is
 measured; then the checker judges the states against every operation acknowledged so far.
+Disk faults (disk.py, specs/faults.md §4.1-4.2): each data directory is its own tmpfs, filled
+for a while during a round (writes refused meanwhile are reported, not acknowledged); and at
+some heals the killed server's data file is damaged, then started, verified and repaired as
+an operator would, and the writes it may legitimately lose are given to the checker.
 
 The servers accept clock readings up to `max_drift_ms` ahead (`serve --max-clock-drift`),
 set above the largest offset difference: with the default 5 min bound, a server an hour

@@ -14,7 +14,7 @@ import random
 from typing import Sequence
 
 from crdtim.errors import LogTrimmedError, StoreError
-from crdtim.replica import Replica
+from crdtim.replica import InvalidArgument, Replica
 
 from .checker import FLAGS, KINDS, AckedOp, Intent, call_defect
 
@@ -22,8 +22,9 @@ __all__ = ["Refused", "draw", "call", "perform", "readable"]
 
 
 class Refused(Exception):
-    """The replica refused the call with `StoreError` (a full disk: specs/storage.md §6):
-    not acknowledged, and nothing of it may have been committed."""
+    """The replica refused the call with `StoreError` (a full disk: specs/storage.md §6), or
+    refused an append or edit of a message a peer deleted meanwhile: not acknowledged, and
+    nothing of it may have been committed."""
 
 #: Message operations (specs/crdt.md §8.5) and their weights: appends weigh most, as a
 #: streamed reply is many of them.
@@ -96,6 +97,12 @@ def perform(r: Replica, i: Intent, *, exclusive: bool) -> AckedOp:
     try:
         call(r, i)
     except StoreError as e:  # only the call itself: a read after it failing is no refusal
+        raise Refused(str(e)) from e
+    except InvalidArgument as e:
+        # Beside a server, a peer's delete may land between the draw (a live message) and
+        # the append or edit, which a deleted message refuses (specs/crdt.md §8.5).
+        if i.kind not in ("append", "edit") or "deleted" not in str(e):
+            raise
         raise Refused(str(e)) from e
     # Returned: acknowledged. Its log entry is the one entry after `head` made here (only
     # this caller writes locally; remote deltas the server applied meanwhile are "remote").

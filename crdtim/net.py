@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import trio
 
 from ._link import ERROR_GRACE, Link, tls_handshake
+from .errors import StoreError
 from .protocol import Error, SecurityConfig, SessionConfig, SyncSession, encode_frame
 from .replica import Change, Replica, Subscription
 from .security import TlsConfig
@@ -238,21 +239,37 @@ class Node:
     def _notice_foreign_writes(self) -> None:
         head = self.replica.head
         if head != self._known_head:
-            self._known_head = head
             # Subscribers hear of other processes' writes from here (specs/protocol.md §9).
             self.replica.deliver_other_processes_changes()
+            self._known_head = head  # only once delivered: a failed read is tried again
             for link in list(self._links.values()):
                 link.poke()
 
     async def _watch_log(self) -> None:
+        # A store that fails here (a full disk, a damaged file: StoreError) must not end the
+        # server: reads and the links' syncing go on, and the tick is tried again at the next
+        # interval; one line per episode, not one per tick (specs/protocol.md §9, upkeep).
+        polling = _FailureEpisode("looking for other processes' writes")
+        upkeep = _FailureEpisode("housekeeping (applying held values, writing peers' acks, "
+                                 "trimming the log)")
         while True:
             await trio.sleep(self.config.poll_interval)
-            self._notice_foreign_writes()
+            try:
+                self._notice_foreign_writes()
+            except StoreError as e:
+                polling.failed(e, self.config.poll_interval)
+            else:
+                polling.succeeded()
             now = trio.current_time()
             if now - self._last_housekeeping >= self.config.trim_interval:
                 self._last_housekeeping = now
-                # In the replica's own thread; the snapshot is for the metrics thread.
-                self.status_snapshot = self.replica.housekeeping()
+                try:
+                    # In the replica's own thread; the snapshot is for the metrics thread.
+                    self.status_snapshot = self.replica.housekeeping()
+                except StoreError as e:  # the acks stay noted in memory for the retry
+                    upkeep.failed(e, self.config.trim_interval)
+                else:
+                    upkeep.succeeded()
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -484,6 +501,35 @@ def _remote_address(stream: trio.abc.Stream) -> str:
         return str(stream.socket.getpeername()[0])
     except OSError:  # already reset by the peer
         return ""
+
+
+class _FailureEpisode:
+    """A periodic task of the Node that fails and is retried: logged when it starts failing
+    (once, however many ticks fail, unless the cause changes) and when it works again."""
+
+    __slots__ = ("cause", "failures", "since", "what")
+
+    def __init__(self, what: str):
+        self.what = what
+        self.failures = 0
+        self.since = 0.0
+        self.cause: str | None = None  # the last cause logged, its numbers left out
+
+    def failed(self, error: StoreError, retry_every: float) -> None:
+        if self.failures == 0:
+            self.since = trio.current_time()
+        self.failures += 1
+        cause = _failure_kind(str(error))
+        if cause != self.cause:
+            self.cause = cause
+            log.error("%s failed: %s; serving goes on, retrying every %g s (logged again "
+                      "when it works or the cause changes)", self.what, error, retry_every)
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.warning("%s works again, after %d failed attempt(s) over %.1f s", self.what,
+                        self.failures, trio.current_time() - self.since)
+        self.failures, self.cause = 0, None
 
 
 class _LinkEnd(NamedTuple):

@@ -444,12 +444,6 @@ def test_real_servers_converge_after_kill_9_cuts_partitions_clock_skew_and_disk_
                            converge_deadline=60.0, damage_share=1.0, disk_full_weight=5,
                            disk_mib=64)  # small: a fill writes what is free
     report = trio.run(run_cluster, 7, config)
-    # Known crdtim bug, not the harness's (found by this fault): a running server's
-    # once-a-second housekeeping (Replica.housekeeping -> trim_log writing the acks it
-    # noted) is not guarded like a link's apply, so a full disk there ends the server
-    # (`crdtim: error: ...: write failed: no space left on device`). `make faults` fails on
-    # it; here it is tolerated, by name, so that this test judges everything else.
-    report.problems = [p for p in report.problems if "exited while its disk was full" not in p]
     assert report.ok, report.to_json()
     # A disk filled and emptied; each heal damaged the killed server's file first, and the
     # operator's steps (start, verify, repair) ran; no server logged a traceback.

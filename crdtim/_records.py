@@ -18,6 +18,7 @@ __all__ = [
     "CHECKSUM_BYTES",
     "describe_key",
     "describe_lmdb_error",
+    "describe_os_error",
     "order_key",
     "order_key_of",
     "seal",
@@ -73,7 +74,9 @@ def unseal(path: str, database: str, key: bytes, raw: bytes) -> bytes:
 _OS_FAILURES = ((errno.ENOSPC, "no space left on device"), (errno.EDQUOT, "disk quota exceeded"),
                 (errno.EIO, "I/O error (the disk is failing, or full on a device that reports "
                             "a full disk so)"),
-                (errno.EROFS, "read-only file system"))
+                (errno.EROFS, "read-only file system"),
+                (errno.EFBIG, "file too large (over the process's file size limit: ulimit -f, "
+                              "RLIMIT_FSIZE)"))
 
 
 def describe_lmdb_error(e: BaseException) -> str:
@@ -82,6 +85,16 @@ def describe_lmdb_error(e: BaseException) -> str:
     for code, words in _OS_FAILURES:
         if os.strerror(code) in text:
             return f"{words} ({text})"
+    return text
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as one line that starts with what went wrong on the disk, if it was (as
+    describe_lmdb_error does for LMDB's); the caller names the path."""
+    text = e.strerror or str(e)
+    for code, words in _OS_FAILURES:
+        if e.errno == code:
+            return f"{words} ([Errno {code}] {text})"
     return text
 
 

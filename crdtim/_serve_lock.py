@@ -16,7 +16,8 @@ import fcntl
 import os
 from types import TracebackType
 
-from .errors import CrdtimError
+from ._records import describe_os_error
+from .errors import CrdtimError, StoreError
 
 __all__ = ["SERVE_LOCK_FILE", "ServeLock", "ServeLockedError"]
 
@@ -44,7 +45,10 @@ class ServeLock:
         self._fd: int | None = None
 
     def __enter__(self) -> ServeLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise self._failed(e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -55,10 +59,19 @@ class ServeLock:
             os.close(fd)
             raise
         # Ours now: record who holds it, for the refusal the next server prints.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:  # a full disk (ENOSPC), a file size limit (EFBIG), ...
+            os.close(fd)
+            raise self._failed(e) from None
         self._fd = fd
         return self
+
+    def _failed(self, e: OSError) -> StoreError:
+        """An OSError met taking the lock, as the store names its failures: the file, what
+        it was doing, and the disk's failure first (specs/storage.md §6)."""
+        return StoreError(f"{self.path}: cannot take the serve lock: {describe_os_error(e)}")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

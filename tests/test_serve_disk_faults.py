@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import trio
 import trio.testing
 
@@ -89,3 +90,75 @@ async def test_polling_for_other_processes_writes_survives_a_failing_read(
     assert len(calls) == 6  # tried again at each tick until it worked, then not again
     assert len(_lines(caplog, "other processes' writes failed")) == 1
     assert len(_lines(caplog, "other processes' writes works again")) == 1
+
+
+# -- what a full disk and a file size limit are called ---------------------------------------
+
+
+def test_a_full_disk_taking_the_serve_lock_names_the_file_and_the_cause(tmp_path, monkeypatch):
+    # Regression: ENOSPC writing the pid into serve.lock reached the user as a bare
+    # "[Errno 28] No space left on device", naming no file.
+    import errno
+    import os
+
+    from crdtim import _serve_lock, cli
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(_serve_lock.os, "pwrite", full)
+    with pytest.raises(StoreError) as caught:
+        with _serve_lock.ServeLock(str(tmp_path)):
+            pass
+    lock = os.path.join(str(tmp_path), "serve.lock")
+    assert str(caught.value).startswith(f"{lock}: cannot take the serve lock: no space left "
+                                        f"on device ([Errno 28] ")
+    assert _lock_is_free(lock)  # the descriptor was closed: nothing held
+    data = str(tmp_path / "r")
+    assert cli.main(["--data", data, "init"]) == 0
+    assert cli.main(["--data", data, "serve", "--listen", "127.0.0.1:0"]) == 1
+
+
+def _lock_is_free(path: str) -> bool:
+    import fcntl
+    import os
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+_FILE_SIZE_LIMIT_CHILD = r"""
+import os, resource, sys
+from crdtim import Replica
+from crdtim.errors import StoreError
+with Replica.open(sys.argv[1]) as r:
+    size = os.path.getsize(os.path.join(sys.argv[1], "data.mdb"))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+    try:
+        with r.batch():
+            for i in range(2000):
+                r.set_title(f"c{i}", "x" * 1000)
+    except StoreError as e:
+        print(e)
+    else:
+        print("no error")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+"""
+
+
+def test_a_file_size_limit_is_named_file_too_large_first(tmp_path):
+    # Regression: EFBIG (RLIMIT_FSIZE, `ulimit -f`) was reported as LMDB's bare
+    # "mdb_txn_commit: File too large", not named first like ENOSPC (specs/storage.md §6).
+    import subprocess
+    import sys
+    path = str(tmp_path / "r")
+    done = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT_CHILD, path],
+                          capture_output=True, text=True, check=True, timeout=60)
+    message = done.stdout.strip()
+    assert message.startswith(f"{path}: write failed: file too large (over the process's "
+                              f"file size limit"), message
+    assert "File too large" in message  # LMDB's own words follow, in brackets

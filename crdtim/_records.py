@@ -12,13 +12,14 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import CorruptStoreError
+from .errors import CorruptStoreError, StoreError
 
 __all__ = [
     "CHECKSUM_BYTES",
     "describe_key",
     "describe_lmdb_error",
     "describe_os_error",
+    "lmdb_failure",
     "order_key",
     "order_key_of",
     "seal",
@@ -86,6 +87,16 @@ def describe_lmdb_error(e: BaseException) -> str:
         if os.strerror(code) in text:
             return f"{words} ({text})"
     return text
+
+
+def lmdb_failure(path: str, e: BaseException, damaged: bool, doing: str = "") -> StoreError:
+    """The error to raise for an LMDB error on the replica at `path` (specs/storage.md §6):
+    `damaged` (LMDB's own checks failed on a page: MDB_CORRUPTED, MDB_PAGE_NOTFOUND) is
+    CorruptStoreError naming the data file, else StoreError with the disk's failure first."""
+    if damaged:
+        return CorruptStoreError(f"{path}: {doing}damaged database "
+                                 f"({os.path.join(path, 'data.mdb')}): {e}; run `crdtim verify`")
+    return StoreError(f"{path}: {doing}{describe_lmdb_error(e)}")
 
 
 def describe_os_error(e: OSError) -> str:

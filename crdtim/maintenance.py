@@ -384,13 +384,21 @@ def walk(path: str | os.PathLike[str], repair: bool = False) -> VerifyReport:
         return report
     with replica:
         store = replica.store
-        if repair:
-            def fix(t: Txn) -> tuple[_Findings, dict[str, Any]]:
-                f = _find(t, store.path, replica)
-                return f, _repair(t, f)
-            found, report.repaired = store.write(fix)
-        else:
-            found = store.read(lambda t: _find(t, store.path, replica))
+        try:
+            if repair:
+                def fix(t: Txn) -> tuple[_Findings, dict[str, Any]]:
+                    f = _find(t, store.path, replica)
+                    return f, _repair(t, f)
+                found, report.repaired = store.write(fix)
+            else:
+                found = store.read(lambda t: _find(t, store.path, replica))
+        except CorruptStoreError as e:
+            # LMDB's own checks failed on a page (MDB_CORRUPTED, MDB_PAGE_NOTFOUND): the walk
+            # cannot get past it, so nothing can be repaired (specs/storage.md §8a).
+            report.problems.append(Problem("data.mdb", "", "LMDB's page structure is "
+                                           "damaged, the walk cannot go on: "
+                                           + str(e).removesuffix("; run `crdtim verify`")))
+            return report
     report.problems, report.checked = found.problems, found.checked
     return report
 

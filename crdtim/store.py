@@ -37,6 +37,7 @@ from ._records import (
     CHECKSUM_BYTES,
     describe_key,
     describe_lmdb_error,
+    lmdb_failure,
     order_key,
     order_key_of,
     seal,
@@ -68,6 +69,7 @@ MAX_CID_BYTES = 511 - 9
 #: A log entry frames its origin with one length byte.
 MAX_ORIGIN_BYTES = 255
 _OPEN_IN_THIS_PROCESS: set[str] = set()
+_PAGE_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError)  # LMDB's checks of its pages
 DURABILITY_MODES = ("sync", "nosync")
 
 
@@ -437,7 +439,7 @@ class Store:
             except lmdb.MapResizedError:
                 self._grow(0)
             except lmdb.Error as e:
-                raise StoreError(f"{self.path}: {describe_lmdb_error(e)}") from None
+                raise lmdb_failure(self.path, e, isinstance(e, _PAGE_DAMAGE)) from None
         raise StoreError(f"{self.path}: the map kept being resized by another process")
 
     def write(self, fn: Callable[[Txn], T]) -> T:
@@ -455,7 +457,8 @@ class Store:
             except lmdb.MapResizedError:
                 self._grow(0)
             except lmdb.Error as e:  # disk full, read-only file system...: nothing committed
-                raise StoreError(f"{self.path}: write failed: {describe_lmdb_error(e)}") from None
+                raise lmdb_failure(self.path, e, isinstance(e, _PAGE_DAMAGE), "write failed: "
+                                   ) from None
 
     def database(self, name: str) -> Any:
         """The handle of a named database (one of DATABASES), by name."""

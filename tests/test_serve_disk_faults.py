@@ -162,3 +162,42 @@ def test_a_file_size_limit_is_named_file_too_large_first(tmp_path):
     assert message.startswith(f"{path}: write failed: file too large (over the process's "
                               f"file size limit"), message
     assert "File too large" in message  # LMDB's own words follow, in brackets
+
+
+# -- a damaged page of LMDB's own structure ---------------------------------------------------
+
+
+def test_a_page_of_the_wrong_type_is_a_corrupt_store_error_and_a_verify_problem(tmp_path, capsys):
+    # Regression (a CI run of the short real fault run): LMDB's "mdb_cursor_get:
+    # MDB_CORRUPTED: Located page was wrong type" reached callers as a plain StoreError
+    # naming no file, and `crdtim verify` died of it ("verify failed: ...") instead of
+    # reporting the damage, so the operator's flow (verify, then repair or replace) broke.
+    import random
+
+    from crdtim import cli, maintenance
+    from crdtim.errors import CorruptStoreError
+    from crdtim.replica import Replica
+    from tests.faults.disk import damage_data_file, live_values
+
+    path = str(tmp_path / "r")
+    with Replica.open(path) as r:  # a few conversations: one leaf page, the root of `convs`
+        for i in range(3):
+            r.set_title(f"c{i}", f"title {i}")
+    damage = damage_data_file(path, random.Random(1), live_values(path, random.Random(1)),
+                              structure=True)
+    assert damage.live
+    data = f"{path}/data.mdb"
+    with Replica.open(path, create=False) as r:
+        with pytest.raises(CorruptStoreError) as caught:
+            r.get("c1")
+    assert f"damaged database ({data}): " in str(caught.value)
+    assert "MDB_CORRUPTED" in str(caught.value)
+    for repair in (False, True):  # reported, not raised; and not repairable by the walk
+        found = maintenance.verify(path, repair=repair)
+        assert not found.ok and found.crashed is None and found.repaired is None
+        assert found.problems[0].database == "data.mdb"
+        assert "page structure is damaged" in found.problems[0].problem
+    capsys.readouterr()
+    assert cli.main(["--data", path, "show", "c1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("crdtim: error: ") and data in err

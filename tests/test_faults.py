@@ -445,10 +445,14 @@ def test_real_servers_converge_after_kill_9_cuts_partitions_clock_skew_and_disk_
                            disk_mib=64)  # small: a fill writes what is free
     report = trio.run(run_cluster, 7, config)
     assert report.ok, report.to_json()
-    # A disk filled and emptied; each heal damaged the killed server's file first, and the
-    # operator's steps (start, verify, repair) ran; no server logged a traceback.
+    # A disk filled and emptied; each heal damaged the killed server's file first (a value,
+    # then LMDB's structure), where live records are, and the operator's steps (verify,
+    # repair or replace, before the server starts) found both; no server logged a traceback.
     assert report.faults["disk_full"] >= 1 and report.faults["damaged_file"] == 2
-    assert sum(report.damage.values()) >= 2 and report.server_tracebacks == 0
+    assert report.faults["damage_value"] == 1 and report.faults["damage_structure"] == 1
+    assert report.damages["tried"] == report.damages["hit_live_data"] == 2, report.damage_notes
+    assert report.damages["detected"] == 2 and report.damage["no_damage_seen"] == 0
+    assert report.server_tracebacks == 0
     assert report.rounds == 2 and len(report.converge_seconds) == 2
     assert report.acked_ops > 50 and report.faults["kill9_server"] >= 2
     assert report.kinds["post"] > 0 and report.kinds["append"] > 0  # histories too

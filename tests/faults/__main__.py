@@ -116,6 +116,10 @@ def _real_lines(real: dict[str, Any]) -> list[str]:
                     or "none")
                  + f"; acknowledged writes at risk from damage {real['at_risk_ops']}; "
                  f"tracebacks in server logs {real['server_tracebacks']}")
+    d = real["damages"]
+    lines.append(f"  damages tried {d['tried']}, hit live data {d['hit_live_data']}, detected "
+                 f"{d['detected']}, crashed a crdtim process (liblmdb abort) {d['crashed']}; "
+                 f"problems {len(real['problems'])}")
     lines.append(f"  convergence after heal (s): {real['converge_seconds_after_heal']}; longest "
                  f"{real['max_converge_seconds_after_heal']} s; not converged "
                  f"{real['not_converged']}")

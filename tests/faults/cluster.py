@@ -12,7 +12,7 @@ measured; then the checker judges the states against every operation acknowledge
 Disk faults (disk.py, specs/faults.md §4.1-4.2): each data directory is its own tmpfs, filled
 for a while during a round (writes refused meanwhile are reported, not acknowledged); and at
 some heals the killed server's data file is damaged where live records are, then verified
-and repaired (or replaced) as an operator would before its server starts again (operator.py),
+and repaired (or replaced) as an operator would before its server starts again (repair.py),
 and the writes it may legitimately lose are given to the checker. The processes themselves
 (start, kill -9, pause, their logs) are processes.py's; this module holds the schedule: the
 rounds, the faults and when they happen, the heals, and the report.
@@ -37,7 +37,7 @@ from crdtim.replica import Replica
 
 from .checker import AckedOp, Verdict, check
 from .disk import Disks
-from .operator import damage_and_recover
+from .repair import damage_and_recover
 from .processes import (
     Server,
     Workload,

@@ -1,7 +1,7 @@
 """The processes of the real-process run (cluster.py): `crdtim serve` servers and workload
 children, started, killed (-9), paused and stopped, and what they leave behind (their logs,
 their data directories read back). Which faults happen when is cluster.py's; what an operator
-does with a damaged file is operator.py's.
+does with a damaged file is repair.py's.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from ._core import ReplicaCore
 from ._message_index import MessageIndex
 from ._subscriptions import MESSAGES
 
-__all__ = ["Page", "Reads", "decode_cursor", "encode_cursor"]
+__all__ = ["Page", "Reads", "decode_cursor", "encode_cursor", "too_many_messages"]
 
 
 T = TypeVar("T")
@@ -187,7 +187,7 @@ class Reads(ReplicaCore):
                     if max_bytes is not None and size > max_bytes and acc:
                         break
                     entry = self._decode_log(payload)
-                    if acc and _too_many_messages(acc, entry):
+                    if acc and too_many_messages(acc, entry):
                         break
                     _join_into(acc, entry)
                 to = seq
@@ -323,11 +323,12 @@ def _transfer_place(place: str | None) -> tuple[str | None, bytes | None, bool]:
     return place[1:], None, True
 
 
-def _too_many_messages(acc: dict[str, Fields], entry: ConversationMap) -> bool:
+def too_many_messages(acc: dict[str, Fields], entry: ConversationMap) -> bool:
     """Whether joining `entry` could give one conversation more message and choice records,
     or one message more appends, than a peer decodes in one delta (codec.Limits.max_messages,
     max_appends): then it goes in the next DELTA. A single entry never has more (local
-    writes refuse or fold it, remote ones were decoded under it)."""
+    writes refuse or fold it, remote ones were decoded under it, held ones are kept apart by
+    _pending.hold)."""
     limits = codec.DEFAULT_LIMITS
     for cid, fields in entry.convs.items():
         history = fields.get(MESSAGES)

@@ -331,18 +331,19 @@ def too_many_messages(acc: dict[str, Fields], entry: ConversationMap) -> bool:
     _pending.hold)."""
     limits = codec.DEFAULT_LIMITS
     for cid, fields in entry.convs.items():
-        history = fields.get(MESSAGES)
-        held = acc.get(cid, {}).get(MESSAGES)
-        if history is None or held is None:
-            continue
-        if _records(history) + _records(held) > limits.max_messages:
-            return True
-        # Appends per message too: an interval that leaves out the peer's own entries leaves
-        # out its edits, which are what drops appends made on older texts.
-        for mid, m in history.messages.items():
-            mine = held.messages.get(mid)
-            if mine is not None and len(m.appends) + len(mine.appends) > limits.max_appends:
+        for name, _ in entry.schema.histories:  # `messages`, and an app's own histories
+            history = fields.get(name)
+            held = acc.get(cid, {}).get(name)
+            if history is None or held is None:
+                continue
+            if _records(history) + _records(held) > limits.max_messages:
                 return True
+            # Appends per message too: an interval that leaves out the peer's own entries
+            # leaves out its edits, which are what drops appends made on older texts.
+            for mid, m in history.messages.items():
+                mine = held.messages.get(mid)
+                if mine is not None and len(m.appends) + len(mine.appends) > limits.max_appends:
+                    return True
     return False
 
 

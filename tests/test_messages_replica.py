@@ -261,3 +261,57 @@ def test_a_streamed_reply_grows_the_conversations_preview(a: Replica, b: Replica
     assert a.get("c").last_preview.startswith("The answer")  # type: ignore[union-attr]
     a.append("c", "u1", " (earlier message)")  # not the last message: the preview stays
     assert a.get("c").last_preview.startswith("The answer")  # type: ignore[union-attr]
+
+
+def test_held_histories_are_applied_in_entries_a_peer_decodes(open_replica,
+                                                               monkeypatch) -> None:
+    """crdt.md §8.7: two histories held for the same time and conversation were joined into
+    one pending entry and applied as one log entry of 6 records, which a peer decoding at
+    most 5 per delta refused, stalling the link. The second now waits in an entry of its own,
+    a millisecond later."""
+    from crdtim import codec
+    monkeypatch.setattr(codec.DEFAULT_LIMITS, "max_messages", 5)
+    clock = {"now": 1_000_000}
+    here = open_replica("here", now_ms=lambda: clock["now"])
+    for name in ("ahead1", "ahead2"):
+        ahead = open_replica(name, now_ms=lambda: clock["now"] + 3_600_000)
+        with ahead.batch():
+            for n in range(3):
+                ahead.post("c", "x", id=f"{name}-{n}")
+        here.apply_delta(ahead.delta_since(0), origin=ahead.id)
+    assert here.status()["pending"]["count"] == 2
+    clock["now"] += 3_600_001
+    here.apply_pending()
+    assert len(here.history("c").items) == 6
+    for _, _, payload in here.store.read(lambda t: list(t.log_entries(0))):
+        codec.decode_map(payload, here.schema)  # within DEFAULT_LIMITS, or DecodeError
+
+
+def test_an_apps_own_history_field_is_bounded_per_entry_like_messages(open_replica,
+                                                                      monkeypatch) -> None:
+    """crdt.md §8.7: group commit and delta intervals bounded `messages` only; an app's own
+    History field joined two DELTAs of 3 records into one forwarded entry of 6, over the 5 a
+    peer decodes."""
+    from test_memory_amplification import drive
+
+    from crdtim import DEFAULT_SCHEMA, Field, codec
+    from crdtim.crdt import ConversationMap, History
+    from crdtim.protocol import SyncSession
+    monkeypatch.setattr(codec.DEFAULT_LIMITS, "max_messages", 5)
+    schema = DEFAULT_SCHEMA.extend(Field("notes", 64, History, clocked=True))
+    source = open_replica("source")
+    relay = open_replica("relay", schema=schema)
+    sink = open_replica("sink", schema=schema)
+    for k in range(2):
+        with source.batch():
+            for n in range(3):
+                source.post("c", "x", id=f"m{k}{n}")
+        _, _, payload = source.store.read(lambda t: list(t.log_entries(k)))[0]
+        history = codec.decode_map(payload, source.schema).fields("c")["messages"]
+        relay.apply_map(ConversationMap({"c": {"notes": history}}, schema), "app")
+    assert relay.head == 2
+    drive(SyncSession(relay), SyncSession(sink))
+    assert sink.state() == relay.state()
+    for _, _, payload in sink.store.read(lambda t: list(t.log_entries(0))):
+        notes = codec.decode_map(payload, schema).fields("c")["notes"]
+        assert len(notes.messages) + len(notes.choices) <= 5

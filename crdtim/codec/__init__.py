@@ -33,7 +33,7 @@ from ._limits import (
     STORAGE_LIMITS,
     Limits,
 )
-from ._msgpack import pack, unpack
+from ._msgpack import MAX_FRAME_FIELDS, pack, unpack, unpack_frame
 from ._received import (
     MAX_SHARED_TABLE,
     Received,
@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "FORMAT_VERSION",
     "MAX_COUNTER",
+    "MAX_FRAME_FIELDS",
     "MAX_INT",
     "MAX_MESSAGE_ID_BYTES",
     "MAX_READ_BY_MEMBERS",  # fixed: part of the read_by lattice's join (crdt/maxmap.py)
@@ -70,4 +71,5 @@ __all__ = [
     "store_received",
     "trusted_map",  # re-exported from crdt.conversation, its home, for the replica
     "unpack",
+    "unpack_frame",  # a frame body: a flat list, refused while read when it is not one
 ]

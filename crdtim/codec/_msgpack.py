@@ -61,6 +61,58 @@ def unpack(data: bytes | bytearray | memoryview,
         raise DecodeError(f"not valid msgpack: {_reason(e)}") from None
 
 
+#: The most fields a frame body may hold (specs/protocol.md §2): HELLO, the longest, has 6.
+MAX_FRAME_FIELDS = 16
+
+
+class _SecondContainer(Exception):
+    """Raised inside msgpack's unpacking: a frame body held a nested array or a map."""
+
+
+def _no_map(pairs: Any) -> Any:
+    raise _SecondContainer
+
+
+def unpack_frame(data: bytes | bytearray | memoryview, max_bytes: int) -> Any:
+    """A frame body -> its list of at most MAX_FRAME_FIELDS scalars, strings and bytes;
+    DecodeError for anything else (specs/protocol.md §2: no frame field is an array or a map;
+    payloads travel as bytes).
+
+    A body of the wrong shape is refused while it is read, not after: an 8 MiB array of
+    empty arrays would otherwise build 8 million lists (about 500 MiB) before any field was
+    looked at (specs/security.md §7). Arrays are capped at MAX_FRAME_FIELDS items and the
+    second array to be completed (the outer one completes last) stops the unpacking, so at
+    most the nesting depth times MAX_FRAME_FIELDS objects are ever built.
+    """
+    if len(data) > max_bytes:
+        raise DecodeError(f"{len(data)} bytes is over the limit of {max_bytes}")
+    lists = 0
+
+    def one_list(items: list[Any]) -> list[Any]:
+        nonlocal lists
+        lists += 1
+        if lists > 1:
+            raise _SecondContainer
+        return items
+
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=False, ext_hook=_no_ext,
+            max_array_len=MAX_FRAME_FIELDS, list_hook=one_list, object_pairs_hook=_no_map)
+    except _SecondContainer:
+        raise DecodeError("a frame field is an array or a map; fields are scalars, strings "
+                          "or bytes") from None
+    except DecodeError:
+        raise
+    except msgpack.ExtraData:
+        raise DecodeError("trailing bytes after the msgpack value") from None
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as e:
+        if "exceeds max_array_len" in str(e):
+            raise DecodeError(f"an array of more than {MAX_FRAME_FIELDS} items; a frame has at "
+                              f"most {MAX_FRAME_FIELDS} fields") from None
+        raise DecodeError(f"not valid msgpack: {_reason(e)}") from None
+
+
 def stream(data: bytes) -> msgpack.Unpacker:
     """An unpacker reading `data` one value (or one container header) at a time, with the
     rules of `unpack`, for code that must look at a large value without building all of it

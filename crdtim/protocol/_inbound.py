@@ -67,8 +67,9 @@ class Inbound:
         start = end = self._expect_from
         deltas: list[ConversationMap] = []
         nbytes = conversations = 0
-        messages: dict[str, int] = {}  # message and choice records per conversation
-        appended: dict[tuple[str, str], int] = {}  # appends per (conversation, message)
+        # message and choice records per (conversation, history field); appends per message
+        messages: dict[tuple[str, str], int] = {}
+        appended: dict[tuple[str, str, str], int] = {}
         error = None
         rest: list[Delta] = []
         for i, m in enumerate(group):
@@ -91,10 +92,10 @@ class Inbound:
                 break
             records, appends = _message_records(delta)
             if deltas and (conversations + len(delta.convs) > MAX_FRAME_CONVERSATIONS
-                           or any(messages.get(cid, 0) + n > self._limits.max_messages
-                                  for cid, n in records.items())
-                           or any(appended.get(key, 0) + n > self._limits.max_appends
-                                  for key, n in appends.items())):
+                           or any(messages.get(key, 0) + n > self._limits.max_messages
+                                  for key, n in records.items())
+                           or any(appended.get(message, 0) + n > self._limits.max_appends
+                                  for message, n in appends.items())):
                 # The join is one transaction and one log entry, which we forward: it must
                 # stay within a frame's conversations, and within the message records a
                 # peer decodes per conversation, too. The rest is the next group.
@@ -102,10 +103,10 @@ class Inbound:
                 break
             deltas.append(delta)
             conversations += len(delta.convs)
-            for cid, n in records.items():
-                messages[cid] = messages.get(cid, 0) + n
-            for key, n in appends.items():
-                appended[key] = appended.get(key, 0) + n
+            for key, n in records.items():
+                messages[key] = messages.get(key, 0) + n
+            for message, n in appends.items():
+                appended[message] = appended.get(message, 0) + n
             end, nbytes = m.end, nbytes + len(m.payload)
         events: list[Event] = []
         if deltas:
@@ -180,16 +181,19 @@ class Inbound:
 
 
 def _message_records(delta: ConversationMap
-                     ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-    """Message and choice records per conversation of `delta`, and appends per message
-    (specs/crdt.md §8.7): what a joined, forwarded entry must keep within a peer's bounds."""
-    records: dict[str, int] = {}
-    appends: dict[tuple[str, str], int] = {}
+                     ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str, str], int]]:
+    """Message and choice records per history field of each conversation of `delta`, and
+    appends per message (specs/crdt.md §8.7): what a joined, forwarded entry must keep
+    within a peer's bounds. `messages` and an app's own histories alike."""
+    records: dict[tuple[str, str], int] = {}
+    appends: dict[tuple[str, str, str], int] = {}
     for cid, fields in delta.convs.items():
-        history = fields.get("messages")
-        if history is not None:
-            records[cid] = len(history.messages) + len(history.choices)
+        for name, _ in delta.schema.histories:
+            history = fields.get(name)
+            if history is None:
+                continue
+            records[cid, name] = len(history.messages) + len(history.choices)
             for mid, m in history.messages.items():
                 if m.appends:
-                    appends[cid, mid] = len(m.appends)
+                    appends[cid, name, mid] = len(m.appends)
     return records, appends

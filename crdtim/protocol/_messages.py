@@ -238,7 +238,7 @@ def encode_frame(m: Message) -> bytes:
 
 def _parse_message(body: bytes | memoryview, max_bytes: int) -> Message:
     try:
-        obj = codec.unpack(body, max_bytes)
+        obj = codec.unpack_frame(body, max_bytes)
     except DecodeError as e:
         raise RemoteProtocolError(f"malformed frame: {e}") from None
     if type(obj) is not list or not obj or type(obj[0]) is not int:

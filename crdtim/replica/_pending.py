@@ -18,6 +18,7 @@ from ..crdt import ConversationMap, Hlc, Schema, join_fields, novel_fields, trus
 from ..crdt.conversation import Fields
 from ..errors import CorruptStoreError, DecodeError
 from ..store import Txn
+from ._reads import too_many_messages
 from ._subscriptions import Changed
 from ._write import WriteHost, WriteTxn
 
@@ -65,13 +66,20 @@ def hold(t: Txn, later: Later, origin: str, schema: Schema) -> None:
     """Store the values of `later` in `pending`, joined with any held for the same time and
     conversation (then with no single origin: "", forwarded to every peer)."""
     for (wall, cid), fields in later.items():
-        held = t.pending_entry(wall, cid)
         held_origin = origin
-        if held is not None:
+        while (held := t.pending_entry(wall, cid)) is not None:
             before, payload = held
-            fields = join_fields(_decoded(payload, schema).fields(cid), fields)
+            held_fields = _decoded(payload, schema).fields(cid)
+            # A held entry is applied as one log entry, which is forwarded and must stay
+            # within what a peer decodes in one delta (crdt.md §8.7): past that, this part
+            # waits in an entry of its own, a millisecond later.
+            if too_many_messages({cid: held_fields}, trusted_map({cid: fields}, schema)):
+                wall += 1
+                continue
+            fields = join_fields(held_fields, fields)
             if before != origin:
                 held_origin = ""
+            break
         t.put_pending(wall, cid, held_origin,
                       codec.encode_map(trusted_map({cid: fields}, schema)))
 

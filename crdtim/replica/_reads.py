@@ -31,7 +31,7 @@ from ._core import ReplicaCore
 from ._message_index import MessageIndex
 from ._subscriptions import MESSAGES
 
-__all__ = ["Page", "Reads", "decode_cursor", "encode_cursor"]
+__all__ = ["Page", "Reads", "decode_cursor", "encode_cursor", "too_many_messages"]
 
 
 T = TypeVar("T")
@@ -187,7 +187,7 @@ class Reads(ReplicaCore):
                     if max_bytes is not None and size > max_bytes and acc:
                         break
                     entry = self._decode_log(payload)
-                    if acc and _too_many_messages(acc, entry):
+                    if acc and too_many_messages(acc, entry):
                         break
                     _join_into(acc, entry)
                 to = seq
@@ -323,25 +323,27 @@ def _transfer_place(place: str | None) -> tuple[str | None, bytes | None, bool]:
     return place[1:], None, True
 
 
-def _too_many_messages(acc: dict[str, Fields], entry: ConversationMap) -> bool:
+def too_many_messages(acc: dict[str, Fields], entry: ConversationMap) -> bool:
     """Whether joining `entry` could give one conversation more message and choice records,
     or one message more appends, than a peer decodes in one delta (codec.Limits.max_messages,
     max_appends): then it goes in the next DELTA. A single entry never has more (local
-    writes refuse or fold it, remote ones were decoded under it)."""
+    writes refuse or fold it, remote ones were decoded under it, held ones are kept apart by
+    _pending.hold)."""
     limits = codec.DEFAULT_LIMITS
     for cid, fields in entry.convs.items():
-        history = fields.get(MESSAGES)
-        held = acc.get(cid, {}).get(MESSAGES)
-        if history is None or held is None:
-            continue
-        if _records(history) + _records(held) > limits.max_messages:
-            return True
-        # Appends per message too: an interval that leaves out the peer's own entries leaves
-        # out its edits, which are what drops appends made on older texts.
-        for mid, m in history.messages.items():
-            mine = held.messages.get(mid)
-            if mine is not None and len(m.appends) + len(mine.appends) > limits.max_appends:
+        for name, _ in entry.schema.histories:  # `messages`, and an app's own histories
+            history = fields.get(name)
+            held = acc.get(cid, {}).get(name)
+            if history is None or held is None:
+                continue
+            if _records(history) + _records(held) > limits.max_messages:
                 return True
+            # Appends per message too: an interval that leaves out the peer's own entries
+            # leaves out its edits, which are what drops appends made on older texts.
+            for mid, m in history.messages.items():
+                mine = held.messages.get(mid)
+                if mine is not None and len(m.appends) + len(mine.appends) > limits.max_appends:
+                    return True
     return False
 
 

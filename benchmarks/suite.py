@@ -376,7 +376,8 @@ def bench_nosync(sz: dict[str, Any], wd: Workdir, hw: dict[str, Row]) -> list[Ro
     for run in range(sz["runs"]):
         d = wd.fresh("nosync-single")
         r = Replica.open(d, durability="nosync")
-        bench_local.populate(r, n_convs)
+        # the first message's seq is the plan's highest read marker (mark_read checks it)
+        bench_local.populate(r, n_convs, last_seq=max(1, -(-n // n_convs)))
 
         def crdtim_ops() -> None:
             for what, i, arg in plan:
@@ -433,7 +434,7 @@ def make_remote(sz: dict[str, Any], wd: Workdir, n: int) -> dict[str, Any]:
     n_convs = 1000
     adir = wd.fresh("session-A")
     a = Replica.open(adir, durability="nosync")
-    bench_local.populate(a, n_convs)
+    bench_local.populate(a, n_convs, last_seq=max(1, -(-n // n_convs)))
     init = a.delta_since(0)
     plan = plan_of(n, n_convs)
     frames = [encode_frame(Delta(start=0, end=1, payload=init))]
@@ -512,7 +513,7 @@ async def node_stream(n: int, wd: Workdir) -> float:
     adir, bdir = wd.fresh("stream-A"), wd.fresh("stream-B")
     a = Replica.open(adir, durability="nosync")
     b = Replica.open(bdir, durability="sync")
-    bench_local.populate(a, 1000)
+    bench_local.populate(a, 1000, last_seq=max(1, -(-n // 1000)))
     plan = plan_of(n, 1000)
     out: list[float] = []
     try:
@@ -870,8 +871,9 @@ def profile_goal(key: str, sz: dict[str, Any], wd: Workdir) -> tuple[cProfile.Pr
     if key in ("local.a", "local.b"):
         d = wd.fresh("profile-ops")
         r = Replica.open(d, durability="sync")
-        bench_local.populate(r, 1000)
-        plan = plan_of(sz["single_ops"] if key == "local.a" else 10 * sz["single_ops"], 1000)
+        n = sz["single_ops"] if key == "local.a" else 10 * sz["single_ops"]
+        bench_local.populate(r, 1000, last_seq=max(1, -(-n // 1000)))
+        plan = plan_of(n, 1000)
 
         def ops() -> None:
             for what, i, arg in plan:

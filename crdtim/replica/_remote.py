@@ -125,7 +125,7 @@ class RemoteApply(ReplicaCore):
                 t.put_received(*received)
             return due, w.finish(origin or UNKNOWN_ORIGIN)
 
-        due, changes = self.store.write(txn)
+        due, changes = self._write(txn)
         self._notify_applied(due)
         self._notify(changes, "remote", origin)
         return {cid for cid, *_ in changes}
@@ -137,7 +137,7 @@ class RemoteApply(ReplicaCore):
         first = self.store.read(lambda t: t.first_pending_wall())
         if first is None or first > now + self.max_clock_drift_ms:
             return set()
-        due = self.store.write(lambda t: apply_due(self, t, now))
+        due = self._write(lambda t: apply_due(self, t, now))
         self._notify_applied(due)
         return {cid for _, changes in due for cid, *_ in changes}
 

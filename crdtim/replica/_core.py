@@ -25,6 +25,7 @@ from ..errors import CorruptStoreError, DecodeError, ReplicaClosedError
 from ..store import Store, Txn
 from ._checks import InvalidArgument, check_seq
 from ._clock import LeasedClock
+from ._state_cache import StateCache
 from ._subscriptions import Change, Changed, ChangeFeed, Subscription, changed
 from ._write import LocalOp
 
@@ -89,6 +90,8 @@ class ReplicaCore:
         self._now = now_ms
         #: The hybrid clock in memory, and the lease on it stored in meta (_clock.py).
         self._leased_clock = LeasedClock()
+        #: Decoded states by the exact bytes they came from (_state_cache.py).
+        self._states = StateCache()
         # The open batch belongs to the task (or thread) that opened it, not to the replica:
         # another trio task writing meanwhile commits on its own, and is not lost if the
         # batch raises. Context variables are per task in trio and asyncio, per thread else.
@@ -204,8 +207,16 @@ class ReplicaCore:
     # -- decoding what this replica stored ---------------------------------------------------
 
     def _load(self, t: Txn, cid: str) -> Fields:
-        raw = t.conversation(cid)
-        return {} if raw is None else self._decode(cid, raw)
+        sealed = t.sealed_conversation(cid)
+        if sealed is None:
+            return {}
+        # Bytes already decoded (or encoded) by this process are not decoded again; any
+        # other bytes are checked and decoded (_state_cache.py).
+        fields = self._states.get(cid, sealed)
+        if fields is None:
+            fields = self._decode(cid, t.unseal_conversation(cid, sealed))
+            self._states.put(cid, sealed, fields)
+        return fields
 
     def _decode(self, cid: str, raw: bytes) -> Fields:
         try:

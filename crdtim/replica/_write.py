@@ -19,6 +19,7 @@ from ..errors import ClockDriftError
 from ..store import Txn, order_key_of
 from ._clock import LeasedClock
 from ._message_index import MessageIndex
+from ._state_cache import StateCache
 from ._subscriptions import MESSAGES, Changed, changed
 
 __all__ = ["MAX_REMOTE_COUNTER", "LocalOp", "WriteHost", "WriteTxn"]
@@ -36,6 +37,7 @@ class WriteHost(Protocol):
     schema: Schema
     max_clock_drift_ms: int
     _leased_clock: LeasedClock
+    _states: StateCache
 
     def _now(self) -> int: ...
 
@@ -141,13 +143,25 @@ class WriteTxn:
         """Write states, index, log entry and clock; return what changed."""
         t, schema = self.txn, self.replica.schema
         stored = self.stored
+        states = self.replica._states
         for cid in self.delta:
             state = self.new[cid]
-            if state is self.old[cid]:  # only its messages changed
+            old = self.old[cid]
+            if state is old:  # only its messages changed
                 continue
             raw = stored.get(cid) if stored else None
-            t.put_conversation(cid, codec.encode_fields(state, schema) if raw is None else raw)
-            t.replace_order_key(order_key_of(cid, self.old[cid]), order_key_of(cid, state))
+            if raw is None:
+                # Remembered with the bytes it is stored as: the next write of it (in this
+                # process, if no other writes it first) need not decode them again.
+                states.put(cid, t.put_conversation(cid, codec.encode_fields(state, schema)),
+                           state)
+            else:
+                t.put_conversation(cid, raw)
+            # The order key follows pinned and last_message only (specs/storage.md §2): a
+            # join keeps the very objects of the fields it did not change.
+            if not old or state.get("pinned") is not old.get("pinned") \
+                    or state.get("last_message") is not old.get("last_message"):
+                t.replace_order_key(order_key_of(cid, old), order_key_of(cid, state))
         # Which log entry this process wrote (None: none), so that its change feed does not
         # deliver it a second time as another process's (specs/storage.md §3).
         self.replica._note_logged(None)

@@ -21,8 +21,8 @@ __all__ = ["MAX_CACHED_STATES", "StateCache"]
 
 #: Conversations remembered, at most, and the most bytes of their stored values: a few MB
 #: of decoded states at most, whatever their texts hold.
-MAX_CACHED_STATES = 4096
-MAX_CACHED_BYTES = 1 << 20
+MAX_CACHED_STATES = 8192
+MAX_CACHED_BYTES = 2 << 20
 #: A larger value is not remembered: decoding it is mostly copying its texts, and a few
 #: large ones would crowd out the many small ones that decoding costs most for.
 MAX_CACHED_VALUE = 1024

@@ -43,7 +43,8 @@ def test_an_aborted_write_leaves_no_cached_state_behind(tmp_path, monkeypatch):
 def test_a_write_after_another_process_wrote_joins_into_that_process_state(tmp_path):
     path = tmp_path / "r"
     r = Replica.open(path, durability="nosync")
-    r.set_title("c", "parent")  # decoded, encoded and cached here
+    r.set_title("c", "first")
+    r.set_title("c", "parent")  # loaded, then encoded and cached here
     env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     child = subprocess.Popen([sys.executable, str(HERE / "replica_child.py"), "serve", str(path)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)

@@ -151,10 +151,12 @@ class WriteTxn:
                 continue
             raw = stored.get(cid) if stored else None
             if raw is None:
-                # Remembered with the bytes it is stored as: the next write of it (in this
-                # process, if no other writes it first) need not decode them again.
-                states.put(cid, t.put_conversation(cid, codec.encode_fields(state, schema)),
-                           state)
+                sealed = t.put_conversation(cid, codec.encode_fields(state, schema))
+                if old:
+                    # Remembered with the bytes it is stored as: the next write of it (in
+                    # this process, if no other writes it first) need not decode them again.
+                    # Not a new conversation's: a build of many would only churn the cache.
+                    states.put(cid, sealed, state)
             else:
                 t.put_conversation(cid, raw)
             # The order key follows pinned and last_message only (specs/storage.md §2): a

@@ -8,12 +8,10 @@ its decoded state; a load still reads the stored value in its own transaction an
 cached state only when the stored bytes are exactly the cached ones. So it never serves a
 state older than the last commit of any process (another process's write changes the bytes;
 an aborted write of ours leaves them as they were), and equal bytes decode to equal states.
-Bounded: the least recently used entries go first. No I/O here.
+Bounded: when full it starts again empty. No I/O here.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 from ..crdt.conversation import Fields
 
@@ -29,24 +27,26 @@ MAX_CACHED_VALUE = 1024
 
 
 class StateCache:
-    """conversation id -> (sealed bytes, the state they decode to), least recent first."""
+    """conversation id -> (sealed bytes, the state they decode to).
+
+    When full it is emptied at once rather than kept in least-recently-used order: a write
+    that misses (most writes of a batch over many conversations do) then costs a dict
+    lookup and a store, not the bookkeeping of an order.
+    """
 
     __slots__ = ("_bytes", "_entries", "_limit")
 
     def __init__(self, limit: int = MAX_CACHED_STATES) -> None:
         self._bytes = 0  # len() of the sealed values held
-        # An OrderedDict: dropping the oldest of a plain dict scans the holes that earlier
-        # drops left at its front.
-        self._entries: OrderedDict[str, tuple[bytes, Fields]] = OrderedDict()
+        self._entries: dict[str, tuple[bytes, Fields]] = {}
         self._limit = limit
 
     def get(self, cid: str, sealed: bytes) -> Fields | None:
         """The state `sealed` decodes to, if it is the value remembered for `cid`."""
         entry = self._entries.get(cid)
-        if entry is None or entry[0] != sealed:
-            return None
-        self._entries.move_to_end(cid)
-        return entry[1]
+        if entry is not None and entry[0] == sealed:
+            return entry[1]
+        return None
 
     def put(self, cid: str, sealed: bytes, state: Fields) -> None:
         """Remember that `sealed` (as stored) decodes to `state`; the caller must have made
@@ -55,12 +55,16 @@ class StateCache:
         old = entries.pop(cid, None)
         if old is not None:
             self._bytes -= len(old[0])
-        if len(sealed) > MAX_CACHED_VALUE:
+        size = len(sealed)
+        if size > MAX_CACHED_VALUE:
             return
+        if len(entries) >= self._limit or self._bytes + size > MAX_CACHED_BYTES:
+            entries.clear()
+            self._bytes = 0
+            if self._limit <= 0:
+                return
         entries[cid] = (sealed, state)
-        self._bytes += len(sealed)
-        while len(entries) > self._limit or self._bytes > MAX_CACHED_BYTES:
-            self._bytes -= len(entries.popitem(last=False)[1][0])
+        self._bytes += size
 
     def clear(self) -> None:
         self._entries.clear()

@@ -376,7 +376,8 @@ def bench_nosync(sz: dict[str, Any], wd: Workdir, hw: dict[str, Row]) -> list[Ro
     for run in range(sz["runs"]):
         d = wd.fresh("nosync-single")
         r = Replica.open(d, durability="nosync")
-        bench_local.populate(r, n_convs)
+        # the first message's seq is the plan's highest read marker (mark_read checks it)
+        bench_local.populate(r, n_convs, last_seq=max(1, -(-n // n_convs)))
 
         def crdtim_ops() -> None:
             for what, i, arg in plan:
@@ -410,8 +411,8 @@ def bench_nosync(sz: dict[str, Any], wd: Workdir, hw: dict[str, Row]) -> list[Ro
     return [
         Row("single", "crdtim single ops/s, nosync (1 op = 1 commit)", "ops/s", mine,
             hw1.values if hw1 else None, ref_label="raw LMDB nosync, 1 put per txn (hw)",
-            goal="(context)", ratios=[statistics.median(mine) / statistics.median(hw1.values)]
-            if hw1 else None),
+            goal=">= 0.50x", check=ratio_at_least(0.5),
+            ratios=[statistics.median(mine) / statistics.median(hw1.values)] if hw1 else None),
         Row("batched", "crdtim batched ops/s, nosync (1000 per batch)", "ops/s", batched,
             hw1000.values if hw1000 else None, ref_label="raw LMDB nosync, 1000 puts per txn (hw)",
             goal="(context)",
@@ -433,7 +434,7 @@ def make_remote(sz: dict[str, Any], wd: Workdir, n: int) -> dict[str, Any]:
     n_convs = 1000
     adir = wd.fresh("session-A")
     a = Replica.open(adir, durability="nosync")
-    bench_local.populate(a, n_convs)
+    bench_local.populate(a, n_convs, last_seq=max(1, -(-n // n_convs)))
     init = a.delta_since(0)
     plan = plan_of(n, n_convs)
     frames = [encode_frame(Delta(start=0, end=1, payload=init))]
@@ -512,7 +513,7 @@ async def node_stream(n: int, wd: Workdir) -> float:
     adir, bdir = wd.fresh("stream-A"), wd.fresh("stream-B")
     a = Replica.open(adir, durability="nosync")
     b = Replica.open(bdir, durability="sync")
-    bench_local.populate(a, 1000)
+    bench_local.populate(a, 1000, last_seq=max(1, -(-n // 1000)))
     plan = plan_of(n, 1000)
     out: list[float] = []
     try:
@@ -560,8 +561,8 @@ def bench_session(sz: dict[str, Any], wd: Workdir) -> tuple[list[Row], dict[str,
         rows.append(Row(
             f"burst{g}-sync", f"remote deltas applied/s via SyncSession, bursts of {g}, sync",
             "deltas/s", res["sync"][g], py1, ref_label=ref,
-            goal=">= 1.00x" if g == 64 else "(context)",
-            check=ratio_at_least(1.0) if g == 64 else None,
+            goal=">= 0.50x" if g == 64 else "(context)",
+            check=ratio_at_least(0.5) if g == 64 else None,
             note=f"{n} one-op DELTA frames (half title, half read marker; 1000 conversations)"
                  f" fed {g} at a time to receive_data: {commits} commit(s) and ACK(s) per "
                  "burst; rate includes frame parsing, decoding, join, commit, ACK"
@@ -822,12 +823,13 @@ class Goal:
 
 
 GOALS = [
-    Goal("durable single ops >= 0.8x raw LMDB", "local.a", 0.8, "ratio>="),
+    Goal("durable single ops >= 0.9x raw LMDB", "local.a", 0.9, "ratio>="),
     Goal("batched durable ops >= 150k ops/s", "local.b", 150_000, "value>="),
-    Goal("remote apply >= 1.0x pycrdt (SyncSession, bursts of 64, sync)",
-         "session.burst64-sync", 1.0, "ratio>="),
-    Goal("remote apply >= 1.0x pycrdt (apply_delta one by one, sync)", "local.c", 1.0,
-         "ratio>="),
+    Goal("nosync single ops >= 0.5x raw LMDB nosync", "nosync.single", 0.5, "ratio>="),
+    Goal("remote apply >= 0.5x pycrdt (SyncSession, bursts of 64, sync)",
+         "session.burst64-sync", 0.5, "ratio>="),
+    Goal("remote apply >= 0.95x raw LMDB sync put (apply_delta one by one, sync)", "local.c",
+         0.95, "ratio>="),
     Goal("bytes per change <= pycrdt's (title delta vs update)", "local.d", 1.0, "ratio<="),
     Goal("mesh bytes <= 1.3x the floor", "sync.a-mesh", 1.3, "ratio<="),
     Goal("latency p50 <= 2 ms (sync, default linger)", "sync.c-sy-ld", 2.0, "value<="),
@@ -870,8 +872,9 @@ def profile_goal(key: str, sz: dict[str, Any], wd: Workdir) -> tuple[cProfile.Pr
     if key in ("local.a", "local.b"):
         d = wd.fresh("profile-ops")
         r = Replica.open(d, durability="sync")
-        bench_local.populate(r, 1000)
-        plan = plan_of(sz["single_ops"] if key == "local.a" else 10 * sz["single_ops"], 1000)
+        n = sz["single_ops"] if key == "local.a" else 10 * sz["single_ops"]
+        bench_local.populate(r, 1000, last_seq=max(1, -(-n // 1000)))
+        plan = plan_of(n, 1000)
 
         def ops() -> None:
             for what, i, arg in plan:

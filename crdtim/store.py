@@ -133,9 +133,19 @@ class Txn:
         raw = self._t.get(key, db=self._s._convs)
         return None if raw is None else unseal(self._s.path, "convs", key, raw)
 
-    def put_conversation(self, cid: str, value: bytes) -> None:
+    def sealed_conversation(self, cid: str) -> bytes | None:
+        """A conversation's value as stored, its seal unchecked (see unseal_conversation)."""
+        return self._t.get(cid.encode(), db=self._s._convs)
+
+    def unseal_conversation(self, cid: str, sealed: bytes) -> bytes:
+        return unseal(self._s.path, "convs", cid.encode(), sealed)
+
+    def put_conversation(self, cid: str, value: bytes) -> bytes:
+        """Store a conversation's value; returns it as stored (sealed)."""
         key = cid.encode()
-        self._t.put(key, seal(key, value), db=self._s._convs)
+        sealed = seal(key, value)
+        self._t.put(key, sealed, db=self._s._convs)
+        return sealed
 
     def conversation_count(self) -> int:
         return self._t.stat(self._s._convs)["entries"]
@@ -282,7 +292,6 @@ class Txn:
     def reidentify(self, replica_id: str) -> None:
         """Give the replica a new id (specs/storage.md §8b): only restore and repair do."""
         self.put_meta(b"replica_id", replica_id.encode())
-
 
     # raw records of a named database, for the layouts kept elsewhere (the message store's,
     # crdtim/replica/_messages.py; the migrations): nothing sealed or checked here

@@ -91,3 +91,36 @@ def test_persisted_clock_never_gives_a_stamp_twice_across_restarts(
                 given_stamps.append((stamp.wall, stamp.counter))
         finally:
             replica.close()
+
+
+# -- the clock's lease (specs/storage.md §3a) ----------------------------------------------
+
+
+class _Txn:
+    """A write transaction of the shared directory: meta.clock as two processes see it."""
+
+
+@given(turns=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 3), st.integers(0, 50)),
+                      max_size=60))
+def test_two_processes_taking_turns_stamp_ever_later_and_stay_near_the_wall_clock(turns):
+    # Two LeasedClocks over one stored lease, as two processes over one directory: whoever
+    # writes, each stamp is above every stamp before it, and the clock never runs further
+    # ahead of the writer's wall clock than one lease (no process pushes the other ahead).
+    from crdtim.replica._clock import LEASE_MS, LeasedClock
+
+    clocks, stored, now = [LeasedClock(), LeasedClock()], hlc.ZERO, 1_000
+    stamps: list[Hlc] = []
+    for who, ticks, elapsed in turns:
+        now += elapsed
+        clock, txn = clocks[who], _Txn()
+        reading = clock.start(txn, stored)
+        for _ in range(ticks):
+            reading = hlc.tick(reading, now)
+            stamps.append(reading)
+        lease = clock.lease_to_store(txn, stored, reading, now)
+        if lease is not None:
+            assert lease >= reading
+            stored = lease
+        clock.committed()
+        assert reading.wall <= now + LEASE_MS
+    assert stamps == sorted(set(stamps))

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import codec
 from ..crdt import ConversationMap, Schema
@@ -24,10 +24,13 @@ from ..crdt.conversation import Fields
 from ..errors import CorruptStoreError, DecodeError, ReplicaClosedError
 from ..store import Store, Txn
 from ._checks import InvalidArgument, check_seq
+from ._clock import LeasedClock
+from ._state_cache import StateCache
 from ._subscriptions import Change, Changed, ChangeFeed, Subscription, changed
 from ._write import LocalOp
 
 log = logging.getLogger("crdtim.replica")
+T = TypeVar("T")
 
 #: Log entries kept for peers that have not acknowledged them, at most; a peer further behind
 #: gets a state transfer instead of deltas (specs/storage.md §10).
@@ -85,6 +88,10 @@ class ReplicaCore:
         self.log_retention = log_retention
         self.limits = limits
         self._now = now_ms
+        #: The hybrid clock in memory, and the lease on it stored in meta (_clock.py).
+        self._leased_clock = LeasedClock()
+        #: Decoded states by the exact bytes they came from (_state_cache.py).
+        self._states = StateCache()
         # The open batch belongs to the task (or thread) that opened it, not to the replica:
         # another trio task writing meanwhile commits on its own, and is not lost if the
         # batch raises. Context variables are per task in trio and asyncio, per thread else.
@@ -186,11 +193,30 @@ class ReplicaCore:
         self._own_entries = {seq for seq in own if seq > head}
         return delivered
 
+    def _write(self, fn: Callable[[Txn], T]) -> T:
+        """store.write for a transaction that may move the clock: the clock learns whether
+        the lease it wrote was committed (specs/storage.md §3a)."""
+        try:
+            result = self.store.write(fn)
+        except BaseException:
+            self._leased_clock.aborted()
+            raise
+        self._leased_clock.committed()
+        return result
+
     # -- decoding what this replica stored ---------------------------------------------------
 
     def _load(self, t: Txn, cid: str) -> Fields:
-        raw = t.conversation(cid)
-        return {} if raw is None else self._decode(cid, raw)
+        sealed = t.sealed_conversation(cid)
+        if sealed is None:
+            return {}
+        # Bytes already decoded (or encoded) by this process are not decoded again; any
+        # other bytes are checked and decoded (_state_cache.py).
+        fields = self._states.get(cid, sealed)
+        if fields is None:
+            fields = self._decode(cid, t.unseal_conversation(cid, sealed))
+            self._states.put(cid, sealed, fields)
+        return fields
 
     def _decode(self, cid: str, raw: bytes) -> Fields:
         try:

@@ -213,7 +213,7 @@ class LocalWrites(ReplicaCore):
             _check_message_count(w)
             return due, w.finish(self.id)
 
-        due, changes = self.store.write(txn)
+        due, changes = self._write(txn)
         for origin, applied in due:
             self._notify(applied, "remote", origin or None)
         self._notify(changes, "local", None)

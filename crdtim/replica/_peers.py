@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..crdt import Hlc
 from ..errors import CorruptStoreError, PeerIdentityError
 from ..store import Txn
 from ._checks import InvalidArgument, check_peer, check_seq
@@ -178,7 +179,8 @@ class Peers(ReplicaCore):
                 "conversations": t.conversation_count(),
                 "head": head,
                 "log_floor": t.log_floor(),
-                "clock": list(t.clock()),
+                # The clock the next write continues from (specs/storage.md §3a).
+                "clock": list(self._leased_clock.current(Hlc(*t.clock()))),
                 # Values from peers stamped too far ahead, held until their time.
                 "pending": {"count": t.pending_count(), "earliest": t.first_pending_wall()},
                 "peers": {

@@ -44,7 +44,7 @@ class RemoteApply(ReplicaCore):
         held and applied when their time comes (specs/crdt.md §1).
         """
         delta = codec.decode_map(data, self.schema, self.limits)
-        return self.apply_map(delta, origin)
+        return self._apply_remote(delta, origin, None, None, data)
 
     def apply_map(self, delta: ConversationMap, origin: str | None = None,
                   *, received: tuple[str, int] | None = None) -> set[str]:
@@ -62,7 +62,11 @@ class RemoteApply(ReplicaCore):
         return self._apply_remote(chunk, origin, None, wire)
 
     def _apply_remote(self, delta: ConversationMap, origin: str | None,
-                      received: tuple[str, int] | None, wire: codec.Received | None) -> set[str]:
+                      received: tuple[str, int] | None, wire: codec.Received | None,
+                      payload: bytes | None = None) -> set[str]:
+        """Join `delta` in one transaction. `payload`: the bytes it was decoded from, logged
+        as they are when all of them turn out novel (specs/storage.md §3), as a state
+        chunk's are."""
         check_origin(origin)
         for cid in delta.convs:  # the codec counts characters; LMDB keys are bounded in bytes
             if not storable(cid, MAX_CID_BYTES):
@@ -89,7 +93,11 @@ class RemoteApply(ReplicaCore):
                 remote, received_wire = applied.stamp_bounds()[0], None
             if remote is not None:
                 w.observe(remote)
-            whole = received_wire is not None
+            # Whether the log entry can be the bytes as received: all of them novel, nothing
+            # held back, no messages (their novel part is the index's to say).
+            as_sent = received_wire.payload if received_wire is not None else \
+                payload if applied is delta else None
+            whole = as_sent is not None
             # A state chunk's ids come in order, and a newcomer holds none of them: one cursor
             # probe then says that none is here, for a lookup per conversation. And only a
             # message whose replica table names this replica can claim one of its dots.
@@ -112,20 +120,23 @@ class RemoteApply(ReplicaCore):
                     # Messages are joined record by record (their novel part is the
                     # message index's to say), so a chunk holding any is logged as joined.
                     part = novel_fields(current, fields)
-                    whole = whole and part == fields and MESSAGES not in fields
+                    # (A last message covered by a clear is kept off the disk: logged as
+                    # decoded, as it is stored, specs/crdt.md §6.)
+                    whole = whole and part == fields and MESSAGES not in fields \
+                        and "cleared_at" not in fields
                     w.join(cid, part)
-            if whole and w.delta and received_wire is not None:
-                # All of the chunk was novel: the novel part is what was received. (Parts
-                # the decoder dropped, bottom fields or empty conversations, decode away
-                # again when the entry is read.)
-                w.log_payload = received_wire.payload
+            if whole and w.delta and as_sent is not None:
+                # All of it was novel: the novel part is what was received. (Parts the
+                # decoder dropped, bottom fields or empty conversations, decode away again
+                # when the entry is read.)
+                w.log_payload = as_sent
             # Resume points only move forward: two overlapping connections to one peer may
             # deliver an older interval after a newer one.
             if received is not None and received[1] > t.received(received[0]):
                 t.put_received(*received)
             return due, w.finish(origin or UNKNOWN_ORIGIN)
 
-        due, changes = self.store.write(txn)
+        due, changes = self._write(txn)
         self._notify_applied(due)
         self._notify(changes, "remote", origin)
         return {cid for cid, *_ in changes}
@@ -137,7 +148,7 @@ class RemoteApply(ReplicaCore):
         first = self.store.read(lambda t: t.first_pending_wall())
         if first is None or first > now + self.max_clock_drift_ms:
             return set()
-        due = self.store.write(lambda t: apply_due(self, t, now))
+        due = self._write(lambda t: apply_due(self, t, now))
         self._notify_applied(due)
         return {cid for _, changes in due for cid, *_ in changes}
 

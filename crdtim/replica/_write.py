@@ -2,9 +2,9 @@
 
 Local ops and remote deltas both go through `WriteTxn`: it loads each touched conversation
 once, joins parts into it, tracks the novel part (the delta to log) and the hybrid clock,
-and `finish` writes state, ordering key, one log entry and the clock in the same LMDB
-transaction (specs/storage.md §3). It never commits, notifies or reads the wall clock by
-itself: the replica passes in what it needs.
+and `finish` writes state, ordering key, one log entry and, when the clock passed it, the
+clock's lease in the same LMDB transaction (specs/storage.md §3, §3a). It never commits,
+notifies or reads the wall clock by itself: the replica passes in what it needs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from ..crdt import Hlc, Schema, Stamp, hlc, join_fields
 from ..crdt.conversation import Fields
 from ..errors import ClockDriftError
 from ..store import Txn, order_key_of
+from ._clock import LeasedClock
 from ._message_index import MessageIndex
+from ._state_cache import StateCache
 from ._subscriptions import MESSAGES, Changed, changed
 
 __all__ = ["MAX_REMOTE_COUNTER", "LocalOp", "WriteHost", "WriteTxn"]
@@ -34,6 +36,8 @@ class WriteHost(Protocol):
     id: str
     schema: Schema
     max_clock_drift_ms: int
+    _leased_clock: LeasedClock
+    _states: StateCache
 
     def _now(self) -> int: ...
 
@@ -49,8 +53,8 @@ LocalOp = Callable[["WriteTxn", Fields], Fields]
 class WriteTxn:
     """The changes of one write transaction, accumulated before they are written."""
 
-    __slots__ = ("clock", "clock_moved", "delta", "histories", "log_payload", "new", "old",
-                 "replica", "stored", "txn")
+    __slots__ = ("clock", "clock_moved", "delta", "histories", "lease", "log_payload", "new",
+                 "old", "replica", "stored", "txn")
 
     def __init__(self, replica: WriteHost, txn: Txn):
         self.replica = replica
@@ -59,6 +63,7 @@ class WriteTxn:
         self.new: dict[str, Fields] = {}
         self.delta: dict[str, Fields] = {}
         self.clock: Hlc | None = None
+        self.lease: Hlc | None = None  # meta.clock as read in this transaction
         self.clock_moved = False
         self.stored: dict[str, bytes] = {}  # cid -> its new state's bytes, when known already
         self.log_payload: bytes | None = None  # the log entry's bytes, when known already
@@ -81,7 +86,9 @@ class WriteTxn:
 
     def _clock(self) -> Hlc:
         if self.clock is None:
-            self.clock = Hlc(*self.txn.clock())
+            # The clock lives in memory; meta.clock is its lease (specs/storage.md §3a).
+            self.lease = Hlc(*self.txn.clock())
+            self.clock = self.replica._leased_clock.start(self.txn, self.lease)
         return self.clock
 
     def stamp(self) -> Stamp:
@@ -136,13 +143,27 @@ class WriteTxn:
         """Write states, index, log entry and clock; return what changed."""
         t, schema = self.txn, self.replica.schema
         stored = self.stored
+        states = self.replica._states
         for cid in self.delta:
             state = self.new[cid]
-            if state is self.old[cid]:  # only its messages changed
+            old = self.old[cid]
+            if state is old:  # only its messages changed
                 continue
             raw = stored.get(cid) if stored else None
-            t.put_conversation(cid, codec.encode_fields(state, schema) if raw is None else raw)
-            t.replace_order_key(order_key_of(cid, self.old[cid]), order_key_of(cid, state))
+            if raw is None:
+                sealed = t.put_conversation(cid, codec.encode_fields(state, schema))
+                if old:
+                    # Remembered with the bytes it is stored as: the next write of it (in
+                    # this process, if no other writes it first) need not decode them again.
+                    # Not a new conversation's: a build of many would only churn the cache.
+                    states.put(cid, sealed, state)
+            else:
+                t.put_conversation(cid, raw)
+            # The order key follows pinned and last_message only (specs/storage.md §2): a
+            # join keeps the very objects of the fields it did not change.
+            if not old or state.get("pinned") is not old.get("pinned") \
+                    or state.get("last_message") is not old.get("last_message"):
+                t.replace_order_key(order_key_of(cid, old), order_key_of(cid, state))
         # Which log entry this process wrote (None: none), so that its change feed does not
         # deliver it a second time as another process's (specs/storage.md §3).
         self.replica._note_logged(None)
@@ -152,6 +173,11 @@ class WriteTxn:
                 # non-empty delta), so the map needs no normalizing pass.
                 self.log_payload = codec.encode_map(codec.trusted_map(self.delta, schema))
             self.replica._note_logged(t.append_log(origin, self.log_payload))
-        if self.clock_moved and self.clock is not None:
-            t.put_clock(self.clock.wall, self.clock.counter)
+        if self.clock_moved and self.clock is not None and self.lease is not None:
+            # Written only when the reading passed the stored lease (specs/storage.md §3a), so
+            # most commits leave meta untouched.
+            lease = self.replica._leased_clock.lease_to_store(
+                t, self.lease, self.clock, self.replica._now())
+            if lease is not None:
+                t.put_clock(lease.wall, lease.counter)
         return [changed(cid, part) for cid, part in self.delta.items()]

@@ -50,7 +50,7 @@ from crdtim.protocol import (
 from tests.faults.sim import SESSION_CONFIG as SIM_CONFIG  # the fault simulation's, shared
 from tests.faults.sim import START_WALL_MS
 from crdtim.replica import Replica
-from frames import frames_of
+from frames import Tap, frames_of
 
 
 # -- harness ----------------------------------------------------------------------------------
@@ -66,7 +66,8 @@ class Wire:
         self.sessions = sessions
         self.queues = (bytearray(), bytearray())
         self.frames: tuple[list, list] = ([], [])
-        self._taps = (FrameDecoder(2**31), FrameDecoder(2**31))
+        self._taps = (Tap(), Tap())  # COMPACT_DELTAs read as the DELTAs they stand for
+        self.sent_bytes = (bytearray(), bytearray())  # everything side k sent, as sent
 
     def collect(self, now: float = 0.0) -> None:
         """Move what each session wants sent onto its queue (the app 'sends' at once)."""
@@ -75,9 +76,8 @@ class Wire:
             if data:
                 self.queues[k].extend(data)
                 self.sessions[k].sent_at(now)
-                self._taps[k].feed(data)
-                while (m := self._taps[k].next_message()) is not None:
-                    self.frames[k].append(m)
+                self.frames[k].extend(self._taps[k].feed(data))
+                self.sent_bytes[k].extend(data)
 
     def deliver(self, k: int, n: int | None = None, now: float = 0.0) -> list:
         """Deliver the first `n` queued bytes (all by default) from side k to side 1-k."""

@@ -3,9 +3,9 @@ send (specs/protocol.md, specs/security.md).
 
 This is the public face; the code lives in private modules, one concern each: `_messages`
 (wire messages and framing), `_budget` (the decoded work a frame may cost), `_auth` (keys,
-scopes, the handshake MAC), `_events`, `_errors`, `_port` (the replica contract) and
-`_session` (the state machine). Nothing in this package touches a socket, a database, trio or
-the clock.
+scopes, the handshake MAC), `_events`, `_errors`, `_port` (the replica contract),
+`_session` (the state machine) and `_table` (the session tables of replica ids). Nothing in
+this package touches a socket, a database, trio or the clock.
 """
 
 from ._auth import MAX_KEY_ID, MIN_SECRET_BYTES, SecurityConfig, valid_key_id
@@ -24,12 +24,14 @@ from ._events import (
 from ._messages import (
     MAX_FRAME_BYTES,
     MAX_REPLICA_ID_BYTES,
+    MAX_SESSION_IDS,
     MIN_FRAME_BYTES,
     NONCE_BYTES,
     PROTOCOL_VERSION,
     Ack,
     Auth,
     ChunkAck,
+    CompactDelta,
     Delta,
     Error,
     FrameDecoder,
@@ -50,6 +52,7 @@ __all__ = [
     "MAX_FRAME_ITEMS",
     "MAX_KEY_ID",
     "MAX_REPLICA_ID_BYTES",
+    "MAX_SESSION_IDS",
     "MIN_FRAME_BYTES",
     "MIN_SECRET_BYTES",
     "NONCE_BYTES",
@@ -57,6 +60,7 @@ __all__ = [
     "Ack",
     "Auth",
     "ChunkAck",
+    "CompactDelta",
     "Delta",
     "DeltaApplied",
     "Error",

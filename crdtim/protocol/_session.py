@@ -60,6 +60,7 @@ from ._messages import (
     Ack,
     Auth,
     ChunkAck,
+    CompactDelta,
     Delta,
     Error,
     FrameDecoder,
@@ -75,6 +76,7 @@ from ._messages import (
 from ._outbound import Outbound
 from ._port import ReplicaPort
 from ._state import State, accepts, after
+from ._table import ReceivedIds
 
 __all__ = ["SessionConfig", "State", "SyncSession"]
 
@@ -137,6 +139,7 @@ class SyncSession:
         self._outbound = Outbound(replica, max_frame_bytes=cfg.max_frame_bytes,
                                   max_delta_bytes=cfg.max_delta_bytes, send=self._send)
         self._inbound = Inbound(replica, cfg.limits, send=self._send)
+        self._peer_ids = ReceivedIds()  # the peer's session table (specs/protocol.md §11)
         self._partial_since: float | None = None  # when the frame now buffered began
         self._decoder = FrameDecoder(min(cfg.max_frame_bytes, cfg.max_handshake_frame_bytes))
         self._outgoing = bytearray()
@@ -222,7 +225,7 @@ class SyncSession:
             self._decoder.feed(data)
             lookahead: Message | None = None
             while not self._closed:
-                m, lookahead = lookahead or self._decoder.next_message(), None
+                m, lookahead = lookahead or self._next_message(), None
                 if m is None:
                     break
                 if not (isinstance(m, Delta) and self.state is State.OPEN):
@@ -234,7 +237,7 @@ class SyncSession:
                 group, bad = [m], None
                 while len(group) < _MAX_DELTA_GROUP:
                     try:
-                        nxt = self._decoder.next_message()
+                        nxt = self._next_message()
                     except RemoteProtocolError as e:
                         bad = e
                         break
@@ -255,6 +258,15 @@ class SyncSession:
             self._partial_since = now  # a new frame began in these bytes
         return events
 
+    def _next_message(self) -> Message | None:
+        """The next complete frame's message; once OPEN, a COMPACT_DELTA comes out as the
+        DELTA it stands for, its ids read from the peer's session table (§11), so that it
+        is grouped, checked and applied as one (before OPEN it is refused as it came)."""
+        m = self._decoder.next_message()
+        if isinstance(m, CompactDelta) and self.state is State.OPEN:
+            return Delta(start=m.start, end=m.end, payload=self._peer_ids.payload(m))
+        return m
+
     @property
     def _closed(self) -> bool:
         # A method, not a comparison in place: handlers move self.state, which mypy's
@@ -274,6 +286,8 @@ class SyncSession:
             return self._on_auth(m)
         if isinstance(m, Delta):
             return self._inbound.on_deltas([m])
+        if isinstance(m, CompactDelta):  # turned into a DELTA once OPEN (_next_message)
+            raise LocalProtocolError("COMPACT_DELTA reached the dispatch")
         if isinstance(m, StateChunk):
             return self._inbound.on_state_chunk(m)
         if isinstance(m, StateEnd):

@@ -27,9 +27,11 @@ Figures (the letters are the --only names):
        have      (context) crdtim plus a sketched HAVE exchange (see MemReplica), its own
                  frames counted: what a concrete protocol change could get
   b  bytes per single-field change (title, pin, message arrived) on a replica of 1000
-     conversations with a second replica's history: the DELTA frame and its payload, vs the
-     pycrdt update for the same change (Doc > Map of conversation Maps,
-     doc.get_update(state_before)).
+     conversations with a second replica's history, on the wire: the frame A's SyncSession
+     sends B (a COMPACT_DELTA on a settled connection, specs/protocol.md §11) and its payload
+     (body and new replica ids; goal <= 40 B for title and pin), vs the pycrdt update for the
+     same change (Doc > Map of conversation Maps, doc.get_update(state_before), and the
+     transaction's own update, doc.observe event.update, the payload's reference).
   c  latency from a local commit's return to the change being visible at a loopback peer
      (Replica.subscribe callback): two crdtim.Nodes in one trio run over 127.0.0.1 TCP;
      durability sync / nosync, NodeConfig(linger=0) / default linger; one write at a time
@@ -77,6 +79,7 @@ from crdtim.crdt import DEFAULT_SCHEMA, ConversationMap, join_fields
 from crdtim.protocol import (
     Ack,
     ChunkAck,
+    CompactDelta,
     Delta,
     FrameDecoder,
     Hello,
@@ -628,8 +631,21 @@ def bench_bytes(cfg: argparse.Namespace, wd: Workdir) -> list[Row]:
             oroot[cid(i)]["title"] = f"Renamed {i}"
     doc.apply_update(other.get_update(sv))
 
+    # A connection A -> B, settled: what a change costs on it is what the session sends.
+    sa, sb = SyncSession(a), SyncSession(b)
+    sa.initiate()
+    sb.initiate()
+    while True:
+        out_a, out_b = sa.data_to_send(), sb.data_to_send()
+        if not out_a and not out_b:
+            break
+        sb.receive_data(out_a)
+        sa.receive_data(out_b)
+        sa.pump()
+        sb.pump()
+    tap = FrameDecoder(SessionConfig().max_frame_bytes)  # what A sends B, as sent
     sizes: dict[str, dict[str, list[int]]] = {
-        k: {"frame": [], "payload": [], "py": [], "py_txn": [], "ack": []}
+        k: {"frame": [], "payload": [], "py": [], "py_txn": [], "ack": [], "plain": []}
         for k in ("title", "pin", "arrive")}
     txn_updates: list[bytes] = []
     doc.observe(lambda e: txn_updates.append(e.update))
@@ -659,12 +675,20 @@ def bench_bytes(cfg: argparse.Namespace, wd: Workdir) -> list[Row]:
                     conv["last_seq"] = seq
                     conv["last_preview"] = preview
                     conv["last_at"] = at
-            payload = a.delta_since(before)
             assert a.head == before + 1
-            frame = encode_frame(Delta(start=before, end=a.head, payload=payload))
-            sizes[kind]["payload"].append(len(payload))
-            sizes[kind]["frame"].append(len(frame))
-            sizes[kind]["ack"].append(len(encode_frame(Ack(seq=a.head))))
+            assert sa.pump() == 1
+            wire = sa.data_to_send()
+            tap.feed(wire)
+            m = tap.next_message()
+            assert tap.next_message() is None
+            assert isinstance(m, CompactDelta) and m.end == a.head, (m, before)
+            sizes[kind]["payload"].append(len(m.body) + len(codec.pack(m.new_ids)) - 1)
+            sizes[kind]["frame"].append(len(wire))
+            sizes[kind]["plain"].append(len(a.delta_since(before)))  # version 3's payload
+            sb.receive_data(wire)
+            ack = sb.data_to_send()
+            sizes[kind]["ack"].append(len(ack))
+            sa.receive_data(ack)
             sizes[kind]["py"].append(len(doc.get_update(state)))
             sizes[kind]["py_txn"].append(len(txn_updates[-1]))
             txn_updates.clear()
@@ -681,9 +705,10 @@ def bench_bytes(cfg: argparse.Namespace, wd: Workdir) -> list[Row]:
                f"before) (median; min {min(py)}, max {max(py)})")
         txn = s["py_txn"]
         rows.append(Row(
-            f"b-{kind}", f"DELTA frame per change: {labels[kind]}", "B", s["frame"], py,
+            f"b-{kind}", f"frame on the wire per change: {labels[kind]}", "B", s["frame"], py,
             ref_label=ref, goal="(report)",
-            note=f"plus an ACK frame back of {statistics.median(s['ack']):.0f} B. "
+            note=f"the COMPACT_DELTA A's session sends B (specs/protocol.md §11), plus an ACK "
+                 f"frame back of {statistics.median(s['ack']):.0f} B. "
                  f"get_update(state) carries the document's whole delete set (here from the "
                  f"other device's renames); the transaction's own update (doc.observe "
                  f"event.update, what a y-websocket provider ships) is "
@@ -692,8 +717,14 @@ def bench_bytes(cfg: argparse.Namespace, wd: Workdir) -> list[Row]:
                  f"{statistics.median(s['payload']) / statistics.median(txn):.2f}x of it",
             extra={"pycrdt_txn_update": Row.stats(txn)}))
         rows.append(Row(
-            f"b-{kind}-p", f"  its payload (encoded delta)", "B", s["payload"], py,
-            ref_label="same pycrdt update", goal="(report)"))
+            f"b-{kind}-p", f"  its payload (body and new replica ids)", "B", s["payload"], txn,
+            ref_label="pycrdt's update of the same transaction (doc.observe event.update)",
+            goal="<= 40 B" if kind != "arrive" else "(report)",
+            check=value_at_most(40) if kind != "arrive" else None,
+            note=f"protocol version 3 sent the encoded delta with its replica id table: "
+                 f"{statistics.median(s['plain']):.0f} B (min {min(s['plain'])}, max "
+                 f"{max(s['plain'])})",
+            extra={"v3_payload": Row.stats(s["plain"])}))
     for r in rows:
         r.extra["setup"] = (f"{samples} samples per kind on a replica of {n_convs} conversations "
                             "with a second replica's history; DELTA seq numbers ~3000")

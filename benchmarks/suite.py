@@ -830,6 +830,8 @@ GOALS = [
          "ratio>="),
     Goal("bytes per change <= pycrdt's (title delta vs update)", "local.d", 1.0, "ratio<="),
     Goal("mesh bytes <= 1.3x the floor", "sync.a-mesh", 1.3, "ratio<="),
+    Goal("bytes per single-field change <= 40 B (set_title, on the wire in a session)",
+         "sync.b-title-p", 40, "value<="),
     Goal("latency p50 <= 2 ms (sync, default linger)", "sync.c-sy-ld", 2.0, "value<="),
     Goal("latency p99 <= 20 ms (sync, default linger)", "sync.c-sy-ld99", 20.0, "value<="),
     Goal("bootstrap 1M conversations <= 10 s", "sync.d", 10.0, "value<=", full_only=True),

@@ -105,8 +105,9 @@ if hasattr(protocol, "SecurityConfig"):
 
 def make_session(replica: Any, security: str = "open", dialed: bool = False) -> SyncSession:
     if SECURITY[security] is None:
-        return SyncSession(replica, FUZZ_CONFIG)
-    return SyncSession(replica, FUZZ_CONFIG, SECURITY[security], dialed=dialed)
+        return SyncSession(replica, FUZZ_CONFIG, relay=protocol.RelayIndex())
+    return SyncSession(replica, FUZZ_CONFIG, SECURITY[security], dialed=dialed,
+                       relay=protocol.RelayIndex())  # HAVE frames recorded and fed (§12)
 
 
 def _open(path: Path, **kw: Any) -> Replica:
@@ -946,6 +947,12 @@ class Mutator:
                     new_ids=tuple(rng.sample([self.sc.peer.id, self.sc.a_id, "x", "y" * 64],
                                              rng.randrange(3))))
             return p.Delta(start=start, end=end, payload=payload())
+        if kind == 2 and rng.random() < 0.5:  # HAVE (specs/protocol.md §12)
+            n = rng.randrange(4)
+            return p.Have(filtered=rng.random() < 0.3,
+                          new_ids=tuple(rng.sample(["x", "y" * 64, self.sc.a_id], rng.randrange(3))),
+                          linked=tuple(x for _ in range(n) for x in (rng.randrange(4), seq())),
+                          unlinked=tuple(rng.randrange(MAX_SESSION_IDS) for _ in range(n)))
         if kind == 2:
             return p.Ack(seq=seq())
         if kind == 3:

@@ -164,6 +164,14 @@ def well_formed_messages(name: str) -> st.SearchStrategy[Any]:
                   intervals(), st.lists(replica_ids().filter(lambda t: "\x00" not in t),
                                         max_size=3, unique=True),
                   st.one_of(st.just(b"\x80"), payloads(name))),
+        # HAVE (specs/protocol.md §12): indexes into the sender's session table.
+        st.builds(lambda f, ids, linked, gone: protocol.Have(
+                      filtered=f, new_ids=tuple(ids), linked=tuple(linked), unlinked=tuple(gone)),
+                  st.booleans(), st.lists(st.sampled_from(["x", "y", "q" * 64]), max_size=2,
+                                          unique=True),
+                  st.lists(st.integers(0, 3), max_size=3).map(lambda xs: [v for x in xs
+                                                                          for v in (x, 7)]),
+                  st.lists(st.integers(0, 1023), max_size=3)),
         st.builds(Ack, seq=SEQS),
         st.builds(StateChunk, payload=payloads(name)),
         st.builds(StateEnd, seq=SEQS),

@@ -4,7 +4,8 @@ send (specs/protocol.md, specs/security.md).
 This is the public face; the code lives in private modules, one concern each: `_messages`
 (wire messages and framing), `_budget` (the decoded work a frame may cost), `_auth` (keys,
 scopes, the handshake MAC), `_events`, `_errors`, `_port` (the replica contract),
-`_session` (the state machine) and `_table` (the session tables of replica ids). Nothing in
+`_session` (the state machine), `_table` (the session tables of replica ids) and `_relay`
+(not relaying what a peer holds). Nothing in
 this package touches a socket, a database, trio or the clock.
 """
 
@@ -35,6 +36,7 @@ from ._messages import (
     Delta,
     Error,
     FrameDecoder,
+    Have,
     Hello,
     Message,
     Ping,
@@ -44,6 +46,7 @@ from ._messages import (
     encode_frame,
 )
 from ._port import ReplicaPort
+from ._relay import MAX_RELAY_ENTRIES, RelayIndex
 from ._session import SessionConfig, State, SyncSession
 
 __all__ = [
@@ -51,6 +54,7 @@ __all__ = [
     "MAX_FRAME_CONVERSATIONS",
     "MAX_FRAME_ITEMS",
     "MAX_KEY_ID",
+    "MAX_RELAY_ENTRIES",
     "MAX_REPLICA_ID_BYTES",
     "MAX_SESSION_IDS",
     "MIN_FRAME_BYTES",
@@ -67,6 +71,7 @@ __all__ = [
     "Event",
     "FrameDecoder",
     "HandshakeComplete",
+    "Have",
     "Hello",
     "LocalProtocolError",
     "Message",
@@ -76,6 +81,7 @@ __all__ = [
     "Pong",
     "PongReceived",
     "ProtocolError",
+    "RelayIndex",
     "RemoteProtocolError",
     "ReplicaPort",
     "SecurityConfig",

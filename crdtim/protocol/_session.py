@@ -64,6 +64,7 @@ from ._messages import (
     Delta,
     Error,
     FrameDecoder,
+    Have,
     Hello,
     Message,
     Ping,
@@ -75,6 +76,7 @@ from ._messages import (
 )
 from ._outbound import Outbound
 from ._port import ReplicaPort
+from ._relay import PeerRelay, RelayIndex, check_have
 from ._state import State, accepts, after
 from ._table import ReceivedIds
 
@@ -127,7 +129,7 @@ class SyncSession:
 
     def __init__(self, replica: ReplicaPort, config: SessionConfig | None = None,
                  auth: SecurityConfig | None = None, *, dialed: bool = False,
-                 tls_identity: str | None = None):
+                 tls_identity: str | None = None, relay: RelayIndex | None = None):
         self.replica = replica
         self.config = cfg = config or SessionConfig()
         self.state = State.AWAIT_HELLO
@@ -136,9 +138,12 @@ class SyncSession:
         self._handshake = Handshake(replica, auth or SecurityConfig(), dialed=dialed,
                                     tls_identity=tls_identity,
                                     nonce=secrets.token_bytes(NONCE_BYTES))
+        # Shared with the replica's other sessions: not relaying what a peer holds (§12).
+        self._relay = PeerRelay(relay) if relay is not None else None
         self._outbound = Outbound(replica, max_frame_bytes=cfg.max_frame_bytes,
-                                  max_delta_bytes=cfg.max_delta_bytes, send=self._send)
-        self._inbound = Inbound(replica, cfg.limits, send=self._send)
+                                  max_delta_bytes=cfg.max_delta_bytes, send=self._send,
+                                  relay=self._relay)
+        self._inbound = Inbound(replica, cfg.limits, send=self._send, relay=self._relay)
         self._peer_ids = ReceivedIds()  # the peer's session table (specs/protocol.md §11)
         self._partial_since: float | None = None  # when the frame now buffered began
         self._decoder = FrameDecoder(min(cfg.max_frame_bytes, cfg.max_handshake_frame_bytes))
@@ -201,6 +206,15 @@ class SyncSession:
         if self.state is not State.CLOSED:
             self._send(Error(reason=reason))
             self.state = after(self.state, "close")
+        self.ended()
+
+    def ended(self) -> None:
+        """The connection is gone (closed, lost, dropped): the peer no longer streams to
+        this replica through it, so its other sessions must not wait for it (§12). The
+        owner calls this when a connection ends without the session closing it; a closed
+        session has done it already. Idempotent."""
+        if self._relay is not None:
+            self._relay.close()
 
     def _fail(self, reason: str) -> RemoteProtocolError:
         """Close with ERROR and return the error to raise."""
@@ -279,6 +293,7 @@ class SyncSession:
             raise RemoteProtocolError(f"unexpected {name} in state {self.state.value}")
         if isinstance(m, Error):
             self.state = after(self.state, name)
+            self.ended()
             return [PeerClosed(reason=m.reason)]
         if isinstance(m, Hello):
             return self._on_hello(m)
@@ -288,6 +303,9 @@ class SyncSession:
             return self._inbound.on_deltas([m])
         if isinstance(m, CompactDelta):  # turned into a DELTA once OPEN (_next_message)
             raise LocalProtocolError("COMPACT_DELTA reached the dispatch")
+        if isinstance(m, Have):
+            self._on_have(m)
+            return []
         if isinstance(m, StateChunk):
             return self._inbound.on_state_chunk(m)
         if isinstance(m, StateEnd):
@@ -335,9 +353,38 @@ class SyncSession:
         self.scope = self._handshake.authorize(identity)
         self.peer_identity = identity
         self._outbound.open(peer, self.scope)
+        if self._relay is not None:
+            self._relay.open(peer, filtered=self.scope is not None)
         self._decoder.max_frame_bytes = self.config.max_frame_bytes
         self._inbound.open(peer, identity, self.scope)
         return [HandshakeComplete(peer_id=peer, identity=identity, scope=self.scope)]
+
+    def _on_have(self, m: Have) -> None:
+        """The peer's HAVE (§12): its ids join its session table (shared with its
+        COMPACT_DELTAs, §11) even when we do not relay, so that its indexes stay right."""
+        table = self._peer_ids
+        table.extend(m.new_ids, "HAVE")
+        check_have(m, len(table.ids))
+        if self._relay is not None:
+            ids = table.ids
+            pairs = zip(m.linked[::2], m.linked[1::2], strict=True)
+            self._relay.on_have(m.filtered, {ids[i]: n for i, n in pairs},
+                                [ids[i] for i in m.unlinked])
+
+    def _send_have(self) -> None:
+        """Tell the peer what changed in the origins linked here (§12), if anything did."""
+        assert self._relay is not None
+        due = self._relay.due()
+        if due is None:
+            return
+        linked, gone = due
+        indexes = self._outbound.ids.indexes([*linked, *gone])
+        if indexes is None:  # our table is full: the peer relays as before
+            return
+        at, new_ids = indexes
+        flat = [x for i, n in zip(at, linked.values(), strict=False) for x in (i, n)]
+        self._send(Have(filtered=self._relay.filtered, new_ids=new_ids, linked=tuple(flat),
+                        unlinked=tuple(at[len(linked):])))
 
     # -- producing frames ----------------------------------------------------------------------
 
@@ -350,6 +397,8 @@ class SyncSession:
         as far as the in-flight window allows; returns how many frames were queued."""
         if self.state is not State.OPEN:
             return 0
+        if self._relay is not None:
+            self._send_have()
         cfg = self.config
         return self._outbound.pump(max_unacked_frames=cfg.max_unacked_frames,
                                    max_entries_per_delta=cfg.max_entries_per_delta,

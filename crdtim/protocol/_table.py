@@ -38,6 +38,18 @@ class SentIds:
             return None
         return new, body
 
+    def indexes(self, rids: list[str]) -> tuple[list[int], tuple[str, ...]] | None:
+        """The indexes of `rids`, and the ones new to the table (added to it now), for a
+        HAVE; None, the table unchanged, when they would take it over the limit."""
+        ids = self._ids
+        known = len(ids)
+        out = [ids.setdefault(rid, len(ids)) for rid in rids]
+        new = tuple(ids)[known:]
+        if len(ids) > MAX_SESSION_IDS:
+            self.forget(new)
+            return None
+        return out, new
+
     def forget(self, new: tuple[str, ...]) -> None:
         """Take back ids `encode` added for a frame that is not sent after all."""
         for rid in new:
@@ -55,15 +67,26 @@ class ReceivedIds:
     def payload(self, m: CompactDelta) -> bytes:
         """Extend the table by `m.new_ids` and return `m`'s payload as an ordinary encoded
         conversation map (specs/crdt.md §7), for the strict decoder."""
-        if m.new_ids:
-            if len(self._ids) + len(m.new_ids) > MAX_SESSION_IDS:
-                raise RemoteProtocolError(f"COMPACT_DELTA: over {MAX_SESSION_IDS} replica ids "
-                                          "in the session table")
-            for rid in m.new_ids:
-                if rid in self._known:
-                    raise RemoteProtocolError(f"COMPACT_DELTA: replica id {rid!r:.80} is "
-                                              "already in the session table")
-                self._known.add(rid)
-                self._ids.append(rid)
-            self._prefix = codec.table_prefix(self._ids)
+        self.extend(m.new_ids, "COMPACT_DELTA")
         return self._prefix + m.body
+
+    def extend(self, new_ids: tuple[str, ...], what: str) -> None:
+        """Append `new_ids` (of a COMPACT_DELTA or HAVE) to the table, refusing an id it
+        holds and a table over the limit."""
+        if not new_ids:
+            return
+        if len(self._ids) + len(new_ids) > MAX_SESSION_IDS:
+            raise RemoteProtocolError(f"{what}: over {MAX_SESSION_IDS} replica ids "
+                                      "in the session table")
+        for rid in new_ids:
+            if rid in self._known:
+                raise RemoteProtocolError(f"{what}: replica id {rid!r:.80} is "
+                                          "already in the session table")
+            self._known.add(rid)
+            self._ids.append(rid)
+        self._prefix = codec.table_prefix(self._ids)
+
+    @property
+    def ids(self) -> list[str]:
+        """The table: index -> replica id."""
+        return self._ids

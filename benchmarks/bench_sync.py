@@ -953,7 +953,8 @@ async def _stream_writes(r: Replica, prefix: str, rate: float, stop: trio.Event,
         await trio.sleep(0.001)
 
 
-async def crdtim_latency_under_load(rate: float, n_writes: int, wd: Workdir
+async def crdtim_latency_under_load(rate: float, n_writes: int, wd: Workdir,
+                                    config: NodeConfig | None = None
                                     ) -> tuple[list[float], float]:
     """Server R (sync) with peer P (sync) and streamers S1, S2 (nosync) each writing `rate`
     changes/s into R over loopback; R's single writes timed from commit to P's callback.
@@ -976,9 +977,12 @@ async def crdtim_latency_under_load(rate: float, n_writes: int, wd: Workdir
     everything = trio.CancelScope()
     try:
         with everything:
-            async with Node(r, listen=("127.0.0.1", 0)) as nr, trio.open_nursery() as nursery:
+            config = config or NodeConfig()
+            async with Node(r, listen=("127.0.0.1", 0), config=config) as nr, \
+                    trio.open_nursery() as nursery:
                 addr = [("127.0.0.1", nr.port)]
-                nodes = [await nursery.start(_run_node, x, addr) for x in (p, *streamers)]
+                nodes = [await nursery.start(_run_node, x, addr, config)
+                         for x in (p, *streamers)]
                 await _wait_until(lambda: p.received_from(r.id) >= r.head)
                 stop = trio.Event()
                 counts = [[0], [0]]
@@ -1010,9 +1014,9 @@ async def crdtim_latency_under_load(rate: float, n_writes: int, wd: Workdir
     return lat, received
 
 
-async def _run_node(x: Replica, peers: list[tuple[str, int]],
+async def _run_node(x: Replica, peers: list[tuple[str, int]], config: NodeConfig,
                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    async with Node(x, peers=peers) as node:
+    async with Node(x, peers=peers, config=config) as node:
         task_status.started(node)
         await trio.sleep_forever()
 

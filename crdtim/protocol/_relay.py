@@ -27,8 +27,9 @@ from collections.abc import Callable
 
 from ._errors import RemoteProtocolError
 from ._messages import Have
+from ._table import ReceivedIds, SentIds
 
-__all__ = ["MAX_RELAY_ENTRIES", "PeerRelay", "RelayIndex", "check_have"]
+__all__ = ["MAX_RELAY_ENTRIES", "PeerRelay", "RelayIndex", "have_frame", "read_have"]
 
 #: Log entries whose origin interval is remembered (the oldest are forgotten first: a
 #: forgotten entry is relayed as before).
@@ -173,9 +174,32 @@ class PeerRelay:
         return max_entries
 
 
-def check_have(m: Have, table_size: int) -> None:
-    """Refuse a HAVE whose indexes are not in the peer's session table."""
+def read_have(m: Have, table: ReceivedIds, relay: PeerRelay | None) -> None:
+    """The peer's HAVE: its ids join its session table (shared with its COMPACT_DELTAs,
+    §11) even when we do not relay, so that its indexes stay right; then `relay` learns it."""
+    table.extend(m.new_ids, "HAVE")
+    ids = table.ids
     for i in (*m.linked[::2], *m.unlinked):
-        if i >= table_size:
+        if i >= len(ids):
             raise RemoteProtocolError(f"HAVE: replica index {i} is not in the session table "
-                                      f"of {table_size}")
+                                      f"of {len(ids)}")
+    if relay is not None:
+        pairs = zip(m.linked[::2], m.linked[1::2], strict=True)
+        relay.on_have(m.filtered, {ids[i]: n for i, n in pairs}, [ids[i] for i in m.unlinked])
+
+
+def have_frame(relay: PeerRelay, table: SentIds) -> Have | None:
+    """Our HAVE to the peer, if what is linked here changed since the last (or it is the
+    connection's first); its ids join our session table. None when nothing changed, or our
+    table is full (the peer then relays as before)."""
+    due = relay.due()
+    if due is None:
+        return None
+    linked, gone = due
+    indexes = table.indexes([*linked, *gone])
+    if indexes is None:
+        return None
+    at, new_ids = indexes
+    flat = [x for i, n in zip(at, linked.values(), strict=False) for x in (i, n)]
+    return Have(filtered=relay.filtered, new_ids=new_ids, linked=tuple(flat),
+                unlinked=tuple(at[len(linked):]))

@@ -76,7 +76,7 @@ from ._messages import (
 )
 from ._outbound import Outbound
 from ._port import ReplicaPort
-from ._relay import PeerRelay, RelayIndex, check_have
+from ._relay import PeerRelay, RelayIndex, have_frame, read_have
 from ._state import State, accepts, after
 from ._table import ReceivedIds
 
@@ -360,31 +360,13 @@ class SyncSession:
         return [HandshakeComplete(peer_id=peer, identity=identity, scope=self.scope)]
 
     def _on_have(self, m: Have) -> None:
-        """The peer's HAVE (§12): its ids join its session table (shared with its
-        COMPACT_DELTAs, §11) even when we do not relay, so that its indexes stay right."""
-        table = self._peer_ids
-        table.extend(m.new_ids, "HAVE")
-        check_have(m, len(table.ids))
-        if self._relay is not None:
-            ids = table.ids
-            pairs = zip(m.linked[::2], m.linked[1::2], strict=True)
-            self._relay.on_have(m.filtered, {ids[i]: n for i, n in pairs},
-                                [ids[i] for i in m.unlinked])
+        read_have(m, self._peer_ids, self._relay)
 
     def _send_have(self) -> None:
-        """Tell the peer what changed in the origins linked here (§12), if anything did."""
         assert self._relay is not None
-        due = self._relay.due()
-        if due is None:
-            return
-        linked, gone = due
-        indexes = self._outbound.ids.indexes([*linked, *gone])
-        if indexes is None:  # our table is full: the peer relays as before
-            return
-        at, new_ids = indexes
-        flat = [x for i, n in zip(at, linked.values(), strict=False) for x in (i, n)]
-        self._send(Have(filtered=self._relay.filtered, new_ids=new_ids, linked=tuple(flat),
-                        unlinked=tuple(at[len(linked):])))
+        have = have_frame(self._relay, self._outbound.ids)
+        if have is not None:
+            self._send(have)
 
     # -- producing frames ----------------------------------------------------------------------
 

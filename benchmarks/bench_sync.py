@@ -10,8 +10,9 @@ Figures (the letters are the --only names):
      shared conversations; after every 10 writes (over all replicas) one round of "pump every
      session, deliver every queued byte"; then rounds until quiescent. Real Replicas (LMDB,
      nosync, a virtual clock) and real SyncSessions driven in-process, no sockets, so the
-     figure is deterministic for a seed. Topologies: full mesh, star (1 server, 4 devices)
-     and line. Against, on the same schedule and the same writes:
+     figure is deterministic for a seed. Topologies: full mesh, ring, star (1 server, 4
+     devices) and line; every replica has a RelayIndex shared by its sessions, as a Node
+     does (specs/protocol.md §12). Against, on the same schedule and the same writes:
        floor     each write's encoded single-write delta shipped once to each other replica:
                  sum over writes of len(delta) * (n - 1) (no framing, no acks)
        classic   delta propagation as in Almeida et al. 2018, Algorithm 2 (a received delta
@@ -27,15 +28,21 @@ Figures (the letters are the --only names):
        have      (context) crdtim plus a sketched HAVE exchange (see MemReplica), its own
                  frames counted: what a concrete protocol change could get
   b  bytes per single-field change (title, pin, message arrived) on a replica of 1000
-     conversations with a second replica's history: the DELTA frame and its payload, vs the
-     pycrdt update for the same change (Doc > Map of conversation Maps,
-     doc.get_update(state_before)).
+     conversations with a second replica's history, on the wire: the frame A's SyncSession
+     sends B (a COMPACT_DELTA on a settled connection, specs/protocol.md §11) and its payload
+     (body and new replica ids; goal <= 40 B for title and pin), vs the pycrdt update for the
+     same change (Doc > Map of conversation Maps, doc.get_update(state_before), and the
+     transaction's own update, doc.observe event.update, the payload's reference).
   c  latency from a local commit's return to the change being visible at a loopback peer
      (Replica.subscribe callback): two crdtim.Nodes in one trio run over 127.0.0.1 TCP;
      durability sync / nosync, NodeConfig(linger=0) / default linger; one write at a time
      (each acknowledged before the next); 500 writes per run (30 with --quick). p50 and p99
      vs a raw reference: the same shape with raw LMDB puts (same durability) at both ends and
      a 60-byte frame over trio TCP.
+  e  latency under load: a server R (sync) receives two streams of 2,000 changes/s each
+     from two peers (nosync) over loopback while its own single writes are timed from commit
+     to a third peer P's subscription callback (sync); p50/p99 beside the same Nodes with no
+     streams; all four Nodes in this one process (100 writes with --quick, 500 otherwise).
   d  bootstrap: a new replica (durability sync, and nosync for context) joins a peer holding
      1M conversations (20k with --quick), built in nosync batches of 10k and with its log
      trimmed, so the newcomer gets a state transfer. The peer runs in its own process. Time
@@ -77,9 +84,12 @@ from crdtim.crdt import DEFAULT_SCHEMA, ConversationMap, join_fields
 from crdtim.protocol import (
     Ack,
     ChunkAck,
+    CompactDelta,
     Delta,
     FrameDecoder,
+    Have,
     Hello,
+    RelayIndex,
     SessionConfig,
     StateChunk,
     StateEnd,
@@ -159,10 +169,12 @@ class Profiler:
 
 TOPOLOGIES: dict[str, Callable[[int], list[tuple[int, int]]]] = {
     "mesh": lambda n: [(i, j) for i in range(n) for j in range(i + 1, n)],
+    "ring": lambda n: [(i, (i + 1) % n) for i in range(n)],
     "star": lambda n: [(0, j) for j in range(1, n)],
     "line": lambda n: [(i, i + 1) for i in range(n - 1)],
 }
-TOPOLOGY_LABEL = {"mesh": "full mesh", "star": "star (1 server, 4 devices)", "line": "line"}
+TOPOLOGY_LABEL = {"mesh": "full mesh", "ring": "ring", "star": "star (1 server, 4 devices)",
+                  "line": "line"}
 
 
 class VirtualClock:
@@ -217,7 +229,8 @@ class MemReplica:
         self.via.append(0)
 
     def delta_interval(self, after: int, *, skip_origin: str | None = None,
-                       max_entries: int = 1000, max_bytes: int | None = None
+                       max_entries: int = 1000, max_bytes: int | None = None,
+                       skip: Callable[[int, str], bool] | None = None
                        ) -> tuple[int, ConversationMap | None]:
         # max_bytes is not modelled: the mesh's deltas stay far below the 1 MiB default.
         entries = self.log[after:after + max_entries]
@@ -228,6 +241,8 @@ class MemReplica:
         for k, (origin, d) in enumerate(entries, start=after):
             if have and origin and self.via[k] and have.get(origin, 0) >= self.via[k]:
                 continue  # the receiver holds the sender's log up to where this came from
+            if skip is not None and skip(k + 1, origin):
+                continue  # the receiver holds it (HAVE, specs/protocol.md §12)
             if self.mode == "classic" or origin != skip_origin:
                 for c, fields in d.convs.items():
                     acc[c] = join_fields(acc.get(c, {}), fields)
@@ -281,7 +296,8 @@ class MemReplica:
 
 
 _FRAME_KIND = {Hello: "HELLO", Delta: "DELTA", Ack: "ACK", StateChunk: "STATE_CHUNK",
-               StateEnd: "STATE_END", ChunkAck: "CHUNK_ACK"}
+               StateEnd: "STATE_END", ChunkAck: "CHUNK_ACK", CompactDelta: "COMPACT_DELTA",
+               Have: "HAVE"}
 
 
 class Tally:
@@ -308,6 +324,9 @@ class Tally:
             if isinstance(m, Delta):
                 self.delta_payload += len(m.payload)
                 self.empty_deltas += m.payload == EMPTY_MAP
+            elif isinstance(m, CompactDelta):
+                self.delta_payload += len(m.body)
+                self.empty_deltas += m.body == b"\x80"
 
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "bytes": self.bytes, "frames": self.frames,
@@ -317,12 +336,15 @@ class Tally:
 class Mesh:
     """SyncSessions for every edge of a topology, driven in rounds with no I/O."""
 
-    def __init__(self, ports: list[Any], edges: list[tuple[int, int]]):
+    def __init__(self, ports: list[Any], edges: list[tuple[int, int]], relay: bool = True):
         self.ports = ports
         self.links: dict[tuple[int, int], SyncSession] = {}
+        # One RelayIndex per replica, shared by its sessions, as a Node does (§12); the
+        # reference algorithms run without.
+        relays = [RelayIndex() if relay else None for _ in ports]
         for i, j in edges:
-            self.links[(i, j)] = SyncSession(ports[i])
-            self.links[(j, i)] = SyncSession(ports[j])
+            self.links[(i, j)] = SyncSession(ports[i], relay=relays[i])
+            self.links[(j, i)] = SyncSession(ports[j], relay=relays[j])
         self.taps = {k: FrameDecoder(SessionConfig().max_frame_bytes) for k in self.links}
         self.tally = Tally()
         self.rounds = 0
@@ -434,7 +456,7 @@ def run_model_mesh(topology: str, n: int, events: list, ids: list[str], mode: st
     reps = [MemReplica(rid, mode, registry) for rid in ids]
     registry.update({r.id: r for r in reps})
     edges = TOPOLOGIES[topology](n)
-    mesh = Mesh(reps, edges)
+    mesh = Mesh(reps, edges, relay=mode == "crdtim")
     have_bytes = 0
     tables: dict[tuple[int, int], dict[str, int]] = {}
     if mode == "have":
@@ -506,7 +528,7 @@ def bench_mesh(cfg: argparse.Namespace, wd: Workdir, prof: Profiler) -> tuple[li
     n, writes_each, n_convs, per_round = 5, cfg.mesh_writes, 100, 10
     rows: list[Row] = []
     details: dict[str, Any] = {}
-    for topo in ("mesh", "star", "line"):
+    for topo in ("mesh", "ring", "star", "line"):
         res: dict[str, list] = {k: [] for k in ("crdtim", "floor", "classic", "state", "oracle",
                                                 "have")}
         runs = []
@@ -628,8 +650,21 @@ def bench_bytes(cfg: argparse.Namespace, wd: Workdir) -> list[Row]:
             oroot[cid(i)]["title"] = f"Renamed {i}"
     doc.apply_update(other.get_update(sv))
 
+    # A connection A -> B, settled: what a change costs on it is what the session sends.
+    sa, sb = SyncSession(a), SyncSession(b)
+    sa.initiate()
+    sb.initiate()
+    while True:
+        out_a, out_b = sa.data_to_send(), sb.data_to_send()
+        if not out_a and not out_b:
+            break
+        sb.receive_data(out_a)
+        sa.receive_data(out_b)
+        sa.pump()
+        sb.pump()
+    tap = FrameDecoder(SessionConfig().max_frame_bytes)  # what A sends B, as sent
     sizes: dict[str, dict[str, list[int]]] = {
-        k: {"frame": [], "payload": [], "py": [], "py_txn": [], "ack": []}
+        k: {"frame": [], "payload": [], "py": [], "py_txn": [], "ack": [], "plain": []}
         for k in ("title", "pin", "arrive")}
     txn_updates: list[bytes] = []
     doc.observe(lambda e: txn_updates.append(e.update))
@@ -659,12 +694,20 @@ def bench_bytes(cfg: argparse.Namespace, wd: Workdir) -> list[Row]:
                     conv["last_seq"] = seq
                     conv["last_preview"] = preview
                     conv["last_at"] = at
-            payload = a.delta_since(before)
             assert a.head == before + 1
-            frame = encode_frame(Delta(start=before, end=a.head, payload=payload))
-            sizes[kind]["payload"].append(len(payload))
-            sizes[kind]["frame"].append(len(frame))
-            sizes[kind]["ack"].append(len(encode_frame(Ack(seq=a.head))))
+            assert sa.pump() == 1
+            wire = sa.data_to_send()
+            tap.feed(wire)
+            m = tap.next_message()
+            assert tap.next_message() is None
+            assert isinstance(m, CompactDelta) and m.end == a.head, (m, before)
+            sizes[kind]["payload"].append(len(m.body) + len(codec.pack(m.new_ids)) - 1)
+            sizes[kind]["frame"].append(len(wire))
+            sizes[kind]["plain"].append(len(a.delta_since(before)))  # version 3's payload
+            sb.receive_data(wire)
+            ack = sb.data_to_send()
+            sizes[kind]["ack"].append(len(ack))
+            sa.receive_data(ack)
             sizes[kind]["py"].append(len(doc.get_update(state)))
             sizes[kind]["py_txn"].append(len(txn_updates[-1]))
             txn_updates.clear()
@@ -681,9 +724,10 @@ def bench_bytes(cfg: argparse.Namespace, wd: Workdir) -> list[Row]:
                f"before) (median; min {min(py)}, max {max(py)})")
         txn = s["py_txn"]
         rows.append(Row(
-            f"b-{kind}", f"DELTA frame per change: {labels[kind]}", "B", s["frame"], py,
+            f"b-{kind}", f"frame on the wire per change: {labels[kind]}", "B", s["frame"], py,
             ref_label=ref, goal="(report)",
-            note=f"plus an ACK frame back of {statistics.median(s['ack']):.0f} B. "
+            note=f"the COMPACT_DELTA A's session sends B (specs/protocol.md §11), plus an ACK "
+                 f"frame back of {statistics.median(s['ack']):.0f} B. "
                  f"get_update(state) carries the document's whole delete set (here from the "
                  f"other device's renames); the transaction's own update (doc.observe "
                  f"event.update, what a y-websocket provider ships) is "
@@ -692,8 +736,14 @@ def bench_bytes(cfg: argparse.Namespace, wd: Workdir) -> list[Row]:
                  f"{statistics.median(s['payload']) / statistics.median(txn):.2f}x of it",
             extra={"pycrdt_txn_update": Row.stats(txn)}))
         rows.append(Row(
-            f"b-{kind}-p", f"  its payload (encoded delta)", "B", s["payload"], py,
-            ref_label="same pycrdt update", goal="(report)"))
+            f"b-{kind}-p", f"  its payload (body and new replica ids)", "B", s["payload"], txn,
+            ref_label="pycrdt's update of the same transaction (doc.observe event.update)",
+            goal="<= 40 B" if kind != "arrive" else "(report)",
+            check=value_at_most(40) if kind != "arrive" else None,
+            note=f"protocol version 3 sent the encoded delta with its replica id table: "
+                 f"{statistics.median(s['plain']):.0f} B (min {min(s['plain'])}, max "
+                 f"{max(s['plain'])})",
+            extra={"v3_payload": Row.stats(s["plain"])}))
     for r in rows:
         r.extra["setup"] = (f"{samples} samples per kind on a replica of {n_convs} conversations "
                             "with a second replica's history; DELTA seq numbers ~3000")
@@ -883,6 +933,122 @@ def bench_latency(cfg: argparse.Namespace, wd: Workdir, prof: Profiler) -> tuple
                 ref_label="raw, p99", goal="p99 <= 20 ms", check=value_at_most(20.0),
                 fmt="{:,.2f}"))
     return rows, details
+
+
+# == e. latency under load ======================================================================
+
+
+async def _stream_writes(r: Replica, prefix: str, rate: float, stop: trio.Event,
+                         count: list[int]) -> None:
+    """`rate` single-op writes per second on `r` (its own conversations), paced by the clock
+    (a late tick writes the ones it owes), until `stop`."""
+    t0 = trio.current_time()
+    k = 0
+    while not stop.is_set():
+        due = int((trio.current_time() - t0) * rate)
+        while k < due:
+            r.set_title(f"{prefix}-{k % 500:03d}", f"streamed {k}")
+            k += 1
+        count[0] = k
+        await trio.sleep(0.001)
+
+
+async def crdtim_latency_under_load(rate: float, n_writes: int, wd: Workdir,
+                                    config: NodeConfig | None = None
+                                    ) -> tuple[list[float], float]:
+    """Server R (sync) with peer P (sync) and streamers S1, S2 (nosync) each writing `rate`
+    changes/s into R over loopback; R's single writes timed from commit to P's callback.
+    Returns the latencies (ms) and the rate R received from the streamers during them."""
+    dirs = [wd.fresh(f"load-{k}") for k in ("R", "P", "S1", "S2")]
+    r = Replica.open(dirs[0], durability="sync")
+    p = Replica.open(dirs[1], durability="sync")
+    streamers = [Replica.open(d, durability="nosync") for d in dirs[2:]]
+    populate(r, 100)
+    lat: list[float] = []
+    target: list[Any] = [None, None, 0.0]
+
+    def seen(change: crdtim.Change) -> None:
+        if change.origin == "remote" and change.conversation == target[0] and target[1] is not None:
+            target[2] = time.perf_counter()
+            target[1].set()
+
+    sub = p.subscribe(seen)
+    received = 0.0
+    everything = trio.CancelScope()
+    try:
+        with everything:
+            config = config or NodeConfig()
+            async with Node(r, listen=("127.0.0.1", 0), config=config) as nr, \
+                    trio.open_nursery() as nursery:
+                addr = [("127.0.0.1", nr.port)]
+                nodes = [await nursery.start(_run_node, x, addr, config)
+                         for x in (p, *streamers)]
+                await _wait_until(lambda: p.received_from(r.id) >= r.head)
+                stop = trio.Event()
+                counts = [[0], [0]]
+                for x, c, name in zip(streamers, counts, ("s1", "s2")):
+                    nursery.start_soon(_stream_writes, x, name, rate, stop, c)
+                await trio.sleep(0.5)  # the streams are flowing
+                got0 = sum(r.received_from(x.id) for x in streamers)
+                t_start = trio.current_time()
+                for k in range(n_writes):
+                    c = cid(k % 100)
+                    ev = trio.Event()
+                    target[:] = [c, ev, 0.0]
+                    r.set_title(c, f"Title {k}")
+                    t0 = time.perf_counter()
+                    with trio.fail_after(10):
+                        await ev.wait()
+                    lat.append((target[2] - t0) * 1000)
+                    await trio.sleep(0.002)  # R's writes are spaced, the streams are not
+                elapsed = trio.current_time() - t_start
+                received = (sum(r.received_from(x.id) for x in streamers) - got0) / elapsed
+                stop.set()
+                del nodes
+                everything.cancel()
+    finally:
+        sub.close()
+        for x in (r, p, *streamers):
+            x.close()
+        rm(*dirs)
+    return lat, received
+
+
+async def _run_node(x: Replica, peers: list[tuple[str, int]], config: NodeConfig,
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async with Node(x, peers=peers, config=config) as node:
+        task_status.started(node)
+        await trio.sleep_forever()
+
+
+def bench_load(cfg: argparse.Namespace, wd: Workdir) -> tuple[list[Row], dict]:
+    rate, n = 2000.0, cfg.load_writes
+    p50s, p99s, idle50, idle99, rates = [], [], [], [], []
+    details: list[dict[str, Any]] = []
+    for run in range(cfg.runs):
+        idle = trio.run(crdtim_latency_under_load, 0.0, n, wd)[0]
+        lat, got = trio.run(crdtim_latency_under_load, rate, n, wd)
+        p50s.append(percentile(lat, 50))
+        p99s.append(percentile(lat, 99))
+        idle50.append(percentile(idle, 50))
+        idle99.append(percentile(idle, 99))
+        rates.append(got)
+        details.append({"p50": p50s[-1], "p99": p99s[-1], "max": max(lat),
+                        "idle_p50": idle50[-1], "idle_p99": idle99[-1], "received_per_s": got})
+    setup = (f"server R (sync) <- 2 streamers (nosync) writing {rate:,.0f} changes/s each, "
+             f"-> peer P (sync); {n} writes at R per run, 2 ms apart; all four Nodes in this "
+             f"one process (one core's event loop); streams R received: "
+             f"{statistics.median(rates):,.0f} changes/s median")
+    rows = [
+        Row("e-load", "commit -> visible at peer under load (2 x 2,000 changes/s in): p50",
+            "ms", p50s, idle50, ref_label="same Nodes, no streams (idle)", goal="(report)",
+            fmt="{:,.2f}", note=setup),
+        Row("e-load99", "  same, p99", "ms", p99s, idle99, ref_label="same, idle, p99",
+            goal="p99 <= 5 ms", check=value_at_most(5.0), fmt="{:,.2f}"),
+        Row("e-load-in", "  changes/s R received from the streamers meanwhile", "changes/s",
+            rates, [2 * rate] * len(rates), ref_label="offered: 2 x 2,000/s", goal="(report)"),
+    ]
+    return rows, {"runs": details}
 
 
 # == d. bootstrap a new replica by state transfer ==============================================
@@ -1111,7 +1277,7 @@ def bench_bootstrap(cfg: argparse.Namespace, wd: Workdir, prof: Profiler
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}",
                                 description=__doc__.split("\n\n")[0])
-    common_args(p, "a,b,c,d")
+    common_args(p, "a,b,c,d,e")
     p.add_argument("--profile", metavar="DIR",
                    help="cProfile the crdtim side of each figure's first run into DIR")
     cfg = p.parse_args(argv)
@@ -1124,6 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.mesh_writes = 40 if q else 200
     cfg.byte_samples = 100 if q else 300
     cfg.latency_writes = 30 if q else 500
+    cfg.load_writes = 100 if q else 500
     cfg.big = 20_000 if q else 1_000_000
     cfg.d_runs = min(cfg.runs, 3)  # a full-size run takes minutes
     only = set(cfg.only.split(","))
@@ -1152,6 +1319,10 @@ def main(argv: list[str] | None = None) -> int:
         if "d" in only:
             d_rows, details["d"] = bench_bootstrap(cfg, wd, prof)
             rows += d_rows
+        if "e" in only:
+            print("  e: latency under load ...", flush=True)
+            e_rows, details["e"] = bench_load(cfg, wd)
+            rows += e_rows
     finally:
         wd.cleanup()
     meta["elapsed_s"] = time.perf_counter() - t_all

@@ -832,6 +832,10 @@ GOALS = [
          0.95, "ratio>="),
     Goal("bytes per change <= pycrdt's (title delta vs update)", "local.d", 1.0, "ratio<="),
     Goal("mesh bytes <= 1.3x the floor", "sync.a-mesh", 1.3, "ratio<="),
+    Goal("bytes per single-field change <= 40 B (set_title, on the wire in a session)",
+         "sync.b-title-p", 40, "value<="),
+    Goal("latency under load: p99 <= 5 ms while 2 peers stream 2,000 changes/s each in",
+         "sync.e-load99", 5.0, "value<="),
     Goal("latency p50 <= 2 ms (sync, default linger)", "sync.c-sy-ld", 2.0, "value<="),
     Goal("latency p99 <= 20 ms (sync, default linger)", "sync.c-sy-ld99", 20.0, "value<="),
     Goal("bootstrap 1M conversations <= 10 s", "sync.d", 10.0, "value<=", full_only=True),
@@ -1007,7 +1011,8 @@ def main(argv: list[str] | None = None) -> int:
         batches=sz["batches"], deltas=sz["deltas"], big=sz["big"], list_calls=sz["list_calls"])
     sync_cfg = argparse.Namespace(
         runs=sz["runs"], mesh_writes=sz["mesh_writes"], byte_samples=sz["byte_samples"],
-        latency_writes=sz["latency_writes"], big=sz["sync_big"], d_runs=sz["d_runs"])
+        latency_writes=sz["latency_writes"], big=sz["sync_big"], d_runs=sz["d_runs"],
+        load_writes=sz["latency_writes"])
     no_prof = bench_sync.Profiler(None)
 
     rows: list[Row] = []
@@ -1077,8 +1082,13 @@ def main(argv: list[str] | None = None) -> int:
             r, details["bootstrap"] = bench_sync.bench_bootstrap(sync_cfg, wd, no_prof)
             add("sync", r)
 
-        steps += [("bytes to converge (mesh/star/line); bytes per change on the wire", mesh),
+        def load() -> None:
+            r, details["load"] = bench_sync.bench_load(sync_cfg, wd)
+            add("sync", r)
+
+        steps += [("bytes to converge (mesh/ring/star/line); bytes per change on the wire", mesh),
                   ("commit -> visible at peer latency", latency),
+                  ("commit -> visible at peer latency under load", load),
                   (f"bootstrap {sz['sync_big']:,} conversations", boot)]
     if "messages" in only:
         msz = sz["messages"]

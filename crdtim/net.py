@@ -32,7 +32,14 @@ import trio
 
 from ._link import ERROR_GRACE, Link, tls_handshake
 from .errors import StoreError
-from .protocol import Error, SecurityConfig, SessionConfig, SyncSession, encode_frame
+from .protocol import (
+    Error,
+    RelayIndex,
+    SecurityConfig,
+    SessionConfig,
+    SyncSession,
+    encode_frame,
+)
 from .replica import Change, Replica, Subscription
 from .security import TlsConfig
 
@@ -133,6 +140,12 @@ class Node:
         self._subscription: Subscription | None = None
         self._known_head = 0
         self._last_housekeeping = -math.inf
+        # Shared by this Node's sessions: which peer sent what, and what each peer holds,
+        # so that no session relays what its peer has or is being sent directly
+        # (specs/protocol.md §12). When what is linked here moves, every sender wakes: its
+        # peer is told (HAVE), and may be waiting for it.
+        self.relay = RelayIndex()
+        self.relay.on_change = self._poke_all
         #: Replica.housekeeping()'s status, as of the last trim (about every second), for
         #: readers in other threads (metrics): a Replica is used from one thread only.
         self.status_snapshot: dict[str, Any] = {}
@@ -235,6 +248,10 @@ class Node:
         for link in list(self._links.values()):
             if change.peer != link.session.peer_id:
                 link.poke()
+
+    def _poke_all(self) -> None:
+        for link in list(self._links.values()):
+            link.poke()
 
     def _notice_foreign_writes(self) -> None:
         head = self.replica.head
@@ -363,7 +380,7 @@ class Node:
                 return _LinkEnd(None, False, failure, False)
             stream = tls_stream
         session = SyncSession(self.replica, self.config.session, self.config.security,
-                              dialed=dialed, tls_identity=tls_identity)
+                              dialed=dialed, tls_identity=tls_identity, relay=self.relay)
         link = Link(session, stream, dialed=dialed, addr=addr, config=self.config,
                     stats=self.stats, register=self._register,
                     notify_changed=self._notify_changed)
@@ -374,6 +391,7 @@ class Node:
         try:
             handshook = await link.run()
         finally:
+            session.ended()  # its peer no longer streams here through it (§12)
             self._handshake_slots.pop(link, None)
             self._all_links.discard(link)
             if session.peer_id is not None and self._links.get(session.peer_id) is link:

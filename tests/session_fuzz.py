@@ -43,6 +43,7 @@ from crdtim.protocol import _session
 from crdtim.crdt import ConversationMap, History, Lww, Stamp
 from crdtim.crdt.message import Append, Header, MessageState
 from crdtim.protocol import (
+    MAX_SESSION_IDS,
     DeltaApplied,
     Error,
     FrameDecoder,
@@ -104,8 +105,9 @@ if hasattr(protocol, "SecurityConfig"):
 
 def make_session(replica: Any, security: str = "open", dialed: bool = False) -> SyncSession:
     if SECURITY[security] is None:
-        return SyncSession(replica, FUZZ_CONFIG)
-    return SyncSession(replica, FUZZ_CONFIG, SECURITY[security], dialed=dialed)
+        return SyncSession(replica, FUZZ_CONFIG, relay=protocol.RelayIndex())
+    return SyncSession(replica, FUZZ_CONFIG, SECURITY[security], dialed=dialed,
+                       relay=protocol.RelayIndex())  # HAVE frames recorded and fed (§12)
 
 
 def _open(path: Path, **kw: Any) -> Replica:
@@ -577,8 +579,10 @@ NASTY = [None, True, False, -1, 0, 1, MAX_SEQ, MAX_SEQ + 1, 2**64 - 1, -(2**63),
          float("nan"), float("inf"), "", "x", "\U0001F600" * 300, "x" * 2000, b"", b"x",
          [], {}, [1, 2], {1: 2}, [[[]]], [2, 0, 1, b""]]
 NASTY_KEYS = [x for x in NASTY if type(x) not in (list, dict)]
-_SEQ_TAGS = {2: (1, 2), 3: (1,), 5: (1,), 6: (1,), 7: (1,), 9: (1,)}  # tag -> seq fields
-_PAYLOAD_TAGS = {2: 3, 4: 1}  # tag -> payload field
+_SEQ_TAGS = {2: (1, 2), 3: (1,), 5: (1,), 6: (1,), 7: (1,), 9: (1,),
+             11: (1, 2)}  # tag -> seq fields
+_PAYLOAD_TAGS = {2: 3, 4: 1, 11: 4}  # tag -> payload field (a COMPACT_DELTA's body)
+_COMPACT_DELTA = 11  # its new replica ids are field 3 (specs/protocol.md §11)
 
 
 def _unpacked(frame: bytes) -> list | None:
@@ -715,7 +719,7 @@ class Mutator:
             self.length_lie, self.huge_frame, self.garbage_frame, self.wrong_type,
             self.wrong_arity, self.seq_edge, self.seq_edge, self.payload, self.payload,
             self.payload, self.splice, self.reorder, self.random_message, self.crossover,
-            self.random_tail,
+            self.random_tail, self.session_table, self.session_table,
         ]
 
     def stream(self, rng: random.Random) -> bytes:
@@ -834,6 +838,31 @@ class Mutator:
             return m
         return self._change_message(rng, frames, repay)
 
+    def session_table(self, rng: random.Random, frames: list[bytes]) -> list[bytes]:
+        """A COMPACT_DELTA's new replica ids changed: one dropped (its indexes then point
+        past the table), repeated, renamed, made hostile, or the table flooded to its limit
+        and past it (specs/protocol.md §11)."""
+        def retable(m: list) -> list | None:
+            if m[0] != _COMPACT_DELTA or len(m) != 5 or type(m[3]) is not list:
+                return None
+            ids, m = list(m[3]), list(m)
+            kind = rng.randrange(6)
+            if kind == 0 and ids:
+                del ids[rng.randrange(len(ids))]
+            elif kind == 1 and ids:
+                ids.insert(rng.randrange(len(ids) + 1), rng.choice(ids))
+            elif kind == 2:
+                ids.insert(0, rng.choice([self.sc.a_id, self.sc.peer.id, "z", "y" * 64]))
+            elif kind == 3:
+                ids.append(rng.choice(["", "a\x00b", "x" * 65, 7, None, b"id"]))
+            else:  # flood: up to and past what a table may hold
+                n = rng.choice([MAX_SESSION_IDS - len(ids), MAX_SESSION_IDS + 1 - len(ids),
+                                MAX_SESSION_IDS * 2])
+                ids += [f"flood-{i}" for i in range(max(n, 0))]
+            m[3] = ids
+            return m
+        return self._change_message(rng, frames, retable)
+
     def mutate_payload(self, rng: random.Random, payload: bytes) -> bytes:
         kind = rng.randrange(5)
         if kind == 0:
@@ -912,7 +941,18 @@ class Mutator:
         if kind == 1:
             start = min(seq(), MAX_SEQ - 1)
             end = min(MAX_SEQ, start + rng.choice([1, 2, 100, MAX_SEQ]))
+            if rng.random() < 0.5:
+                return p.CompactDelta(
+                    start=start, end=end, body=rng.choice([b"\x80", payload()]),
+                    new_ids=tuple(rng.sample([self.sc.peer.id, self.sc.a_id, "x", "y" * 64],
+                                             rng.randrange(3))))
             return p.Delta(start=start, end=end, payload=payload())
+        if kind == 2 and rng.random() < 0.5:  # HAVE (specs/protocol.md §12)
+            n = rng.randrange(4)
+            return p.Have(filtered=rng.random() < 0.3,
+                          new_ids=tuple(rng.sample(["x", "y" * 64, self.sc.a_id], rng.randrange(3))),
+                          linked=tuple(x for _ in range(n) for x in (rng.randrange(4), seq())),
+                          unlinked=tuple(rng.randrange(MAX_SESSION_IDS) for _ in range(n)))
         if kind == 2:
             return p.Ack(seq=seq())
         if kind == 3:

@@ -158,6 +158,20 @@ def well_formed_messages(name: str) -> st.SearchStrategy[Any]:
         st.fixed_dictionaries(hello).map(lambda kw: protocol.Hello(**kw)),
         st.builds(lambda iv, p: Delta(start=iv[0], end=iv[1], payload=p), intervals(),
                   payloads(name)),
+        # COMPACT_DELTA (specs/protocol.md §11): ids into the sender's session table.
+        st.builds(lambda iv, ids, p: protocol.CompactDelta(start=iv[0], end=iv[1],
+                                                           new_ids=tuple(ids), body=p),
+                  intervals(), st.lists(replica_ids().filter(lambda t: "\x00" not in t),
+                                        max_size=3, unique=True),
+                  st.one_of(st.just(b"\x80"), payloads(name))),
+        # HAVE (specs/protocol.md §12): indexes into the sender's session table.
+        st.builds(lambda f, ids, linked, gone: protocol.Have(
+                      filtered=f, new_ids=tuple(ids), linked=tuple(linked), unlinked=tuple(gone)),
+                  st.booleans(), st.lists(st.sampled_from(["x", "y", "q" * 64]), max_size=2,
+                                          unique=True),
+                  st.lists(st.integers(0, 3), max_size=3).map(lambda xs: [v for x in xs
+                                                                          for v in (x, 7)]),
+                  st.lists(st.integers(0, 1023), max_size=3)),
         st.builds(Ack, seq=SEQS),
         st.builds(StateChunk, payload=payloads(name)),
         st.builds(StateEnd, seq=SEQS),
@@ -178,7 +192,8 @@ def well_formed_inputs(draw: Callable) -> tuple[str, bytes]:
     name = draw(st.sampled_from(SCENARIO_NAMES))
     frames = lab().by_name[name].frames
     prefix = frames[: draw(st.integers(0, len(frames)))]
-    expected = max([0, *(m[2] for f in prefix if (m := fz._unpacked(f)) and m[0] == 2)])
+    expected = max([0, *(m[2] for f in prefix
+                         if (m := fz._unpacked(f)) and m[0] in (2, 11))])
     out = list(prefix)
     for _ in range(draw(st.integers(1, 4))):
         if draw(st.booleans()):
@@ -203,7 +218,7 @@ def payload_mutated_inputs(draw: Callable) -> tuple[str, bytes]:
     """A recorded exchange whose k-th DELTA or STATE_CHUNK carries other content."""
     name = draw(st.sampled_from(SCENARIO_NAMES))
     frames = list(lab().by_name[name].frames)
-    carriers = [i for i, f in enumerate(frames) if fz._unpacked(f)[0] in (2, 4)]
+    carriers = [i for i, f in enumerate(frames) if fz._unpacked(f)[0] in (2, 4, 11)]
     i = draw(st.sampled_from(carriers))
     m = fz._unpacked(frames[i])
     m[-1] = draw(payloads(name))
@@ -344,7 +359,7 @@ def test_crafted_histories_are_applied_or_refused_cleanly(k) -> None:
     # Each hostile history after the whole recorded exchange, as one more DELTA, whole and
     # split at every byte: applied, or refused changing nothing (check_session_input).
     sc = lab().by_name["open-deltas"]
-    end = max(m[2] for f in sc.frames if (m := fz._unpacked(f)) and m[0] == 2)
+    end = max(m[2] for f in sc.frames if (m := fz._unpacked(f)) and m[0] in (2, 11))
     data = sc.stream + encode_frame(Delta(start=end, end=end + 1,
                                           payload=crafted_history_payloads()[k]))
     for cuts in ([], list(range(len(sc.stream), len(data)))):

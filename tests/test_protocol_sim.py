@@ -37,6 +37,7 @@ from crdtim.protocol import (
     Ping,
     Pong,
     PongReceived,
+    RelayIndex,
     RemoteProtocolError,
     SessionConfig,
     State,
@@ -50,7 +51,7 @@ from crdtim.protocol import (
 from tests.faults.sim import SESSION_CONFIG as SIM_CONFIG  # the fault simulation's, shared
 from tests.faults.sim import START_WALL_MS
 from crdtim.replica import Replica
-from frames import frames_of
+from frames import Tap, frames_of
 
 
 # -- harness ----------------------------------------------------------------------------------
@@ -66,7 +67,8 @@ class Wire:
         self.sessions = sessions
         self.queues = (bytearray(), bytearray())
         self.frames: tuple[list, list] = ([], [])
-        self._taps = (FrameDecoder(2**31), FrameDecoder(2**31))
+        self._taps = (Tap(), Tap())  # COMPACT_DELTAs read as the DELTAs they stand for
+        self.sent_bytes = (bytearray(), bytearray())  # everything side k sent, as sent
 
     def collect(self, now: float = 0.0) -> None:
         """Move what each session wants sent onto its queue (the app 'sends' at once)."""
@@ -75,9 +77,8 @@ class Wire:
             if data:
                 self.queues[k].extend(data)
                 self.sessions[k].sent_at(now)
-                self._taps[k].feed(data)
-                while (m := self._taps[k].next_message()) is not None:
-                    self.frames[k].append(m)
+                self.frames[k].extend(self._taps[k].feed(data))
+                self.sent_bytes[k].extend(data)
 
     def deliver(self, k: int, n: int | None = None, now: float = 0.0) -> list:
         """Deliver the first `n` queued bytes (all by default) from side k to side 1-k."""
@@ -112,8 +113,11 @@ class Wire:
         raise AssertionError("the two sessions never went quiet")
 
 
-def connect(a: Replica, b: Replica, config: SessionConfig = SIM_CONFIG, now: float = 0.0) -> Wire:
-    wire = Wire((a, b), (SyncSession(a, config), SyncSession(b, config)))
+def connect(a: Replica, b: Replica, config: SessionConfig = SIM_CONFIG, now: float = 0.0,
+            relays: tuple[Any, Any] = (None, None)) -> Wire:
+    """A new connection; `relays`: each side's RelayIndex (specs/protocol.md §12), if any."""
+    wire = Wire((a, b), (SyncSession(a, config, relay=relays[0]),
+                         SyncSession(b, config, relay=relays[1])))
     for s in wire.sessions:
         s.initiate(now)
     wire.collect(now)
@@ -637,6 +641,7 @@ class ProtocolSimulation(RuleBasedStateMachine):
         self.now = 0.0  # session clock, seconds
         self.wall_ms = START_WALL_MS  # replicas' wall clock (hybrid clock input)
         self.replicas: list[Replica] = []
+        self.relays: list[RelayIndex] = []  # what a Node's sessions share (§12)
         self.retention: list[int] = []
         self.wires: list[Wire] = []
         self.cut: frozenset[int] | None = None  # one side of a partition, while it lasts
@@ -657,6 +662,7 @@ class ProtocolSimulation(RuleBasedStateMachine):
         self.retention = retention
         for i in range(len(retention)):
             self.replicas.append(self._open(i))
+            self.relays.append(RelayIndex())  # one per replica, shared by its sessions
             self.logs.append({})
 
     def _open(self, i: int) -> Replica:
@@ -671,6 +677,12 @@ class ProtocolSimulation(RuleBasedStateMachine):
 
     def _drop(self, wire: Wire) -> None:
         self.wires.remove(wire)
+        for s in wire.sessions:  # as a Node does when a connection ends (§12)
+            s.ended()
+
+    def _connect(self, i: int, j: int) -> Wire:
+        return connect(self.replicas[i], self.replicas[j], SIM_CONFIG, self.now,
+                       (self.relays[i], self.relays[j]))
 
     def _across_cut(self, i: int, j: int) -> bool:
         return self.cut is not None and ((i in self.cut) != (j in self.cut))
@@ -740,7 +752,7 @@ class ProtocolSimulation(RuleBasedStateMachine):
                       label="acceptor")
         if self._across_cut(i, j):
             return
-        self.wires.append(connect(self.replicas[i], self.replicas[j], SIM_CONFIG, self.now))
+        self.wires.append(self._connect(i, j))
 
     @precondition(lambda self: any(not w.quiet() for w in self.wires))
     @rule(data=st.data())
@@ -800,6 +812,7 @@ class ProtocolSimulation(RuleBasedStateMachine):
                     self._drop(wire)
             old.close()
             self.replicas[i] = self._open(i)
+            self.relays[i] = RelayIndex()  # memory only: a restart forgets it
             assert self.replicas[i].id == old.id
 
     @precondition(lambda self: self.cut is not None)
@@ -876,10 +889,13 @@ class ProtocolSimulation(RuleBasedStateMachine):
 
     def _settle_and_check(self):
         self.cut = None
-        self.wires.clear()
         n = len(self.replicas)
-        self.wires = [connect(self.replicas[i], self.replicas[j], SIM_CONFIG, self.now)
-                      for i in range(n) for j in range(i + 1, n)]
+        for wire in self.wires:
+            for s in wire.sessions:
+                s.ended()
+        # A line, not every pair: each write must then be relayed, so an entry a relay held
+        # back or left out for a link that no longer exists would never arrive (§12).
+        self.wires = [self._connect(i, i + 1) for i in range(n - 1)]
         for _ in range(100):
             moved = False
             for wire in self.wires:

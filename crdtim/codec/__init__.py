@@ -13,7 +13,7 @@ format version, integer ranges and decoder bounds), `_msgpack` (pack and unpack)
 wrong), `_history` (the message history: the field of tag 15, and the storage records of one
 message and one group choice), `_census` (counting a map's conversations and items before
 decoding it), `_received` (maps and conversations kept as the bytes that came, not encoded
-again).
+again), `_session_table` (a map's body with its replica ids in a sync session's table).
 Callers use `codec.<name>` or import from here, never from a private module.
 """
 
@@ -41,6 +41,7 @@ from ._received import (
     encode_stored_map,
     store_received,
 )
+from ._session_table import encode_map_body, table_prefix
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -65,10 +66,12 @@ __all__ = [
     "encode_choice",
     "encode_fields",
     "encode_map",
+    "encode_map_body",  # a COMPACT_DELTA's body, ids in the session's table
     "encode_message",
     "encode_stored_map",
     "pack",
     "store_received",
+    "table_prefix",
     "trusted_map",  # re-exported from crdt.conversation, its home, for the replica
     "unpack",
     "unpack_frame",  # a frame body: a flat list, refused while read when it is not one

@@ -3,9 +3,10 @@ send (specs/protocol.md, specs/security.md).
 
 This is the public face; the code lives in private modules, one concern each: `_messages`
 (wire messages and framing), `_budget` (the decoded work a frame may cost), `_auth` (keys,
-scopes, the handshake MAC), `_events`, `_errors`, `_port` (the replica contract) and
-`_session` (the state machine). Nothing in this package touches a socket, a database, trio or
-the clock.
+scopes, the handshake MAC), `_events`, `_errors`, `_port` (the replica contract),
+`_session` (the state machine), `_table` (the session tables of replica ids) and `_relay`
+(not relaying what a peer holds). Nothing in
+this package touches a socket, a database, trio or the clock.
 """
 
 from ._auth import MAX_KEY_ID, MIN_SECRET_BYTES, SecurityConfig, valid_key_id
@@ -24,15 +25,18 @@ from ._events import (
 from ._messages import (
     MAX_FRAME_BYTES,
     MAX_REPLICA_ID_BYTES,
+    MAX_SESSION_IDS,
     MIN_FRAME_BYTES,
     NONCE_BYTES,
     PROTOCOL_VERSION,
     Ack,
     Auth,
     ChunkAck,
+    CompactDelta,
     Delta,
     Error,
     FrameDecoder,
+    Have,
     Hello,
     Message,
     Ping,
@@ -42,6 +46,7 @@ from ._messages import (
     encode_frame,
 )
 from ._port import ReplicaPort
+from ._relay import MAX_RELAY_ENTRIES, RelayIndex
 from ._session import SessionConfig, State, SyncSession
 
 __all__ = [
@@ -49,7 +54,9 @@ __all__ = [
     "MAX_FRAME_CONVERSATIONS",
     "MAX_FRAME_ITEMS",
     "MAX_KEY_ID",
+    "MAX_RELAY_ENTRIES",
     "MAX_REPLICA_ID_BYTES",
+    "MAX_SESSION_IDS",
     "MIN_FRAME_BYTES",
     "MIN_SECRET_BYTES",
     "NONCE_BYTES",
@@ -57,12 +64,14 @@ __all__ = [
     "Ack",
     "Auth",
     "ChunkAck",
+    "CompactDelta",
     "Delta",
     "DeltaApplied",
     "Error",
     "Event",
     "FrameDecoder",
     "HandshakeComplete",
+    "Have",
     "Hello",
     "LocalProtocolError",
     "Message",
@@ -72,6 +81,7 @@ __all__ = [
     "Pong",
     "PongReceived",
     "ProtocolError",
+    "RelayIndex",
     "RemoteProtocolError",
     "ReplicaPort",
     "SecurityConfig",

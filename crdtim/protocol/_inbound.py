@@ -20,6 +20,7 @@ from ._errors import RemoteProtocolError
 from ._events import DeltaApplied, Event, StateTransferFinished, StateTransferStarted
 from ._messages import Ack, ChunkAck, Delta, Message, StateChunk
 from ._port import ReplicaPort
+from ._relay import PeerRelay
 from ._state import Receiving, accepts, after
 
 __all__ = ["Inbound"]
@@ -29,8 +30,9 @@ class Inbound:
     """What we receive from one peer, once the session is open. `send` queues a frame."""
 
     def __init__(self, replica: ReplicaPort, limits: codec.Limits,
-                 send: Callable[[Message], object]):
+                 send: Callable[[Message], object], relay: PeerRelay | None = None):
         self.replica = replica
+        self._relay = relay  # what came from where, for relaying (specs/protocol.md §12)
         self.state = Receiving.DELTAS
         self._limits = limits
         self._send = send
@@ -116,7 +118,10 @@ class Inbound:
                 # apply_map records the resume point only if it moves forward: a second
                 # connection to the same peer (net.py keeps one, but two overlap for a
                 # moment) may deliver an interval older than one already applied.
+                head = self.replica.head if self._relay is not None else 0
                 changed = self.replica.apply_map(joined, self._peer, received=(self._peer, end))
+                if self._relay is not None:
+                    self._relay.applied(head, self.replica.head, end)
             except (ClockDriftError, DecodeError) as e:
                 if len(group) == 1:
                     raise RemoteProtocolError(f"refused: {e}") from None
@@ -175,6 +180,8 @@ class Inbound:
         self._refused(lambda: self.replica.apply_map(bottom, self._peer,
                                                      received=(self._peer, seq)))
         self.state = after(self.state, "STATE_END")
+        if self._relay is not None and self._relay.linked_here:
+            self._relay.index.applied(self._peer, seq)
         self._expect_from = seq
         self._send(Ack(seq=seq))
         return [StateTransferFinished(outbound=False, seq=seq)]

@@ -20,12 +20,12 @@ from ..errors import DecodeError
 from ._auth import MAC_BYTES, valid_key_id
 from ._errors import RemoteProtocolError
 
-__all__ = ["MAX_FRAME_BYTES", "MAX_REPLICA_ID_BYTES", "MIN_FRAME_BYTES", "NONCE_BYTES",
-           "PROTOCOL_VERSION", "Ack", "Auth", "ChunkAck", "Delta", "Error", "FrameDecoder",
-           "Hello", "Message", "Ping", "Pong", "StateChunk", "StateEnd", "encode_frame",
-           "message_name"]
+__all__ = ["MAX_FRAME_BYTES", "MAX_REPLICA_ID_BYTES", "MAX_SESSION_IDS", "MIN_FRAME_BYTES",
+           "NONCE_BYTES", "PROTOCOL_VERSION", "Ack", "Auth", "ChunkAck", "CompactDelta", "Delta",
+           "Error", "FrameDecoder", "Have", "Hello", "Message", "Ping", "Pong", "StateChunk",
+           "StateEnd", "encode_frame", "message_name"]
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_REPLICA_ID_BYTES = 255
 #: The smallest max_frame_bytes a replica may set: a conversation's whole state, at the
 #: codec's limits on text, must fit in one frame.
@@ -95,7 +95,34 @@ class ChunkAck:
     count: int  # STATE_CHUNKs of the current transfer applied so far
 
 
-Message = Hello | Auth | Delta | Ack | StateChunk | StateEnd | Ping | Pong | Error | ChunkAck
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompactDelta:
+    """A DELTA whose payload's replica ids are in the sender's session table
+    (specs/protocol.md §11): `new_ids` extend the table, then `body` is read against it."""
+
+    start: int
+    end: int
+    new_ids: tuple[str, ...]  # appended to the sender's table, in order
+    body: bytes  # codec.encode_map_body: {cid: {tag: field}}, indexes into the table
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Have:
+    """What the sender holds of which origins' logs (specs/protocol.md §12); its replica ids
+    are indexes into its session table, which `new_ids` extend first (§11)."""
+
+    filtered: bool  # what the sender sends us is cut to a scope
+    new_ids: tuple[str, ...]
+    linked: tuple[int, ...]  # flat [index, seq, ...]: linked to the sender, held up to seq
+    unlinked: tuple[int, ...]  # indexes of origins no longer linked to the sender
+
+
+#: Replica ids one side may put in its session table (specs/protocol.md §11): a peer cannot
+#: make us hold more, and a sender whose table is full sends plain DELTAs.
+MAX_SESSION_IDS = 1024
+
+Message = (Hello | Auth | Delta | Ack | StateChunk | StateEnd | Ping | Pong | Error | ChunkAck
+           | CompactDelta | Have)
 
 _MAX_SEQ = codec.MAX_INT
 _MAX_ERROR_REASON = 1000  # characters of a peer's ERROR reason kept
@@ -165,6 +192,52 @@ def _mac(x: Any) -> bytes:
     return mac
 
 
+def _new_ids(x: Any) -> tuple[str, ...]:
+    # The codec's rules for a replica id (specs/crdt.md §7), checked here so that a bad one
+    # is named as the table's, not as some later payload's.
+    if type(x) is not list or len(x) > MAX_SESSION_IDS:
+        raise RemoteProtocolError(f"COMPACT_DELTA new ids: expected an array of at most "
+                                  f"{MAX_SESSION_IDS} replica ids")
+    for rid in x:
+        if type(rid) is not str or not 0 < len(rid) <= codec.MAX_REPLICA_ID or "\x00" in rid:
+            raise RemoteProtocolError("COMPACT_DELTA new ids: a replica id is not a string "
+                                      f"of 1..{codec.MAX_REPLICA_ID} characters without NUL")
+    return tuple(x)
+
+
+def _new_ids_of(name: str) -> _Parse:
+    def parse(x: Any) -> tuple[str, ...]:
+        try:
+            return _new_ids(x)
+        except RemoteProtocolError as e:
+            raise RemoteProtocolError(e.reason.replace("COMPACT_DELTA", name, 1)) from None
+    return parse
+
+
+def _flag(what: str) -> _Parse:
+    def parse(x: Any) -> bool:
+        if type(x) is not bool:
+            raise RemoteProtocolError(f"{what}: expected true or false")
+        return x
+    return parse
+
+
+def _indexes(what: str, pairs: bool) -> _Parse:
+    # Session table indexes (below MAX_SESSION_IDS), each followed by a seq when `pairs`.
+    def parse(x: Any) -> tuple[int, ...]:
+        if type(x) is not list or len(x) > 2 * MAX_SESSION_IDS or (pairs and len(x) % 2):
+            raise RemoteProtocolError(f"{what}: expected a flat array of "
+                                      + ("[index, seq] pairs" if pairs else "indexes"))
+        for k, v in enumerate(x):
+            bound = _MAX_SEQ if pairs and k % 2 else MAX_SESSION_IDS - 1
+            if type(v) is not int or not 0 <= v <= bound:
+                raise RemoteProtocolError(f"{what}: {v!r:.40} is not "
+                                          + ("a sequence number" if bound == _MAX_SEQ
+                                             else "a session table index"))
+        return tuple(x)
+    return parse
+
+
 def _reason(x: Any) -> str:
     # Never refused: a peer's ERROR is reported whatever it holds, cut to a loggable size.
     return x[:_MAX_ERROR_REASON] if type(x) is str else repr(x)[:_MAX_ERROR_REASON]
@@ -173,9 +246,10 @@ def _reason(x: Any) -> str:
 # -- checks of a whole message, or of a HELLO before its fields
 
 def _interval(m: Message) -> None:
-    assert isinstance(m, Delta)
+    assert isinstance(m, (Delta, CompactDelta))
     if m.end <= m.start:
-        raise RemoteProtocolError(f"DELTA: empty or reversed interval ({m.start}, {m.end}]")
+        name = "DELTA" if isinstance(m, Delta) else "COMPACT_DELTA"
+        raise RemoteProtocolError(f"{name}: empty or reversed interval ({m.start}, {m.end}]")
 
 
 def _hello_version_first(args: list[Any]) -> None:
@@ -220,6 +294,14 @@ _ROWS = (
     _Row(8, Error, "ERROR", (("reason", _reason),)),
     _Row(9, ChunkAck, "CHUNK_ACK", (("count", _seq("CHUNK_ACK")),)),
     _Row(10, Auth, "AUTH", (("mac", _mac),)),
+    # Version 4 (specs/protocol.md §11).
+    _Row(11, CompactDelta, "COMPACT_DELTA",
+         (("start", _seq("COMPACT_DELTA start")), ("end", _seq("COMPACT_DELTA end")),
+          ("new_ids", _new_ids), ("body", _binary("COMPACT_DELTA body"))), check=_interval),
+    _Row(12, Have, "HAVE", (("filtered", _flag("HAVE filtered")),
+                            ("new_ids", _new_ids_of("HAVE")),
+                            ("linked", _indexes("HAVE linked", pairs=True)),
+                            ("unlinked", _indexes("HAVE unlinked", pairs=False)))),
 )
 _BY_TAG = {row.tag: row for row in _ROWS}
 _BY_KIND: dict[object, _Row] = {row.kind: row for row in _ROWS}

@@ -17,21 +17,25 @@ from ._auth import covers, within_scope
 from ._budget import MAX_FRAME_CONVERSATIONS, over_budget
 from ._errors import RemoteProtocolError
 from ._events import Event, PeerAcked, StateTransferStarted
-from ._messages import Delta, Message, StateChunk, StateEnd
+from ._messages import CompactDelta, Delta, Message, StateChunk, StateEnd
 from ._port import ReplicaPort
+from ._relay import PeerRelay
 from ._state import Sending, after
+from ._table import SentIds
 
 __all__ = ["DELTA_OVERHEAD", "Outbound"]
 
 DELTA_OVERHEAD = 64  # frame header and DELTA fields around the payload, generously
+_NO_TABLE = codec.table_prefix([])
 
 
 class Outbound:
     """What we send one peer, once the session is open. `send` queues a frame."""
 
     def __init__(self, replica: ReplicaPort, *, max_frame_bytes: int, max_delta_bytes: int,
-                 send: Callable[[Message], object]):
+                 send: Callable[[Message], object], relay: PeerRelay | None = None):
         self.replica = replica
+        self._relay = relay  # what the peer holds already (specs/protocol.md §12)
         self.state = Sending.WAIT_RESUME
         self._send = send
         self.events: list[Event] = []  # happened in pump(); the session reports them
@@ -48,6 +52,7 @@ class Outbound:
         self._chunks_acked = 0  # ...and acknowledged
         self._transfer_after: str | None = None
         self._transfer_head = 0
+        self.ids = SentIds()  # our session table of replica ids (specs/protocol.md §11)
 
     def peer_limits(self, max_frame_bytes: int) -> None:
         """What we send must fit the peer's frame limit as well as our budget per frame."""
@@ -134,7 +139,9 @@ class Outbound:
         after, head = self.acked, self.replica.head
         try:
             while after < head:
-                end, delta = self.replica.delta_interval(after, skip_origin=self._peer)
+                end, delta = self.replica.delta_interval(
+                    after, skip_origin=self._peer,
+                    skip=self._relay.holds if self._relay is not None else None)
                 if delta is not None:
                     return False
                 if end == after:
@@ -157,20 +164,31 @@ class Outbound:
                 queued += self._next_chunk(
                     min(max_conversations_per_chunk, MAX_FRAME_CONVERSATIONS))
                 continue
+            relay = self._relay
+            entries = max_entries
+            if relay is not None:
+                # Not past an entry the peer is about to get from its origin (§12).
+                entries = relay.held_back_from(self._sent_upto, max_entries)
+                if not entries:
+                    break
             try:
                 end, delta = self.replica.delta_interval(
                     self._sent_upto, skip_origin=self._peer,
-                    max_entries=max_entries, max_bytes=self.frame_budget)
+                    max_entries=entries, max_bytes=self.frame_budget,
+                    skip=relay.holds if relay is not None else None)
                 if end == self._sent_upto:
                     break
                 if delta is not None:
                     # The interval still advances over what the peer may not see: its ACK
                     # covers the whole interval, as for entries left out as its own.
                     delta = within_scope(delta, self._scope)
-                payload = codec.encode_map(delta or ConversationMap.bottom(self.replica.schema))
-                if len(payload) > self.peer_frame_bytes - DELTA_OVERHEAD:
+                message, payload, size, new_ids = self._delta_message(
+                    end, delta or ConversationMap.bottom(self.replica.schema))
+                if size > self.peer_frame_bytes - DELTA_OVERHEAD:
+                    self.ids.forget(new_ids)
                     raise LogTrimmedError("one log entry is larger than the peer's frames")
                 if over_budget(payload) is not None:
+                    self.ids.forget(new_ids)
                     # Over the decoded work a frame may cost (_budget.py): join fewer
                     # entries; one entry alone over it (a huge batch) goes by state transfer.
                     if end - self._sent_upto <= 1:
@@ -187,11 +205,28 @@ class Outbound:
                     break
                 self.events.append(self._start_transfer("log not enough"))
                 continue
-            self._send(Delta(start=self._sent_upto, end=end, payload=payload))
+            self._send(message)
             self._inflight.append(end)
             self._sent_upto = end
             queued += 1
         return queued
+
+    def _delta_message(self, end: int, m: ConversationMap
+                       ) -> tuple[Delta | CompactDelta, bytes, int, tuple[str, ...]]:
+        """The frame carrying `m` for our log after what was sent up to `end`: a
+        COMPACT_DELTA, its ids in our session table, or a DELTA once the table is full
+        (specs/protocol.md §11). With it: the payload as a map, for the budget check (an
+        empty table in front of a body: the census does not look at indexes), the bytes
+        it adds to a frame, and the ids it added to the table."""
+        compact = self.ids.encode(m)
+        if compact is None:
+            payload = codec.encode_map(m)
+            return Delta(start=self._sent_upto, end=end, payload=payload), payload, \
+                len(payload), ()
+        new_ids, body = compact
+        size = len(body) + (len(codec.pack(new_ids)) if new_ids else 1)
+        return (CompactDelta(start=self._sent_upto, end=end, new_ids=new_ids, body=body),
+                _NO_TABLE + body, size, new_ids)
 
     def _next_chunk(self, max_conversations: int) -> int:
         """Queue the transfer's next STATE_CHUNK, and its STATE_END after the last; returns

@@ -8,6 +8,7 @@ Declarations only: no I/O here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from .. import codec
@@ -39,11 +40,13 @@ class ReplicaPort(Protocol):
         transfer."""
 
     def delta_interval(self, after: int, *, skip_origin: str | None = None,
-                       max_entries: int = ..., max_bytes: int | None = None
+                       max_entries: int = ..., max_bytes: int | None = None,
+                       skip: Callable[[int, str], bool] | None = None
                        ) -> tuple[int, ConversationMap | None]:
         """(end, join of the entries in (after, end] not from `skip_origin`, or None); at most
-        `max_entries` entries and, but for the first, `max_bytes` of them encoded. Raises
-        LogTrimmedError when entries after `after` are gone."""
+        `max_entries` entries and, but for the first, `max_bytes` of them encoded; entries
+        for which `skip(seq, origin)` is true are left out too (specs/protocol.md §12).
+        Raises LogTrimmedError when entries after `after` are gone."""
 
     def encoded_state_chunk(self, after: str | None, max_conversations: int = ...,
                             max_bytes: int | None = None,

@@ -60,9 +60,11 @@ from ._messages import (
     Ack,
     Auth,
     ChunkAck,
+    CompactDelta,
     Delta,
     Error,
     FrameDecoder,
+    Have,
     Hello,
     Message,
     Ping,
@@ -74,7 +76,9 @@ from ._messages import (
 )
 from ._outbound import Outbound
 from ._port import ReplicaPort
+from ._relay import PeerRelay, RelayIndex, have_frame, read_have
 from ._state import State, accepts, after
+from ._table import ReceivedIds
 
 __all__ = ["SessionConfig", "State", "SyncSession"]
 
@@ -125,7 +129,7 @@ class SyncSession:
 
     def __init__(self, replica: ReplicaPort, config: SessionConfig | None = None,
                  auth: SecurityConfig | None = None, *, dialed: bool = False,
-                 tls_identity: str | None = None):
+                 tls_identity: str | None = None, relay: RelayIndex | None = None):
         self.replica = replica
         self.config = cfg = config or SessionConfig()
         self.state = State.AWAIT_HELLO
@@ -134,9 +138,13 @@ class SyncSession:
         self._handshake = Handshake(replica, auth or SecurityConfig(), dialed=dialed,
                                     tls_identity=tls_identity,
                                     nonce=secrets.token_bytes(NONCE_BYTES))
+        # Shared with the replica's other sessions: not relaying what a peer holds (§12).
+        self._relay = PeerRelay(relay) if relay is not None else None
         self._outbound = Outbound(replica, max_frame_bytes=cfg.max_frame_bytes,
-                                  max_delta_bytes=cfg.max_delta_bytes, send=self._send)
-        self._inbound = Inbound(replica, cfg.limits, send=self._send)
+                                  max_delta_bytes=cfg.max_delta_bytes, send=self._send,
+                                  relay=self._relay)
+        self._inbound = Inbound(replica, cfg.limits, send=self._send, relay=self._relay)
+        self._peer_ids = ReceivedIds()  # the peer's session table (specs/protocol.md §11)
         self._partial_since: float | None = None  # when the frame now buffered began
         self._decoder = FrameDecoder(min(cfg.max_frame_bytes, cfg.max_handshake_frame_bytes))
         self._outgoing = bytearray()
@@ -198,6 +206,15 @@ class SyncSession:
         if self.state is not State.CLOSED:
             self._send(Error(reason=reason))
             self.state = after(self.state, "close")
+        self.ended()
+
+    def ended(self) -> None:
+        """The connection is gone (closed, lost, dropped): the peer no longer streams to
+        this replica through it, so its other sessions must not wait for it (§12). The
+        owner calls this when a connection ends without the session closing it; a closed
+        session has done it already. Idempotent."""
+        if self._relay is not None:
+            self._relay.close()
 
     def _fail(self, reason: str) -> RemoteProtocolError:
         """Close with ERROR and return the error to raise."""
@@ -222,7 +239,7 @@ class SyncSession:
             self._decoder.feed(data)
             lookahead: Message | None = None
             while not self._closed:
-                m, lookahead = lookahead or self._decoder.next_message(), None
+                m, lookahead = lookahead or self._next_message(), None
                 if m is None:
                     break
                 if not (isinstance(m, Delta) and self.state is State.OPEN):
@@ -234,7 +251,7 @@ class SyncSession:
                 group, bad = [m], None
                 while len(group) < _MAX_DELTA_GROUP:
                     try:
-                        nxt = self._decoder.next_message()
+                        nxt = self._next_message()
                     except RemoteProtocolError as e:
                         bad = e
                         break
@@ -255,6 +272,15 @@ class SyncSession:
             self._partial_since = now  # a new frame began in these bytes
         return events
 
+    def _next_message(self) -> Message | None:
+        """The next complete frame's message; once OPEN, a COMPACT_DELTA comes out as the
+        DELTA it stands for, its ids read from the peer's session table (§11), so that it
+        is grouped, checked and applied as one (before OPEN it is refused as it came)."""
+        m = self._decoder.next_message()
+        if isinstance(m, CompactDelta) and self.state is State.OPEN:
+            return Delta(start=m.start, end=m.end, payload=self._peer_ids.payload(m))
+        return m
+
     @property
     def _closed(self) -> bool:
         # A method, not a comparison in place: handlers move self.state, which mypy's
@@ -267,6 +293,7 @@ class SyncSession:
             raise RemoteProtocolError(f"unexpected {name} in state {self.state.value}")
         if isinstance(m, Error):
             self.state = after(self.state, name)
+            self.ended()
             return [PeerClosed(reason=m.reason)]
         if isinstance(m, Hello):
             return self._on_hello(m)
@@ -274,6 +301,11 @@ class SyncSession:
             return self._on_auth(m)
         if isinstance(m, Delta):
             return self._inbound.on_deltas([m])
+        if isinstance(m, CompactDelta):  # turned into a DELTA once OPEN (_next_message)
+            raise LocalProtocolError("COMPACT_DELTA reached the dispatch")
+        if isinstance(m, Have):
+            self._on_have(m)
+            return []
         if isinstance(m, StateChunk):
             return self._inbound.on_state_chunk(m)
         if isinstance(m, StateEnd):
@@ -321,9 +353,20 @@ class SyncSession:
         self.scope = self._handshake.authorize(identity)
         self.peer_identity = identity
         self._outbound.open(peer, self.scope)
+        if self._relay is not None:
+            self._relay.open(peer, filtered=self.scope is not None)
         self._decoder.max_frame_bytes = self.config.max_frame_bytes
         self._inbound.open(peer, identity, self.scope)
         return [HandshakeComplete(peer_id=peer, identity=identity, scope=self.scope)]
+
+    def _on_have(self, m: Have) -> None:
+        read_have(m, self._peer_ids, self._relay)
+
+    def _send_have(self) -> None:
+        assert self._relay is not None
+        have = have_frame(self._relay, self._outbound.ids)
+        if have is not None:
+            self._send(have)
 
     # -- producing frames ----------------------------------------------------------------------
 
@@ -336,6 +379,8 @@ class SyncSession:
         as far as the in-flight window allows; returns how many frames were queued."""
         if self.state is not State.OPEN:
             return 0
+        if self._relay is not None:
+            self._send_have()
         cfg = self.config
         return self._outbound.pump(max_unacked_frames=cfg.max_unacked_frames,
                                    max_entries_per_delta=cfg.max_entries_per_delta,

@@ -37,7 +37,8 @@ class Receiving(enum.Enum):
 
 AnyState = State | Sending | Receiving
 
-_OPEN_MESSAGES = ("DELTA", "ACK", "STATE_CHUNK", "STATE_END", "PING", "PONG", "CHUNK_ACK")
+_OPEN_MESSAGES = ("DELTA", "ACK", "STATE_CHUNK", "STATE_END", "PING", "PONG", "CHUNK_ACK",
+                  "HAVE")  # HAVE: version 4, specs/protocol.md §12
 
 TRANSITIONS: dict[tuple[AnyState, str], AnyState] = {
     # The handshake (specs/protocol.md §3, specs/security.md §3).

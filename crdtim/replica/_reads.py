@@ -160,12 +160,15 @@ class Reads(ReplicaCore):
     # -- replication support (used by crdtim/protocol through a narrow interface) ------------
 
     def delta_interval(self, after: int, *, skip_origin: str | None = None,
-                       max_entries: int = 1000, max_bytes: int | None = None
+                       max_entries: int = 1000, max_bytes: int | None = None,
+                       skip: Callable[[int, str], bool] | None = None
                        ) -> tuple[int, ConversationMap | None]:
         """(to, delta): the join of log entries in (after, to], leaving out those that came
         from `skip_origin` (no back-propagation); at most `max_entries` entries, and no more
         than `max_bytes` of encoded entries unless the first alone is larger. `delta` is
         None when every entry in the range was left out or there are none (then to == after).
+        `skip(seq, origin)`, if given, leaves out more entries (the ones a peer already
+        holds, specs/protocol.md §12); like those of `skip_origin` they are still covered.
 
         Raises LogTrimmedError if entries after `after` were already dropped: checked in the
         same read transaction, so a trim can never make a gap go unnoticed.
@@ -182,7 +185,8 @@ class Reads(ReplicaCore):
             for i, (seq, origin, payload) in enumerate(t.log_entries(after)):
                 if i == max_entries:
                     break
-                if skip_origin is None or origin != skip_origin:
+                if (skip_origin is None or origin != skip_origin) and (
+                        skip is None or not skip(seq, origin)):
                     size += len(payload)
                     if max_bytes is not None and size > max_bytes and acc:
                         break

@@ -19,13 +19,21 @@ from .. import codec
 from ..errors import DecodeError
 from ._auth import MAC_BYTES, valid_key_id
 from ._errors import RemoteProtocolError
+from ._reconcile import (
+    ReconAnswer,
+    ReconRanges,
+    encode_ranges,
+    parse_answer_bits,
+    parse_ranges,
+    parse_salt,
+)
 
 __all__ = ["MAX_FRAME_BYTES", "MAX_REPLICA_ID_BYTES", "MIN_FRAME_BYTES", "NONCE_BYTES",
            "PROTOCOL_VERSION", "Ack", "Auth", "ChunkAck", "Delta", "Error", "FrameDecoder",
            "Hello", "Message", "Ping", "Pong", "StateChunk", "StateEnd", "encode_frame",
            "message_name"]
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4  # 4: reconciliation (RECON_RANGES, RECON_ANSWER, §11)
 MAX_REPLICA_ID_BYTES = 255
 #: The smallest max_frame_bytes a replica may set: a conversation's whole state, at the
 #: codec's limits on text, must fit in one frame.
@@ -95,7 +103,8 @@ class ChunkAck:
     count: int  # STATE_CHUNKs of the current transfer applied so far
 
 
-Message = Hello | Auth | Delta | Ack | StateChunk | StateEnd | Ping | Pong | Error | ChunkAck
+Message = (Hello | Auth | Delta | Ack | StateChunk | StateEnd | Ping | Pong | Error | ChunkAck
+           | ReconRanges | ReconAnswer)
 
 _MAX_SEQ = codec.MAX_INT
 _MAX_ERROR_REASON = 1000  # characters of a peer's ERROR reason kept
@@ -220,6 +229,10 @@ _ROWS = (
     _Row(8, Error, "ERROR", (("reason", _reason),)),
     _Row(9, ChunkAck, "CHUNK_ACK", (("count", _seq("CHUNK_ACK")),)),
     _Row(10, Auth, "AUTH", (("mac", _mac),)),
+    # Reconciliation (specs/protocol.md §11); the frames are _reconcile.py's.
+    _Row(16, ReconRanges, "RECON_RANGES", (("salt", parse_salt), ("ranges", parse_ranges))),
+    _Row(17, ReconAnswer, "RECON_ANSWER", (("differs", parse_answer_bits),
+                                           ("needed", parse_answer_bits))),
 )
 _BY_TAG = {row.tag: row for row in _ROWS}
 _BY_KIND: dict[object, _Row] = {row.kind: row for row in _ROWS}
@@ -232,6 +245,9 @@ def message_name(m: Message) -> str:
 
 def encode_frame(m: Message) -> bytes:
     row = _BY_KIND[type(m)]
+    if isinstance(m, ReconRanges):  # its ranges go as lists (specs/protocol.md §11)
+        body = codec.pack([row.tag, m.salt, encode_ranges(m.ranges)])
+        return _LEN.pack(len(body)) + body
     body = codec.pack([row.tag, *row.values(m)])
     return _LEN.pack(len(body)) + body
 

@@ -42,6 +42,7 @@ from ._messages import (
     encode_frame,
 )
 from ._port import ReplicaPort
+from ._reconcile import RangeQuery, ReconAnswer, ReconRanges
 from ._session import SessionConfig, State, SyncSession
 
 __all__ = [
@@ -72,6 +73,9 @@ __all__ = [
     "Pong",
     "PongReceived",
     "ProtocolError",
+    "RangeQuery",
+    "ReconAnswer",
+    "ReconRanges",
     "RemoteProtocolError",
     "ReplicaPort",
     "SecurityConfig",

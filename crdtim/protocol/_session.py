@@ -75,7 +75,7 @@ from ._messages import (
 from ._outbound import Outbound
 from ._port import ReplicaPort
 from ._reconcile import ReconAnswer, ReconcileResponder, ReconRanges
-from ._state import State, accepts, after
+from ._state import Sending, State, accepts, after
 
 __all__ = ["SessionConfig", "State", "SyncSession"]
 
@@ -363,6 +363,11 @@ class SyncSession:
         return self._outbound.pump(max_unacked_frames=cfg.max_unacked_frames,
                                    max_entries_per_delta=cfg.max_entries_per_delta,
                                    max_conversations_per_chunk=cfg.max_conversations_per_chunk)
+
+    @property
+    def reconciling(self) -> bool:
+        """True while we reconcile our state towards the peer (specs/protocol.md §11)."""
+        return self.state is State.OPEN and self._outbound.state is Sending.RECONCILE
 
     @property
     def caught_up(self) -> bool:

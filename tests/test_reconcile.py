@@ -294,3 +294,33 @@ def test_ranges_survive_the_wire(ids, leaf):
         assert frames_of(encode_frame(frame)) == [frame]
         sender.on_answer(nobody.answer(frame))
     assert sender.needed_ids() == ids
+
+
+def test_a_scoped_peer_is_reconciled_within_its_scope_only(open_replica):
+    # specs/security.md: a peer's scope limits what it is sent. Reconciliation reads only the
+    # digests in scope, so ranges, answers and chunks never reach past it.
+    from test_security import serve_alice
+
+    server = open_replica("server", log_retention=0)
+    phone = open_replica("phone")
+    with server.batch():
+        for i in range(40):
+            server.set_title(f"u1/c{i:02}", "mine")
+            server.set_title(f"u2/c{i:02}", "not mine")
+    assert serve_alice(server, phone).run().open
+    assert set(phone.state()) == {f"u1/c{i:02}" for i in range(40)}
+    server.set_title("u1/c07", "changed")
+    server.set_title("u2/c07", "changed, not mine")
+    server.set_title("u1/new", "new")
+    server.trim_log()
+    pipe = serve_alice(server, phone).run()
+    assert pipe.open and pipe.errors == [None, None]
+    sent = pipe.frames[1]
+    ranges = [r for m in sent if isinstance(m, ReconRanges) for r in m.ranges]
+    assert ranges and all(r.lower in (b"", b"u") or r.lower.startswith(b"u1/")
+                          for r in ranges)
+    chunks = [codec.decode_map(m.payload, server.schema) for m in sent
+              if isinstance(m, StateChunk)]
+    assert {cid for chunk in chunks for cid in chunk.convs} == {"u1/c07", "u1/new"}
+    assert phone.get("u1/c07").title == "changed" and phone.get("u2/c07") is None
+    assert set(phone.state()) == {f"u1/c{i:02}" for i in range(40)} | {"u1/new"}

@@ -341,3 +341,24 @@ def test_a_range_fingerprint_is_the_xor_of_its_digests(n, data):
         for b in range(16):
             expected[b] ^= digests[16 * k + b]
     assert index.xor(i, j) == bytes(expected)
+
+
+def test_ranges_are_sized_to_the_peers_frames(open_replica):
+    # A peer that announces small frames (HELLO's max_frame_bytes) gets RECON_RANGES that
+    # fit them: else it would refuse every one, and the link would never catch up.
+    small = SessionConfig(max_frame_bytes=4096, max_conversations_per_chunk=8,
+                          max_unacked_frames=2)
+    a = open_replica("a", log_retention=0)
+    b = open_replica("b")
+    with a.batch():
+        for i in range(3000):
+            a.set_title(f"a-long-conversation-id-{i:06}", "t")
+    connect(a, b, small).run_until_quiet()
+    for i in range(0, 3000, 7):
+        a.set_title(f"a-long-conversation-id-{i:06}", "changed")
+    a.trim_log()
+    wire = connect(a, b, small)
+    wire.run_until_quiet()
+    sizes = [len(encode_frame(m)) for m in wire.frames[0] if isinstance(m, ReconRanges)]
+    assert sizes and max(sizes) <= 4096
+    assert a.state() == b.state()

@@ -20,7 +20,7 @@ from ._errors import RemoteProtocolError
 from ._events import Event, PeerAcked, StateTransferStarted
 from ._messages import Delta, Message, StateChunk, StateEnd
 from ._port import ReplicaPort
-from ._reconcile import SALT_BYTES, ReconAnswer, ReconcileSender
+from ._reconcile import MAX_RANGE_BYTES, SALT_BYTES, ReconAnswer, ReconcileSender
 from ._state import Sending, after
 
 __all__ = ["DELTA_OVERHEAD", "Outbound"]
@@ -145,7 +145,9 @@ class Outbound:
         can be, waiting on answers."""
         r = self.reconciler
         assert r is not None
-        frame = r.next_frame()
+        # Bounds that differ little cost a few bytes each, but a frame is sized by the worst
+        # case so that it fits the peer's limit whatever the ids.
+        frame = r.next_frame(max(self.frame_budget - DELTA_OVERHEAD, MAX_RANGE_BYTES))
         if frame is not None:
             self._send(frame)
             return 1
@@ -296,6 +298,7 @@ class Outbound:
                 # One conversation alone over the peer's frames: its history must be split
                 # across chunks, which only the whole transfer does (§5); it restarts here.
                 self._transfer_ids = None
+                self.reconciler = None
                 return queued
             del ids[:taken]
             if payload is not None:

@@ -39,6 +39,8 @@ __all__ = [
     "ITEM_HASH_BYTES",
     "MAX_BOUND_BYTES",
     "MAX_COMPARED_ITEMS",
+    "MAX_LEAF_ITEMS",
+    "MAX_RANGE_BYTES",
     "MAX_RECON_ITEMS",
     "MAX_RECON_RANGES",
     "SALT_BYTES",
@@ -67,6 +69,10 @@ DIGEST_BYTES = 16  # a conversation's digest, as the replica computes it
 FINGERPRINT_BYTES = 8  # a range's fingerprint on the wire
 ITEM_HASH_BYTES = 8
 SALT_BYTES = 16
+#: The most items a range is listed with (`reconcile_leaf_items` is clamped to it), so that
+#: a range encodes in at most MAX_RANGE_BYTES: one fits any frame a peer may announce.
+MAX_LEAF_ITEMS = 32
+MAX_RANGE_BYTES = 1 + 2 * (6 + MAX_BOUND_BYTES) + 3 + MAX_LEAF_ITEMS * ITEM_HASH_BYTES
 _FINGERPRINT, _ITEMS = 0, 1
 
 
@@ -361,7 +367,7 @@ class ReconcileSender:
         self.salt = salt
         self.index = DigestIndex(ids, digests)
         self._branching = max(2, branching)
-        self._leaf = max(1, min(leaf_items, MAX_RECON_ITEMS))
+        self._leaf = max(1, min(leaf_items, MAX_LEAF_ITEMS))
         self._max_ranges = max(1, min(max_ranges_per_frame, MAX_RECON_RANGES))
         self._pending: deque[_Asked] = deque()
         self._outstanding: deque[list[_Asked]] = deque()
@@ -382,15 +388,22 @@ class ReconcileSender:
         kind = _ITEMS if last - first <= self._leaf else _FINGERPRINT
         self._pending.append(_Asked(first, last, lower, upper, kind))
 
-    def next_frame(self) -> ReconRanges | None:
+    def next_frame(self, max_bytes: int | None = None) -> ReconRanges | None:
+        """The next RECON_RANGES, its ranges encoded in at most `max_bytes` (but for the
+        first range, which `MAX_RANGE_BYTES` bounds); None when nothing is to be asked."""
         if not self._pending:
             return None
         asked: list[_Asked] = []
         ranges: list[RangeQuery] = []
-        items = 0
+        items = size = 0
         index = self.index
         while self._pending and len(asked) < self._max_ranges:
             a = self._pending[0]
+            # At most: flags, two bounds with their two lengths each, a count, the data.
+            size += 1 + 2 * (6 + MAX_BOUND_BYTES) + 3 + (
+                (a.last - a.first) * ITEM_HASH_BYTES if a.kind == _ITEMS else FINGERPRINT_BYTES)
+            if asked and max_bytes is not None and size > max_bytes:
+                break
             if a.kind == _ITEMS:
                 if asked and items + (a.last - a.first) > MAX_RECON_ITEMS:
                     break

@@ -40,6 +40,9 @@ Groups (the --only names), in the order they run:
             copy of the LMDB environment
   http      bench_http: GET /api/im/conversations req/s from a real `serve --http` beside the
             same Starlette/Hypercorn stack answering a fixed body; peer write -> SSE client
+  catchup   bench_catchup: a replica offline past log retention, 1% of its 1M
+            conversations (100k with --quick) differing, caught up by reconciliation: bytes
+            vs the differing state, time vs a whole state transfer of the same replica
   curves    the plots' extra points: bytes to converge for 2..12 replicas, bootstrap time for
             several sizes
   big       10M conversations (200k with --quick): build, disk, RSS and first page in a fresh
@@ -78,7 +81,7 @@ import trio
 from crdtim import Node, Replica, codec
 from crdtim.protocol import PROTOCOL_VERSION, Delta, Hello, SyncSession, encode_frame
 
-from . import bench_http, bench_local, bench_messages, bench_sync
+from . import bench_catchup, bench_http, bench_local, bench_messages, bench_sync
 from .report import (
     PROJECT,
     Row,
@@ -95,7 +98,7 @@ from .report import (
 )
 
 GROUPS = ("hw", "local", "nosync", "session", "automerge", "sync", "messages", "http",
-          "curves", "big")
+          "catchup", "curves", "big")
 MIB = 1024 * 1024
 T0 = 1_700_000_000_000
 
@@ -847,6 +850,10 @@ GOALS = [
          "value<="),
     Goal("HTTP list >= 0.6x the same stack's fixed answer", "http.list", 0.6, "ratio>="),
     Goal("HTTP: peer write -> SSE client p99 <= 50 ms", "http.sse-p99", 50.0, "value<="),
+    Goal("catch-up, 1% of 1M differing: bytes <= 3x the differing state", "catchup.bytes",
+         3.0, "ratio<="),
+    Goal("catch-up, 1% of 1M differing: <= 2 s", "catchup.time", 2.0, "value<=",
+         full_only=True),
     Goal("10M conversations: RSS <= 200 MB", "big.rss", 200 * 1e6 / MIB, "value<=",
          full_only=True),
     Goal("10M conversations: first page <= 1 ms", "big.page", 1000.0, "value<=",
@@ -1118,6 +1125,14 @@ def main(argv: list[str] | None = None) -> int:
                                               sz["runs"]))
 
         steps += [("HTTP: list requests/s beside the ceiling; peer write -> SSE client", http)]
+    if "catchup" in only:
+        n_catchup = bench_catchup.SIZES[mode]
+
+        def catchup() -> None:
+            r, details["catchup"] = bench_catchup.bench_catchup(n_catchup, sz["runs"], wd)
+            add("catchup", r)
+
+        steps.append((f"catch-up of {n_catchup:,} conversations, 1% differing", catchup))
     if "curves" in only:
         def curve_mesh() -> None:
             plots["propagation"] = propagation_curve(sz, wd)

@@ -243,9 +243,11 @@ def handshake(a: SyncSession, p: SyncSession, now: float = 0.0,
     raise FuzzFailure("the handshake between two genuine sessions did not finish")
 
 
-#: (name, security, kind): every security variant with a DELTA stream and a state transfer.
+#: (name, security, kind): every security variant with a DELTA stream, a state transfer, and
+#: a reconciliation each way (specs/protocol.md §13: P's RECON_RANGES and chunks, and P's
+#: RECON_ANSWERs to the ranges A asks).
 SCENARIOS = [(f"{security}-{kind}", security, kind)
-             for security in SECURITY for kind in ("deltas", "transfer")]
+             for security in SECURITY for kind in ("deltas", "transfer", "reconcile")]
 
 
 @contextlib.contextmanager
@@ -282,7 +284,8 @@ class Lab:
         self._opened: list[Replica] = []
         self._handshake_replicas: dict[str, tuple[Replica, tuple]] = {}
         self._n = 0
-        self.scenarios = [self._record(name, security, kind == "transfer")
+        self.scenarios = [self._record(name, security, kind != "deltas",
+                                       reconcile=kind == "reconcile")
                           for name, security, kind in SCENARIOS]
         self.by_name = {sc.name: sc for sc in self.scenarios}
         atexit.register(self.close)
@@ -293,16 +296,24 @@ class Lab:
         self._opened.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _record(self, name: str, security: str, trimmed: bool) -> Scenario:
+    def _record(self, name: str, security: str, trimmed: bool, reconcile: bool = False
+                ) -> Scenario:
         base = self.root / name
         # Fixed replica ids: the recorded frames, hence every input, depend on the seed alone.
         with _replica_id("fuzza" + name):
-            a = _open(base / "a")
+            a = _open(base / "a", log_retention=0 if reconcile else 1_000_000)
         _fill_a(a)
+        if reconcile:
+            # Each has received from the other before, and each log is trimmed past that:
+            # both sides reconcile (specs/protocol.md §13).
+            a.store.write(lambda t: t.put_received("fuzzp" + name, 1))
+            a.trim_log()
         a.close()
         with _replica_id("fuzzp" + name):
             p = _open(base / "p", log_retention=0 if trimmed else 1_000_000)
         _fill_p(p)
+        if reconcile:
+            p.store.write(lambda t: t.put_received("fuzza" + name, 1))
         if trimmed:
             p.trim_log()  # P's log is gone: it must send A its whole state
         p.close()
@@ -581,7 +592,9 @@ NASTY = [None, True, False, -1, 0, 1, MAX_SEQ, MAX_SEQ + 1, 2**64 - 1, -(2**63),
 NASTY_KEYS = [x for x in NASTY if type(x) not in (list, dict)]
 _SEQ_TAGS = {2: (1, 2), 3: (1,), 5: (1,), 6: (1,), 7: (1,), 9: (1,),
              11: (1, 2)}  # tag -> seq fields
-_PAYLOAD_TAGS = {2: 3, 4: 1, 11: 4}  # tag -> payload field (a COMPACT_DELTA's body)
+# tag -> payload field (a COMPACT_DELTA's body; RECON_RANGES' ranges and RECON_ANSWER's
+# bitmaps are binary too)
+_PAYLOAD_TAGS = {2: 3, 4: 1, 11: 4, 16: 2, 17: 2}
 _COMPACT_DELTA = 11  # its new replica ids are field 3 (specs/protocol.md §11)
 
 
@@ -925,7 +938,12 @@ class Mutator:
         def payload() -> bytes:
             return rng.choice([rng.choice(self.crafted), rng.choice(self.payloads or [b""])])
 
-        kind = rng.randrange(10)
+        kind = rng.randrange(12)
+        if kind == 10:
+            return self.recon_ranges(rng)
+        if kind == 11:
+            return p.ReconAnswer(differs=rng.randbytes(rng.choice([0, 1, 2, 64])),
+                                 needed=rng.randbytes(rng.choice([0, 1, 3, 512])))
         if kind == 0:
             hello: dict[str, Any] = {
                 "version": rng.choice([p.PROTOCOL_VERSION, 0, 1, 2, 3, 2**64 - 1, -1]),
@@ -966,6 +984,27 @@ class Mutator:
         if kind == 7:
             return p.ChunkAck(count=seq())
         return p.Error(reason=rng.choice(["bye", "", "\U0001F600" * 10, "r" * 1000]))
+
+    def recon_ranges(self, rng: random.Random) -> Any:
+        """A well-formed RECON_RANGES (specs/protocol.md §13) with edge bounds and sizes."""
+        from crdtim import protocol as p
+
+        bounds = sorted({rng.choice([b"", b"a", b"a1", b"p", b"p3", b"s", b"shared", b"\xff",
+                                     b"\x00", b"z" * 502, rng.randbytes(rng.randrange(1, 8))])
+                         for _ in range(rng.randrange(1, 6))})
+        ranges = []
+        for lower, upper in zip([b"", *bounds], [*bounds, None]):
+            if upper is not None and upper <= lower:
+                continue
+            if rng.random() < 0.5:
+                ranges.append(p.RangeQuery(lower, upper, 0, rng.randbytes(8)))
+            else:
+                count = rng.choice([0, 1, 2, 3, 100, 16384])
+                ranges.append(p.RangeQuery(lower, upper, 1, rng.randbytes(8 * count)))
+        while sum(r.count for r in ranges) > 16384:
+            ranges.pop()
+        return p.ReconRanges(salt=rng.randbytes(16), ranges=tuple(ranges or [
+            p.RangeQuery(b"", None, 0, bytes(8))]))
 
     def crossover(self, rng: random.Random, frames: list[bytes]) -> list[bytes]:
         mine, other = b"".join(frames), b"".join(rng.sample(self.pool, min(3, len(self.pool))))

@@ -265,7 +265,7 @@ def test_short_simulation_converges_with_every_fault_injected():
     assert summary.runs == 150 and summary.acked_ops > 500
     # A harness that injected nothing would pass vacuously.
     for kind in ("crash", "crash_in_write", "drop", "partition", "split_read", "idle_timeout",
-                 "clock_held", "clock_step", "state_transfer"):
+                 "clock_held", "clock_step", "state_transfer", "reconciliation"):
         assert summary.faults[kind] > 0, kind
     for kind in ("post", "regenerate", "append", "edit", "switch", "delete_message", "title",
                  "arrive"):

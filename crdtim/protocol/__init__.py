@@ -47,6 +47,7 @@ from ._messages import (
 )
 from ._port import ReplicaPort
 from ._relay import MAX_RELAY_ENTRIES, RelayIndex
+from ._reconcile import RangeQuery, ReconAnswer, ReconRanges
 from ._session import SessionConfig, State, SyncSession
 
 __all__ = [
@@ -82,6 +83,9 @@ __all__ = [
     "PongReceived",
     "ProtocolError",
     "RelayIndex",
+    "RangeQuery",
+    "ReconAnswer",
+    "ReconRanges",
     "RemoteProtocolError",
     "ReplicaPort",
     "SecurityConfig",

@@ -19,12 +19,22 @@ from .. import codec
 from ..errors import DecodeError
 from ._auth import MAC_BYTES, valid_key_id
 from ._errors import RemoteProtocolError
+from ._reconcile import (
+    ReconAnswer,
+    ReconRanges,
+    encode_ranges,
+    parse_answer_bits,
+    parse_ranges,
+    parse_salt,
+)
 
 __all__ = ["MAX_FRAME_BYTES", "MAX_REPLICA_ID_BYTES", "MAX_SESSION_IDS", "MIN_FRAME_BYTES",
            "NONCE_BYTES", "PROTOCOL_VERSION", "Ack", "Auth", "ChunkAck", "CompactDelta", "Delta",
            "Error", "FrameDecoder", "Have", "Hello", "Message", "Ping", "Pong", "StateChunk",
            "StateEnd", "encode_frame", "message_name"]
 
+# 4: the session table (COMPACT_DELTA, §11), HAVE (§12), reconciliation (RECON_RANGES,
+# RECON_ANSWER, §13)
 PROTOCOL_VERSION = 4
 MAX_REPLICA_ID_BYTES = 255
 #: The smallest max_frame_bytes a replica may set: a conversation's whole state, at the
@@ -122,7 +132,7 @@ class Have:
 MAX_SESSION_IDS = 1024
 
 Message = (Hello | Auth | Delta | Ack | StateChunk | StateEnd | Ping | Pong | Error | ChunkAck
-           | CompactDelta | Have)
+           | CompactDelta | Have | ReconRanges | ReconAnswer)
 
 _MAX_SEQ = codec.MAX_INT
 _MAX_ERROR_REASON = 1000  # characters of a peer's ERROR reason kept
@@ -302,6 +312,10 @@ _ROWS = (
                             ("new_ids", _new_ids_of("HAVE")),
                             ("linked", _indexes("HAVE linked", pairs=True)),
                             ("unlinked", _indexes("HAVE unlinked", pairs=False)))),
+    # Reconciliation (specs/protocol.md §13); the frames are _reconcile.py's.
+    _Row(16, ReconRanges, "RECON_RANGES", (("salt", parse_salt), ("ranges", parse_ranges))),
+    _Row(17, ReconAnswer, "RECON_ANSWER", (("differs", parse_answer_bits),
+                                           ("needed", parse_answer_bits))),
 )
 _BY_TAG = {row.tag: row for row in _ROWS}
 _BY_KIND: dict[object, _Row] = {row.kind: row for row in _ROWS}
@@ -314,6 +328,9 @@ def message_name(m: Message) -> str:
 
 def encode_frame(m: Message) -> bytes:
     row = _BY_KIND[type(m)]
+    if isinstance(m, ReconRanges):  # its ranges go as lists (specs/protocol.md §13)
+        body = codec.pack([row.tag, m.salt, encode_ranges(m.ranges)])
+        return _LEN.pack(len(body)) + body
     body = codec.pack([row.tag, *row.values(m)])
     return _LEN.pack(len(body)) + body
 

@@ -8,6 +8,7 @@ are handed to the session's `send`.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 from .. import codec
@@ -20,6 +21,7 @@ from ._events import Event, PeerAcked, StateTransferStarted
 from ._messages import CompactDelta, Delta, Message, StateChunk, StateEnd
 from ._port import ReplicaPort
 from ._relay import PeerRelay
+from ._reconcile import MAX_RANGE_BYTES, SALT_BYTES, ReconAnswer, ReconcileSender
 from ._state import Sending, after
 from ._table import SentIds
 
@@ -53,6 +55,17 @@ class Outbound:
         self._transfer_after: str | None = None
         self._transfer_head = 0
         self.ids = SentIds()  # our session table of replica ids (specs/protocol.md §11)
+        # Reconciliation (specs/protocol.md §13): its settings once allowed, the running one,
+        # and the ids it found the peer needs, sent as the transfer's chunks.
+        self._reconcile_settings: dict[str, int] | None = None
+        self.reconciler: ReconcileSender | None = None
+        self._transfer_ids: list[bytes] | None = None
+
+    def allow_reconcile(self, *, branching: int, leaf_items: int,
+                        ranges_per_frame: int) -> None:
+        """Reconcile instead of a whole state transfer where specs/protocol.md §13 says."""
+        self._reconcile_settings = {"branching": branching, "leaf_items": leaf_items,
+                                    "max_ranges_per_frame": ranges_per_frame}
 
     def peer_limits(self, max_frame_bytes: int) -> None:
         """What we send must fit the peer's frame limit as well as our budget per frame."""
@@ -108,13 +121,53 @@ class Outbound:
             self._sent_upto = self.acked = seq
             self.replica.record_ack(self._peer, seq)
             return [PeerAcked(seq=seq)]
+        if self._reconcile_settings is not None and 0 < seq <= head and not self._widened:
+            # It has received from us before, only not what was trimmed since: it holds most
+            # of our state, so find what it lacks instead of sending it all (§13).
+            return [self._start_reconcile()]
         # Entries after `seq` were dropped (or the peer claims more than we have, as after a
         # restore from backup): send the whole state, then stream from the head we started at.
         self._sent_upto = self.acked = 0
         return [self._start_transfer("first ACK, log not enough")]
 
+    def _start_reconcile(self) -> StateTransferStarted:
+        assert self._reconcile_settings is not None
+        self.state = after(self.state, "first ACK, reconcile")
+        self._sent_upto = self.acked = 0
+        head, ids, digests = self.replica.conversation_digests(self._scope)
+        self.reconciler = ReconcileSender(head, ids, digests, salt=secrets.token_bytes(SALT_BYTES),
+                                          **self._reconcile_settings)
+        return StateTransferStarted(outbound=True)
+
+    def on_recon_answer(self, m: ReconAnswer) -> None:
+        if self.state is not Sending.RECONCILE or self.reconciler is None:
+            raise RemoteProtocolError("RECON_ANSWER when no reconciliation is running")
+        self.reconciler.on_answer(m)
+
+    def _next_ranges(self) -> int:
+        """Queue the reconciliation's next RECON_RANGES; once nothing is in question, start
+        the transfer of what the peer needs (§13). Returns the frames queued; -1 when none
+        can be, waiting on answers."""
+        r = self.reconciler
+        assert r is not None
+        # Bounds that differ little cost a few bytes each, but a frame is sized by the worst
+        # case so that it fits the peer's limit whatever the ids.
+        frame = r.next_frame(max(self.frame_budget - DELTA_OVERHEAD, MAX_RANGE_BYTES))
+        if frame is not None:
+            self._send(frame)
+            return 1
+        if not r.done:
+            return -1
+        self.state = after(self.state, "reconciled")
+        self._transfer_after = None
+        self._transfer_head = r.head  # our digests held the log up to here
+        self._transfer_ids = r.needed_ids()
+        self._chunks_sent = self._chunks_acked = 0
+        return 0
+
     def _start_transfer(self, trigger: str) -> StateTransferStarted:
         self.state = after(self.state, trigger)
+        self._transfer_ids = None
         self._transfer_after = None
         self._transfer_head = self.replica.head
         self._chunks_sent = self._chunks_acked = 0
@@ -124,7 +177,8 @@ class Outbound:
 
     @property
     def unacked_frames(self) -> int:
-        return len(self._inflight) + self._chunks_sent - self._chunks_acked
+        asking = 0 if self.reconciler is None else self.reconciler.outstanding
+        return len(self._inflight) + self._chunks_sent - self._chunks_acked + asking
 
     @property
     def caught_up(self) -> bool:
@@ -160,6 +214,12 @@ class Outbound:
         queued = 0
         max_entries = max_entries_per_delta
         while self.unacked_frames < max_unacked_frames:
+            if self.state is Sending.RECONCILE:
+                sent = self._next_ranges()
+                if sent < 0:
+                    break
+                queued += sent
+                continue
             if self.state is Sending.STATE_TRANSFER:
                 queued += self._next_chunk(
                     min(max_conversations_per_chunk, MAX_FRAME_CONVERSATIONS))
@@ -232,6 +292,8 @@ class Outbound:
         """Queue the transfer's next STATE_CHUNK, and its STATE_END after the last; returns
         the frames queued."""
         queued = 0
+        if self._transfer_ids is not None:
+            return self._next_reconciled_chunk(max_conversations)
         # The stored bytes go out as they are, filtered to the peer's scope.
         while True:
             payload, after_id = self.replica.encoded_state_chunk(
@@ -245,6 +307,43 @@ class Outbound:
             queued += 1
         self._transfer_after = after_id
         if after_id is None:
+            self._send(StateEnd(seq=self._transfer_head))
+            self.state = after(self.state, "STATE_END sent")
+            self._sent_upto = self._transfer_head
+            self._inflight.append(self._transfer_head)
+            queued += 1
+        return queued
+
+    def _next_reconciled_chunk(self, max_conversations: int) -> int:
+        """_next_chunk for a reconciled transfer: the next of the conversations the peer
+        needs, whole (specs/protocol.md §13)."""
+        ids = self._transfer_ids
+        assert ids is not None
+        queued = 0
+        while ids:
+            payload, taken = self.replica.encoded_conversations(ids, max_conversations,
+                                                                self.frame_budget)
+            too_large = payload is not None and (
+                len(payload) > self.peer_frame_bytes - DELTA_OVERHEAD
+                or over_budget(payload) is not None)
+            if too_large and taken > 1:
+                max_conversations = taken // 2  # fewer conversations (_budget.py)
+                continue
+            if too_large:
+                # One conversation alone over the peer's frames: its history must be split
+                # across chunks, which only the whole transfer does (§5); it restarts here.
+                self._transfer_ids = None
+                self.reconciler = None
+                return queued
+            del ids[:taken]
+            if payload is not None:
+                self._send(StateChunk(payload=payload))
+                self._chunks_sent += 1
+                queued += 1
+                break
+        if not ids:
+            self._transfer_ids = None
+            self.reconciler = None
             self._send(StateEnd(seq=self._transfer_head))
             self.state = after(self.state, "STATE_END sent")
             self._sent_upto = self._transfer_head

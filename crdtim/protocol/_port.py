@@ -56,6 +56,18 @@ class ReplicaPort(Protocol):
         None when none of them is in scope; the id to continue after, None at the end). At
         most `max_conversations` and, but for the first, `max_bytes` of them."""
 
+    def conversation_digests(self, scope: tuple[str, ...] | None = None
+                             ) -> tuple[int, list[bytes], bytes]:
+        """(head, the ids in `scope` in key order as UTF-8, their 16-byte digests
+        concatenated), read together: the state read holds the log up to `head`
+        (specs/protocol.md §13)."""
+
+    def encoded_conversations(self, cids: list[bytes], max_conversations: int,
+                              max_bytes: int | None) -> tuple[bytes | None, int]:
+        """(codec.encode_map of the whole states of the first of `cids`, or None when none
+        of them is stored; how many were taken): at most `max_conversations` and, but for the
+        first, `max_bytes` of them."""
+
     def record_ack(self, peer: str, seq: int) -> None:
         """`peer` holds our log up to `seq` (never moves back)."""
 

@@ -76,8 +76,9 @@ from ._messages import (
 )
 from ._outbound import Outbound
 from ._port import ReplicaPort
+from ._reconcile import ReconAnswer, ReconcileResponder, ReconRanges
 from ._relay import PeerRelay, RelayIndex, have_frame, read_have
-from ._state import State, accepts, after
+from ._state import Sending, State, accepts, after
 from ._table import ReceivedIds
 
 __all__ = ["SessionConfig", "State", "SyncSession"]
@@ -110,6 +111,13 @@ class SessionConfig:
     # keeps the idle timeout at bay but not this one ("slowloris").
     frame_timeout: float = 60.0
     limits: codec.Limits = field(default_factory=lambda: codec.DEFAULT_LIMITS)
+    # Reconciliation instead of a whole state transfer for a peer behind our log floor that
+    # has received from us before (specs/protocol.md §13): parts a differing range is split
+    # into, the size under which its items' hashes are sent instead, ranges per frame.
+    reconcile: bool = True
+    reconcile_branching: int = 4
+    reconcile_leaf_items: int = 2
+    reconcile_ranges_per_frame: int = 1024
 
 
 class SyncSession:
@@ -145,6 +153,11 @@ class SyncSession:
                                   relay=self._relay)
         self._inbound = Inbound(replica, cfg.limits, send=self._send, relay=self._relay)
         self._peer_ids = ReceivedIds()  # the peer's session table (specs/protocol.md §11)
+        if cfg.reconcile:
+            self._outbound.allow_reconcile(branching=cfg.reconcile_branching,
+                                           leaf_items=cfg.reconcile_leaf_items,
+                                           ranges_per_frame=cfg.reconcile_ranges_per_frame)
+        self._responder = ReconcileResponder(lambda: replica.conversation_digests(self.scope))
         self._partial_since: float | None = None  # when the frame now buffered began
         self._decoder = FrameDecoder(min(cfg.max_frame_bytes, cfg.max_handshake_frame_bytes))
         self._outgoing = bytearray()
@@ -309,7 +322,17 @@ class SyncSession:
         if isinstance(m, StateChunk):
             return self._inbound.on_state_chunk(m)
         if isinstance(m, StateEnd):
+            self._responder.reset()
             return self._inbound.on_state_end(m.seq)
+        if isinstance(m, ReconRanges):
+            # The peer reconciles towards us (§13): answered only before its transfer.
+            if not accepts(self._inbound.state, "RECON_RANGES"):
+                raise RemoteProtocolError("RECON_RANGES during a state transfer")
+            self._send(self._responder.answer(m))
+            return []
+        if isinstance(m, ReconAnswer):
+            self._outbound.on_recon_answer(m)
+            return []
         if isinstance(m, Ack):
             return self._outbound.on_ack(m.seq)
         if isinstance(m, ChunkAck):
@@ -385,6 +408,11 @@ class SyncSession:
         return self._outbound.pump(max_unacked_frames=cfg.max_unacked_frames,
                                    max_entries_per_delta=cfg.max_entries_per_delta,
                                    max_conversations_per_chunk=cfg.max_conversations_per_chunk)
+
+    @property
+    def reconciling(self) -> bool:
+        """True while we reconcile our state towards the peer (specs/protocol.md §13)."""
+        return self.state is State.OPEN and self._outbound.state is Sending.RECONCILE
 
     @property
     def caught_up(self) -> bool:

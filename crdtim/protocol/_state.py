@@ -28,6 +28,7 @@ class Sending(enum.Enum):
     WAIT_RESUME = "wait_resume"  # until the peer's first ACK says where to resume
     DELTAS = "deltas"
     STATE_TRANSFER = "state_transfer"
+    RECONCILE = "reconcile"  # finding what of our state the peer lacks (§13)
 
 
 class Receiving(enum.Enum):
@@ -38,7 +39,8 @@ class Receiving(enum.Enum):
 AnyState = State | Sending | Receiving
 
 _OPEN_MESSAGES = ("DELTA", "ACK", "STATE_CHUNK", "STATE_END", "PING", "PONG", "CHUNK_ACK",
-                  "HAVE")  # HAVE: version 4, specs/protocol.md §12
+                  # version 4: HAVE (specs/protocol.md §12), reconciliation (§13)
+                  "HAVE", "RECON_RANGES", "RECON_ANSWER")
 
 TRANSITIONS: dict[tuple[AnyState, str], AnyState] = {
     # The handshake (specs/protocol.md §3, specs/security.md §3).
@@ -59,12 +61,19 @@ TRANSITIONS: dict[tuple[AnyState, str], AnyState] = {
     (Sending.STATE_TRANSFER, "STATE_END sent"): Sending.DELTAS,
     # Entries not yet sent were trimmed (or one is too large for a frame), nothing in flight.
     (Sending.DELTAS, "log not enough"): Sending.STATE_TRANSFER,
+    # ...behind our log floor, having received from us before: reconcile first (§13), then
+    # send what it lacks as a state transfer of those conversations alone.
+    (Sending.WAIT_RESUME, "first ACK, reconcile"): Sending.RECONCILE,
+    (Sending.RECONCILE, "RECON_ANSWER"): Sending.RECONCILE,
+    (Sending.RECONCILE, "reconciled"): Sending.STATE_TRANSFER,
     # What we receive (specs/protocol.md §4-§5): a DELTA during a transfer is refused.
     (Receiving.DELTAS, "DELTA"): Receiving.DELTAS,
     (Receiving.DELTAS, "STATE_CHUNK"): Receiving.STATE,
     (Receiving.STATE, "STATE_CHUNK"): Receiving.STATE,
     (Receiving.STATE, "STATE_END"): Receiving.DELTAS,
     (Receiving.DELTAS, "STATE_END"): Receiving.DELTAS,  # a transfer of an empty state
+    # The peer's reconciliation asks before its STATE_CHUNKs (§13).
+    (Receiving.DELTAS, "RECON_RANGES"): Receiving.DELTAS,
 }
 
 

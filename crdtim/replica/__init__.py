@@ -31,6 +31,7 @@ from ._core import (
     new_replica_id,
 )
 from ._core import now_ms as _now_ms
+from ._digests import Digests
 from ._messages import PREVIEW_CHARS, Message, Messages
 from ._peers import Peers
 from ._reads import Page, Reads
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 
-class Replica(Messages, RemoteApply, Reads, Peers):
+class Replica(Messages, RemoteApply, Reads, Peers, Digests):
     """A durable replica in an LMDB directory. Open with `Replica.open(path)`."""
 
     @classmethod

@@ -313,6 +313,9 @@ class Simulation:
             return
         self.result.faults["state_transfer"] += sum(
             isinstance(e, StateTransferStarted) and not e.outbound for e in events)
+        if wire.sessions[1 - k].reconciling:  # specs/protocol.md §13, instead of a transfer
+            self.result.faults["reconciliation"] += sum(
+                isinstance(e, StateTransferStarted) and e.outbound for e in events)
         if events and self.rng.random() < 0.8:  # as a Node's sender does, mostly at once
             for s in wire.sessions:
                 s.pump()
@@ -328,6 +331,9 @@ class Simulation:
     def _drop(self, wire: Wire) -> None:
         if wire in self.wires:
             self.wires.remove(wire)
+            # Lost in the middle of a reconciliation: the next connection starts it again.
+            self.result.faults["drop_mid_reconciliation"] += any(
+                s.reconciling for s in wire.sessions)
 
     def drop(self) -> None:
         """A lost connection: both ends discard it, bytes in flight are lost."""

@@ -13,7 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdtim import codec
-from crdtim.codec._census import _count_headers, _nested
+from crdtim.codec._census import _nested
+from crdtim.codec._msgpack import MAX_FRAME_VALUES
+from crdtim.codec._msgpack import count_headers as _count_headers
 from crdtim.protocol import RemoteProtocolError
 from crdtim.protocol._budget import MAX_FRAME_ITEMS, over_budget
 from crdtim.protocol._messages import FrameDecoder
@@ -36,8 +38,8 @@ def empty_arrays(n: int) -> bytes:
 
 
 def test_a_frame_whose_field_is_a_huge_array_is_refused_before_it_is_built():
-    """protocol.md §2: no frame field is an array; an 8 MiB array of empty arrays in place of
-    a DELTA's payload is refused having built almost nothing."""
+    """protocol.md §2: a frame holds at most MAX_FRAME_VALUES values; an 8 MiB array of empty
+    arrays in place of a DELTA's payload is refused having built almost nothing."""
     body = b"\x94\x02\x00\x01" + empty_arrays(N)
     frame = struct.pack(">I", len(body)) + body
     decoder = FrameDecoder(max_frame_bytes=16 * MIB)
@@ -51,21 +53,33 @@ def test_a_frame_whose_field_is_a_huge_array_is_refused_before_it_is_built():
         return None
 
     reason, peak = peak_bytes(parse)
-    assert reason is not None and "array of more than 16 items" in reason
+    assert reason is not None and f"over {MAX_FRAME_VALUES} values" in reason
     assert peak < MIB
 
 
-def test_a_frame_of_deeply_nested_small_arrays_is_refused_from_its_second_array():
-    body = b"\x94\x02\x00\x01" + (b"\x9f" + b"\x00" * 14) * 2000 + b"\x90"
+def test_a_frame_of_nested_small_arrays_is_refused_from_its_headers():
+    body = b"\x94\x02\x00\x01" + (b"\x9f" + b"\x00" * 14) * 2000
     frame = struct.pack(">I", len(body)) + body
     decoder = FrameDecoder(max_frame_bytes=MIB)
     decoder.feed(frame)
     try:
         decoder.next_message()
     except RemoteProtocolError as e:
-        assert "nested too deeply" in str(e) or "is an array or a map" in str(e)
+        assert f"over {MAX_FRAME_VALUES} values" in str(e)
     else:
         raise AssertionError("a nested frame body was accepted")
+
+
+def test_a_map_in_a_frame_is_refused():
+    body = b"\x94\x02\x00\x01\x81\x00\x00"
+    decoder = FrameDecoder(max_frame_bytes=MIB)
+    decoder.feed(struct.pack(">I", len(body)) + body)
+    try:
+        decoder.next_message()
+    except RemoteProtocolError as e:
+        assert "holds a map" in str(e)
+    else:
+        raise AssertionError("a map in a frame was accepted")
 
 
 def test_a_payload_with_one_huge_field_is_refused_from_its_headers():

@@ -177,7 +177,8 @@ def test_bad_have_refused(a, b, have, reason):
     ([12, False, [], [-1, 0], []], "HAVE linked: -1 is not a session table index"),
     ([12, False, [], [0, -1], []], "HAVE linked: -1 is not a sequence number"),
     ([12, False, [], [], [1024]], "HAVE unlinked: 1024 is not a session table index"),
-    ([12, False, [], [], {}], "HAVE unlinked: expected a flat array of indexes"),
+    ([12, False, [], [], {}], ("malformed frame: a frame field holds a map; fields are scalars, strings, bytes "
+                                  "or arrays of them")),
 ])
 def test_malformed_have_refused(a, b, body, reason):
     s = _open(a, b)

@@ -33,7 +33,7 @@ from ._limits import (
     STORAGE_LIMITS,
     Limits,
 )
-from ._msgpack import MAX_FRAME_FIELDS, pack, unpack, unpack_frame
+from ._msgpack import MAX_FRAME_VALUES, pack, unpack, unpack_frame
 from ._received import (
     MAX_SHARED_TABLE,
     Received,
@@ -47,7 +47,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "FORMAT_VERSION",
     "MAX_COUNTER",
-    "MAX_FRAME_FIELDS",
+    "MAX_FRAME_VALUES",
     "MAX_INT",
     "MAX_MESSAGE_ID_BYTES",
     "MAX_READ_BY_MEMBERS",  # fixed: part of the read_by lattice's join (crdt/maxmap.py)
@@ -74,5 +74,5 @@ __all__ = [
     "table_prefix",
     "trusted_map",  # re-exported from crdt.conversation, its home, for the replica
     "unpack",
-    "unpack_frame",  # a frame body: a flat list, refused while read when it is not one
+    "unpack_frame",  # a frame body, its values counted before they are built
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._msgpack import count_headers as _count_headers
 from ._msgpack import stream as _unpacker
 from ._msgpack import unpack as _unpack
 
@@ -62,51 +63,6 @@ def count_items(data: bytes, stop_above: int) -> int | None:
         return items
     except Exception:  # any malformation: the decoder names it
         return None
-
-
-def _count_headers(data: bytes, pos: int, stop_above: int) -> int:
-    """The items of the one msgpack value at data[pos:], as _nested counts them, read from
-    the container headers without building any object; stops once past `stop_above`, so it
-    takes at most about twice that many steps. The value was already skipped over once, so
-    it is well formed."""
-    items = 0
-    values = 1  # still to read
-    while values and items <= stop_above:
-        values -= 1
-        b = data[pos]
-        if b <= 0x7F or b >= 0xE0 or b in (0xC0, 0xC2, 0xC3):  # fixint, nil, bool
-            pos += 1
-        elif b <= 0x8F:  # fixmap
-            n = b & 0x0F
-            items, values, pos = items + n, values + 2 * n, pos + 1
-        elif b <= 0x9F:  # fixarray
-            n = b & 0x0F
-            items, values, pos = items + n, values + n, pos + 1
-        elif b <= 0xBF:  # fixstr
-            pos += 1 + (b & 0x1F)
-        elif b in (0xDC, 0xDD, 0xDE, 0xDF):  # array 16/32, map 16/32
-            width = 2 if b in (0xDC, 0xDE) else 4
-            n = int.from_bytes(data[pos + 1:pos + 1 + width], "big")
-            items += n
-            values += n if b <= 0xDD else 2 * n
-            pos += 1 + width
-        else:
-            pos += _scalar_size(data, pos, b)
-    return items
-
-
-# The size of each remaining msgpack scalar after its first byte: (length-field width,
-# fixed payload size).
-_SCALARS = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xD9: (1, 0), 0xDA: (2, 0),
-            0xDB: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1), 0xCA: (0, 4),
-            0xCB: (0, 8), 0xCC: (0, 1), 0xCD: (0, 2), 0xCE: (0, 4), 0xCF: (0, 8),
-            0xD0: (0, 1), 0xD1: (0, 2), 0xD2: (0, 4), 0xD3: (0, 8), 0xD4: (0, 2),
-            0xD5: (0, 3), 0xD6: (0, 5), 0xD7: (0, 9), 0xD8: (0, 17)}
-
-
-def _scalar_size(data: bytes, pos: int, b: int) -> int:
-    width, fixed = _SCALARS[b]  # 0xC1 never gets here: the value was skipped over already
-    return 1 + width + fixed + int.from_bytes(data[pos + 1:pos + 1 + width], "big")
 
 
 def _nested(x: Any) -> int:

@@ -61,56 +61,95 @@ def unpack(data: bytes | bytearray | memoryview,
         raise DecodeError(f"not valid msgpack: {_reason(e)}") from None
 
 
-#: The most fields a frame body may hold (specs/protocol.md §2): HELLO, the longest, has 6.
-MAX_FRAME_FIELDS = 16
+#: Values a frame body may hold in all (specs/protocol.md §2): its fields, and the items of
+#: the arrays among them (a COMPACT_DELTA's or HAVE's replica ids, HAVE's indexes). Payloads
+#: travel as bytes, one value each, so honest frames hold a few thousand at most.
+MAX_FRAME_VALUES = 16384
 
 
-class _SecondContainer(Exception):
-    """Raised inside msgpack's unpacking: a frame body held a nested array or a map."""
+class _MapInFrame(Exception):
+    """Raised inside msgpack's unpacking: a frame body held a map."""
 
 
 def _no_map(pairs: Any) -> Any:
-    raise _SecondContainer
+    raise _MapInFrame
 
 
 def unpack_frame(data: bytes | bytearray | memoryview, max_bytes: int) -> Any:
-    """A frame body -> its list of at most MAX_FRAME_FIELDS scalars, strings and bytes;
-    DecodeError for anything else (specs/protocol.md §2: no frame field is an array or a map;
-    payloads travel as bytes).
+    """A frame body -> its list of fields; DecodeError for anything malformed, for a map
+    anywhere in it, or for more than MAX_FRAME_VALUES values in all.
 
-    A body of the wrong shape is refused while it is read, not after: an 8 MiB array of
-    empty arrays would otherwise build 8 million lists (about 500 MiB) before any field was
-    looked at (specs/security.md §7). Arrays are capped at MAX_FRAME_FIELDS items and the
-    second array to be completed (the outer one completes last) stops the unpacking, so at
-    most the nesting depth times MAX_FRAME_FIELDS objects are ever built.
+    The values are counted from the msgpack headers before anything is built (only in
+    bodies long enough to hold more): an 8 MiB array of empty arrays in place of a DELTA's
+    payload would otherwise build 8 million lists, about 500 MiB, before any field was
+    looked at (specs/security.md §7).
     """
     if len(data) > max_bytes:
         raise DecodeError(f"{len(data)} bytes is over the limit of {max_bytes}")
-    lists = 0
-
-    def one_list(items: list[Any]) -> list[Any]:
-        nonlocal lists
-        lists += 1
-        if lists > 1:
-            raise _SecondContainer
-        return items
-
+    if len(data) > MAX_FRAME_VALUES:
+        try:
+            values = count_headers(data, 0, MAX_FRAME_VALUES)
+        except (KeyError, IndexError):
+            values = 0  # not msgpack: unpacking below says what is wrong
+        if values > MAX_FRAME_VALUES:
+            raise DecodeError(f"over {MAX_FRAME_VALUES} values in the fields of one frame")
     try:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=False, ext_hook=_no_ext,
-            max_array_len=MAX_FRAME_FIELDS, list_hook=one_list, object_pairs_hook=_no_map)
-    except _SecondContainer:
-        raise DecodeError("a frame field is an array or a map; fields are scalars, strings "
-                          "or bytes") from None
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_no_ext,
+                               object_pairs_hook=_no_map)
+    except _MapInFrame:
+        raise DecodeError("a frame field holds a map; fields are scalars, strings, bytes "
+                          "or arrays of them") from None
     except DecodeError:
         raise
     except msgpack.ExtraData:
         raise DecodeError("trailing bytes after the msgpack value") from None
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as e:
-        if "exceeds max_array_len" in str(e):
-            raise DecodeError(f"an array of more than {MAX_FRAME_FIELDS} items; a frame has at "
-                              f"most {MAX_FRAME_FIELDS} fields") from None
         raise DecodeError(f"not valid msgpack: {_reason(e)}") from None
+
+
+def count_headers(data: bytes | bytearray | memoryview, pos: int, stop_above: int) -> int:
+    """The items of the one msgpack value at data[pos:] (an array's items and a map's
+    entries, nested ones too: a dot [replica, counter] is two), read from the container
+    headers without building any object; stops once past `stop_above`, so it takes at most
+    about twice that many steps. KeyError or IndexError when the bytes are not msgpack."""
+    items = 0
+    values = 1  # still to read
+    while values and items <= stop_above:
+        values -= 1
+        b = data[pos]
+        if b <= 0x7F or b >= 0xE0 or b in (0xC0, 0xC2, 0xC3):  # fixint, nil, bool
+            pos += 1
+        elif b <= 0x8F:  # fixmap
+            n = b & 0x0F
+            items, values, pos = items + n, values + 2 * n, pos + 1
+        elif b <= 0x9F:  # fixarray
+            n = b & 0x0F
+            items, values, pos = items + n, values + n, pos + 1
+        elif b <= 0xBF:  # fixstr
+            pos += 1 + (b & 0x1F)
+        elif b in (0xDC, 0xDD, 0xDE, 0xDF):  # array 16/32, map 16/32
+            width = 2 if b in (0xDC, 0xDE) else 4
+            n = int.from_bytes(data[pos + 1:pos + 1 + width], "big")
+            items += n
+            values += n if b <= 0xDD else 2 * n
+            pos += 1 + width
+        else:
+            pos += _scalar_size(data, pos, b)
+    return items
+
+
+# The size of each remaining msgpack scalar after its first byte: (length-field width,
+# fixed payload size).
+_SCALARS = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xD9: (1, 0), 0xDA: (2, 0),
+            0xDB: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1), 0xCA: (0, 4),
+            0xCB: (0, 8), 0xCC: (0, 1), 0xCD: (0, 2), 0xCE: (0, 4), 0xCF: (0, 8),
+            0xD0: (0, 1), 0xD1: (0, 2), 0xD2: (0, 4), 0xD3: (0, 8), 0xD4: (0, 2),
+            0xD5: (0, 3), 0xD6: (0, 5), 0xD7: (0, 9), 0xD8: (0, 17)}
+
+
+def _scalar_size(data: bytes | bytearray | memoryview, pos: int, b: int) -> int:
+    width, fixed = _SCALARS[b]  # 0xC1 never gets here: the value was skipped over already
+    return 1 + width + fixed + int.from_bytes(data[pos + 1:pos + 1 + width], "big")
 
 
 def stream(data: bytes) -> msgpack.Unpacker:

@@ -46,8 +46,8 @@ from ._messages import (
     encode_frame,
 )
 from ._port import ReplicaPort
-from ._relay import MAX_RELAY_ENTRIES, RelayIndex
 from ._reconcile import RangeQuery, ReconAnswer, ReconRanges
+from ._relay import MAX_RELAY_ENTRIES, RelayIndex
 from ._session import SessionConfig, State, SyncSession
 
 __all__ = [
@@ -82,10 +82,10 @@ __all__ = [
     "Pong",
     "PongReceived",
     "ProtocolError",
-    "RelayIndex",
     "RangeQuery",
     "ReconAnswer",
     "ReconRanges",
+    "RelayIndex",
     "RemoteProtocolError",
     "ReplicaPort",
     "SecurityConfig",

@@ -20,8 +20,8 @@ from ._errors import RemoteProtocolError
 from ._events import Event, PeerAcked, StateTransferStarted
 from ._messages import CompactDelta, Delta, Message, StateChunk, StateEnd
 from ._port import ReplicaPort
-from ._relay import PeerRelay
 from ._reconcile import MAX_RANGE_BYTES, SALT_BYTES, ReconAnswer, ReconcileSender
+from ._relay import PeerRelay
 from ._state import Sending, after
 from ._table import SentIds
 

@@ -4,8 +4,9 @@ fault run found diverging, a damaged conversation record whose messages were lef
 from __future__ import annotations
 
 from crdtim import codec, maintenance
+from crdtim.crdt import ConversationMap
 from crdtim.replica import Replica
-from tests.test_maintenance import damage_value, sync
+from tests.test_maintenance import damage_value, poke, sync
 
 
 def transfer(source: Replica, dest: Replica) -> None:
@@ -54,3 +55,25 @@ def test_a_dropped_conversation_record_leaves_no_messages_that_no_transfer_sends
     assert a.history("chat", limit=100).items == b.history("chat", limit=100).items
     for r in (a, b, fresh):
         r.close()
+
+
+def test_a_conversation_known_only_by_its_messages_is_sound(tmp_path):
+    """A peer's delta holding only the messages of a conversation new here stores an empty
+    conversation record (listing and state transfer go by records): verify passes it, and a
+    repair leaves it and its messages alone (it once dropped them, and changed the id)."""
+    a, b = (Replica.open(tmp_path / n, durability="nosync") for n in "ab")
+    m = a.post("chat", "hello")
+    history = a.state().convs["chat"]["messages"]
+    b.apply_map(ConversationMap({"chat": {"messages": history}}, b.schema), a.id)
+    assert b.get("chat") is None and b.message("chat", m.id) is not None
+    a.close()
+    b.close()
+    report = maintenance.verify(tmp_path / "b", repair=True)
+    assert report.ok and report.problems == []
+    assert report.repaired is not None and "new_id" not in report.repaired
+    with Replica.open(tmp_path / "b", create=False) as b:
+        assert b.message("chat", m.id) is not None
+    # An empty record with no messages is still a damaged one.
+    poke(tmp_path / "b", "mindex", lambda t, db: t.delete(b"\xffchat", db=db))
+    assert [(p.database, p.key) for p in maintenance.verify(tmp_path / "b").problems][:1] == \
+        [("convs", "'chat'")]

@@ -24,7 +24,7 @@ from . import codec
 from .errors import CorruptStoreError, CrdtimError, DecodeError, StoreError
 from .replica import InvalidArgument, Replica
 from .replica._core import new_replica_id
-from .replica._message_index import MessageIndex
+from .replica._message_index import MessageIndex, conversation_number
 from .store import Txn, copy_environment, describe_key, order_key_of, unseal
 
 __all__ = ["Problem", "VerifyReport", "backup", "restore", "verify", "walk"]
@@ -124,7 +124,12 @@ def _find(t: Txn, path: str, replica: Replica) -> _Findings:
                                          codec.STORAGE_LIMITS, cid)
             key = order_key_of(cid, fields)
             if key is None:
-                raise DecodeError("an empty state (a stored state is never empty)")
+                if conversation_number(t, cid, False) is not None:
+                    # A conversation known only by its messages: its record is empty, and
+                    # listed nowhere (specs/storage.md §8a).
+                    continue
+                raise DecodeError("an empty state (a stored state is never empty but for "
+                                  "a conversation with messages)")
         except (CrdtimError, UnicodeDecodeError) as e:
             f.add("convs", k, _why(e))
             f.bad_convs.append(k)
@@ -167,7 +172,7 @@ def _find(t: Txn, path: str, replica: Replica) -> _Findings:
             f.add("log", k, _why(e))
             f.bad_log_upto = max(f.bad_log_upto, seq)
         previous = seq
-    _find_messages(t, path, f)
+    _find_messages(t, path, f, {k.decode() for k in bad if _utf8(k)})
     for k, v in t.raw_records("meta"):
         width = _META_WIDTHS.get(k)
         if width is not None and len(v) != width:
@@ -185,10 +190,11 @@ def _find(t: Txn, path: str, replica: Replica) -> _Findings:
 _KINDS = {b"s": "shape", b"g": "member", b"k": "child", b"v": "visible"}
 
 
-def _find_messages(t: Txn, path: str, f: _Findings) -> None:
+def _find_messages(t: Txn, path: str, f: _Findings, dropped: set[str]) -> None:
     """Every `messages` record: its key's shape, its checksum, that it decodes; then each
     conversation's `mindex` entries against what MessageIndex.rebuild makes from the
-    records that are sound (specs/storage.md §8a)."""
+    records that are sound (specs/storage.md §8a). The records of the `dropped`
+    conversations (their `convs` record is damaged) are dropped with them, unreported."""
     numbers: dict[bytes, str] = {}  # P -> conversation id
     last = None
     for k, v in t.raw_records("mindex"):
@@ -211,6 +217,14 @@ def _find_messages(t: Txn, path: str, f: _Findings) -> None:
         number, kind, name = k[:8], k[8:9], k[9:]
         cid = numbers.get(number)
         where = _message_key(cid, k)
+        if cid in dropped:
+            # A state transfer lists conversations by their records (specs/protocol.md §5):
+            # messages kept without one would not be sent to the peers that ask first, and
+            # what they hold that no peer has would never leave this replica. The
+            # conversation goes whole; the peers fill it again (specs/storage.md §8a).
+            f.bad_messages.append(k)
+            damaged.setdefault(number, set()).add(k)
+            continue
         try:
             if cid is None:
                 raise DecodeError("a record of no conversation (its number is unknown)")

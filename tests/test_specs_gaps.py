@@ -30,3 +30,20 @@ def test_crdt_md_7_conversation_id_over_502_utf8_bytes_is_a_decode_error(tmp_pat
         assert r.apply_delta(_pin_delta(at_bound)) == {at_bound}
         conv = r.get(at_bound)
         assert conv is not None and conv.pinned
+
+
+@pytest.mark.parametrize("part, flag", [
+    ("dots", [[0, 1, 0], [0, 1], []]),
+    ("version vector", [[0, 1], [0, 1, 0], []]),
+    ("context", [[0, 1], [0, 1], [0, 2, 0]]),
+])
+def test_crdt_md_7_odd_length_pair_array_names_the_odd_length(
+        tmp_path: Path, part: str, flag: list[list[int]]) -> None:
+    """crdt.md §7: a flag's pair array of odd length is refused with a DecodeError that says
+    so (not "expected at most 10000 pairs"), and changes nothing."""
+    data = msgpack.packb([1, ["phone-1"], {"chat-42": {1: flag}}])
+    with Replica.open(tmp_path / "r", durability="nosync") as r:
+        with pytest.raises(DecodeError, match=f"{part}: odd length 3") as refused:
+            r.apply_delta(data)
+        assert "at most" not in str(refused.value)
+        assert r.head == 0

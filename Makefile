@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean fuzz faults
+.PHONY: demo test lint bench clean fuzz faults model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ $(VENV)/.automerge: pyproject.toml
 faults: $(STAMP)
 	mkdir -p build
 	$(PY) -m tests.faults --json build/faults.json $(if $(SIM_RUNS),--sim-runs $(SIM_RUNS)) $(if $(REAL_SECONDS),--real-seconds $(REAL_SECONDS)) $(if $(SEED),--seed $(SEED))
+
+# Model check of the anti-entropy protocol (specs/protocol.md §14): installs spin if missing
+# (Debian's package), then the real model's checks (0 errors) and each seeded bug (found).
+model:
+	@command -v spin >/dev/null || apt-get install -y spin || { echo "make model: spin is not installed and apt-get install -y spin failed" >&2; exit 1; }
+	@command -v cc >/dev/null || { echo "make model: a C compiler (cc) is needed to compile spin's verifier" >&2; exit 1; }
+	$(PYTHON) specs/model/check.py $(if $(WIDE),--wide)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -90,7 +90,9 @@ def _dec_maxreg(x: Any, rids: list[str], limits: Limits, what: str) -> MaxReg:
 
 def _dec_dots(x: Any, rids: list[str], limits: Limits, what: str) -> list[tuple[str, int]]:
     flat = _list(x, what)
-    if len(flat) % 2 or len(flat) > 2 * limits.max_dots:
+    if len(flat) % 2:  # specs/crdt.md §7: name what is wrong, not the size bound
+        raise DecodeError(f"{what}: odd length {len(flat)}, expected (replica, counter) pairs")
+    if len(flat) > 2 * limits.max_dots:
         raise DecodeError(f"{what}: expected at most {limits.max_dots} (replica, counter) pairs")
     return [
         (_replica(rids, flat[i], what), _int(flat[i + 1], f"{what} counter", 1, MAX_INT))

@@ -48,10 +48,14 @@ def unpack(data: bytes | bytearray | memoryview,
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise DecodeError(f"{len(data)} bytes is over the limit of {max_bytes}")
+    return _unpackb(data)
+
+
+def _unpackb(data: bytes | bytearray | memoryview, **options: Any) -> Any:
+    """msgpack.unpackb under the rules above; DecodeError for anything malformed."""
     try:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=False, ext_hook=_no_ext
-        )
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_no_ext,
+                               **options)
     except DecodeError:
         raise
     except msgpack.ExtraData:
@@ -94,17 +98,10 @@ def unpack_frame(data: bytes | bytearray | memoryview, max_bytes: int) -> Any:
         if values > MAX_FRAME_VALUES:
             raise DecodeError(f"over {MAX_FRAME_VALUES} values in the fields of one frame")
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_no_ext,
-                               object_pairs_hook=_no_map)
+        return _unpackb(data, object_pairs_hook=_no_map)
     except _MapInFrame:
         raise DecodeError("a frame field holds a map; fields are scalars, strings, bytes "
                           "or arrays of them") from None
-    except DecodeError:
-        raise
-    except msgpack.ExtraData:
-        raise DecodeError("trailing bytes after the msgpack value") from None
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as e:
-        raise DecodeError(f"not valid msgpack: {_reason(e)}") from None
 
 
 def count_headers(data: bytes | bytearray | memoryview, pos: int, stop_above: int) -> int:

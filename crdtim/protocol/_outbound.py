@@ -307,12 +307,16 @@ class Outbound:
             queued += 1
         self._transfer_after = after_id
         if after_id is None:
-            self._send(StateEnd(seq=self._transfer_head))
-            self.state = after(self.state, "STATE_END sent")
-            self._sent_upto = self._transfer_head
-            self._inflight.append(self._transfer_head)
-            queued += 1
+            queued += self._end_transfer()
         return queued
+
+    def _end_transfer(self) -> int:
+        """Send STATE_END at the head the transfer began at (§5); the frames queued."""
+        self._send(StateEnd(seq=self._transfer_head))
+        self.state = after(self.state, "STATE_END sent")
+        self._sent_upto = self._transfer_head
+        self._inflight.append(self._transfer_head)
+        return 1
 
     def _next_reconciled_chunk(self, max_conversations: int) -> int:
         """_next_chunk for a reconciled transfer: the next of the conversations the peer
@@ -344,9 +348,5 @@ class Outbound:
         if not ids:
             self._transfer_ids = None
             self.reconciler = None
-            self._send(StateEnd(seq=self._transfer_head))
-            self.state = after(self.state, "STATE_END sent")
-            self._sent_upto = self._transfer_head
-            self._inflight.append(self._transfer_head)
-            queued += 1
+            queued += self._end_transfer()
         return queued

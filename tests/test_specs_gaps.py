@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from crdtim import Replica
-from crdtim.errors import DecodeError
+from crdtim.errors import ClockDriftError, DecodeError
 
 
 def _pin_delta(cid: str) -> bytes:
@@ -47,3 +47,63 @@ def test_crdt_md_7_odd_length_pair_array_names_the_odd_length(
             r.apply_delta(data)
         assert "at most" not in str(refused.value)
         assert r.head == 0
+
+
+# --- Gap 3: the order in which a remote delta's refusals are checked (crdt.md §1, §7) ---
+
+T0 = 1_700_000_000_000
+FUTURE = T0 + 10**9  # far past the drift bound: held, not refused (crdt.md §1 step 2)
+
+
+def _refused_by(r: Replica, delta: list[object]) -> tuple[type[BaseException], str]:
+    head = r.head
+    with pytest.raises((DecodeError, ClockDriftError)) as refused:
+        r.apply_delta(msgpack.packb(delta))
+    assert r.head == head and r.status()["pending"]["count"] == 0  # nothing changed
+    return type(refused.value), str(refused.value)
+
+
+def test_crdt_md_7_refusal_order_1_decode_error_before_2_cid_bytes(tmp_path: Path) -> None:
+    """crdt.md §7 "Order of refusals": a decoder error (1) is reported before the id's byte
+    bound (2): a conversation id over 502 bytes whose title names a replica index outside
+    the table gives the decoder's message."""
+    with Replica.open(tmp_path / "r", durability="nosync", now_ms=lambda: T0) as r:
+        kind, message = _refused_by(r, [1, ["p"], {"é" * 252: {0: [T0, 1, 5, "t"]}}])
+        assert kind is DecodeError and "replica index: 5 is out of range" in message
+
+
+def test_crdt_md_7_refusal_order_2_cid_bytes_before_3_counter_bound(tmp_path: Path) -> None:
+    """crdt.md §7 "Order of refusals": the id's byte bound (2) is checked before the clock
+    counter bound (3): DecodeError "over 502 bytes", not ClockDriftError."""
+    with Replica.open(tmp_path / "r", durability="nosync", now_ms=lambda: T0) as r:
+        kind, message = _refused_by(r, [1, ["p"], {"é" * 252: {0: [T0, 2**31, 0, "t"]}}])
+        assert kind is DecodeError and "is over 502 bytes" in message
+
+
+@pytest.mark.parametrize("future", [
+    {0: [FUTURE, 0, 0, "a title from the future"]},
+    {5: [FUTURE, 1, 0, "a message time from the future"]},
+])
+def test_crdt_md_7_refusal_order_3_counter_bound_before_4_future_hold(
+        tmp_path: Path, future: dict[int, list[object]]) -> None:
+    """crdt.md §7 "Order of refusals" and §1 step 1: an over-limit counter (3) refuses the
+    whole delta even when it also holds a value far in the future (4, which alone would be
+    held): ClockDriftError with the counter message, nothing held."""
+    over = {12: [T0, 2**31, 0, "draft"]}
+    with Replica.open(tmp_path / "r", durability="nosync", now_ms=lambda: T0) as r:
+        kind, message = _refused_by(r, [1, ["p"], {"c": {**future, **over}}])
+        assert kind is ClockDriftError
+        assert message == f"remote clock counter {2**31} is over the limit of {2**31 - 1}"
+
+
+def test_crdt_md_7_refusal_order_4_future_hold_and_5_forged_dot_refuse_nothing(
+        tmp_path: Path) -> None:
+    """crdt.md §7 "Order of refusals" (4, 5) and §5: a value from the future is held and a
+    context claiming this replica's dots is joined (with a warning): neither refuses, so a
+    delta with both is accepted; the title is held, the flag joined."""
+    with Replica.open(tmp_path / "r", durability="nosync", now_ms=lambda: T0) as r:
+        delta = [1, [r.id], {"c": {1: [[0, 5], [0, 5], []], 0: [FUTURE, 0, 0, "later"]}}]
+        assert r.apply_delta(msgpack.packb(delta)) == {"c"}
+        conv = r.get("c")
+        assert conv is not None and conv.pinned and conv.title == ""
+        assert r.status()["pending"] == {"count": 1, "earliest": FUTURE}

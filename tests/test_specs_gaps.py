@@ -8,7 +8,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from crdtim import Replica
+from crdtim import Replica, codec
+from crdtim.crdt import DEFAULT_SCHEMA
 from crdtim.errors import ClockDriftError, DecodeError
 
 
@@ -107,3 +108,70 @@ def test_crdt_md_7_refusal_order_4_future_hold_and_5_forged_dot_refuse_nothing(
         conv = r.get("c")
         assert conv is not None and conv.pinned and conv.title == ""
         assert r.status()["pending"] == {"count": 1, "earliest": FUTURE}
+
+
+# --- Gap 4: what a reader accepts, canonicalises or refuses (crdt.md §7) ---
+
+def test_crdt_md_7_replica_table_listing_an_id_twice_is_accepted(tmp_path: Path) -> None:
+    """crdt.md §7 "Reader's latitude": a replica table naming one id twice is accepted; both
+    indices mean that id."""
+    data = msgpack.packb([1, ["p", "p"], {"c": {1: [[0, 1, 1, 2], [0, 2], []]}}])
+    pinned = codec.decode_map(data, DEFAULT_SCHEMA).convs["c"]["pinned"]
+    assert pinned.dots == frozenset({("p", 1), ("p", 2)})
+    assert pinned.context.vv == {"p": 2} and not pinned.context.cloud
+    with Replica.open(tmp_path / "r", durability="nosync") as r:
+        assert r.apply_delta(data) == {"c"}
+        conv = r.get("c")
+        assert conv is not None and conv.pinned
+
+
+def test_crdt_md_7_version_vector_naming_one_id_by_two_indices_is_refused(
+        tmp_path: Path) -> None:
+    """crdt.md §7 "Reader's latitude": two indices of a version vector that name one id (a
+    table listing it twice) are a replica listed twice in `vv`: DecodeError, nothing
+    changes."""
+    data = msgpack.packb([1, ["p", "p"], {"c": {1: [[0, 1], [0, 1, 1, 2], []]}}])
+    with pytest.raises(DecodeError, match="version vector: a replica appears twice"):
+        codec.decode_map(data, DEFAULT_SCHEMA)
+    with Replica.open(tmp_path / "r", durability="nosync") as r:
+        with pytest.raises(DecodeError, match="a replica appears twice"):
+            r.apply_delta(data)
+        assert r.head == 0
+
+
+def test_crdt_md_7_duplicate_and_unsorted_dots_and_cloud_are_canonicalised(
+        tmp_path: Path) -> None:
+    """crdt.md §7 "Reader's latitude": `dots` and `cloud` pairs repeated or out of order are
+    accepted and read as sets: a repeat counts once, order is lost, and re-encoding writes
+    each array once per pair, sorted."""
+    messy = msgpack.packb([1, ["q", "p"], {"c": {1: [[0, 5, 1, 3, 0, 5], [1, 1, 0, 1],
+                                                     [0, 5, 1, 3, 1, 3]]}}])
+    tidy = msgpack.packb([1, ["p", "q"], {"c": {1: [[0, 3, 1, 5], [0, 1, 1, 1],
+                                                    [0, 3, 1, 5]]}}])
+    pinned = codec.decode_map(messy, DEFAULT_SCHEMA).convs["c"]["pinned"]
+    assert pinned.dots == pinned.context.cloud == frozenset({("p", 3), ("q", 5)})
+    assert codec.decode_map(messy, DEFAULT_SCHEMA) == codec.decode_map(tidy, DEFAULT_SCHEMA)
+    assert codec.encode_map(codec.decode_map(messy, DEFAULT_SCHEMA)) == tidy
+    with Replica.open(tmp_path / "r", durability="nosync") as r:
+        assert r.apply_delta(messy) == {"c"}
+        assert r.state() == codec.decode_map(tidy, DEFAULT_SCHEMA)
+
+
+def test_crdt_md_7_empty_replica_table_is_accepted(tmp_path: Path) -> None:
+    """crdt.md §7 "Reader's latitude": an empty replica table is accepted, with an empty
+    body (nothing changes) or with fields that name no replica (a max register)."""
+    with Replica.open(tmp_path / "r", durability="nosync") as r:
+        assert r.apply_delta(msgpack.packb([1, [], {}])) == set() and r.head == 0
+        assert r.apply_delta(msgpack.packb([1, [], {"c": {3: 5}}])) == {"c"}
+        conv = r.get("c")
+        assert conv is not None and conv.last_seq == 5
+
+
+def test_crdt_md_7_empty_conversation_is_accepted_and_not_stored(tmp_path: Path) -> None:
+    """crdt.md §7 "Reader's latitude": an empty conversation `{cid: {}}` is accepted and
+    dropped: not stored, not logged, not reported changed."""
+    data = msgpack.packb([1, ["p"], {"c": {}}])
+    assert codec.decode_map(data, DEFAULT_SCHEMA).convs == {}
+    with Replica.open(tmp_path / "r", durability="nosync") as r:
+        assert r.apply_delta(data) == set()
+        assert r.head == 0 and r.get("c") is None and r.list().items == []

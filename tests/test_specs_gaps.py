@@ -10,6 +10,7 @@ import pytest
 
 from crdtim import Replica, codec
 from crdtim.crdt import DEFAULT_SCHEMA
+from crdtim.crdt.hlc import DEFAULT_MAX_DRIFT_MS
 from crdtim.errors import ClockDriftError, DecodeError
 
 
@@ -175,3 +176,39 @@ def test_crdt_md_7_empty_conversation_is_accepted_and_not_stored(tmp_path: Path)
     with Replica.open(tmp_path / "r", durability="nosync") as r:
         assert r.apply_delta(data) == set()
         assert r.head == 0 and r.get("c") is None and r.list().items == []
+
+
+# --- Gap 7: a local message time at the drift bound, sent to a peer a few ms behind ---
+
+@pytest.mark.parametrize("write", ["message_arrived", "post"])
+def test_crdt_md_1_message_time_at_the_local_bound_is_held_by_a_slower_peer_not_refused(
+        open_replica, write: str) -> None:
+    """crdt.md §1 "A local message time at the bound": A accepts a message time of exactly
+    now + max_drift (300000 ms by default); B, whose clock is 3 ms behind, refuses nothing:
+    it holds the values stamped past its horizon (the last_message, or the message history),
+    applies the rest at once, and applies the held ones once its clock has gained the 3 ms,
+    ending with A's state."""
+    drift = DEFAULT_MAX_DRIFT_MS
+    behind = [3]
+    a = open_replica("a", now_ms=lambda: T0)
+    b = open_replica("b", now_ms=lambda: T0 - behind[0])
+    at = T0 + drift
+    if write == "message_arrived":
+        a.message_arrived("c", 1, "hi", at=at)
+    else:
+        a.post("c", "hi", at=at)
+    changed = b.apply_delta(codec.encode_map(a.state()))  # nothing refused
+    assert b.status()["pending"] == {"count": 1, "earliest": at}
+    held_state = b.state()
+    if write == "message_arrived":  # last_seq (a max register) now, last_message held
+        conv = b.get("c")
+        assert changed == {"c"} and conv is not None
+        assert conv.last_seq == 1 and conv.last_at == 0 and conv.last_preview == ""
+    else:  # the message history: held whole
+        assert changed == set() and b.get("c") is None
+    behind[0] = 1  # B's horizon is still 1 ms short of `at`
+    assert b.apply_pending() == set() and b.state() == held_state
+    behind[0] = 0  # B's clock has caught up: now + max_drift reaches `at`
+    assert b.apply_pending() == {"c"}
+    assert b.status()["pending"]["count"] == 0
+    assert b.state() == a.state()

@@ -102,7 +102,7 @@ def test_tiny_suite_reports_every_goal(tiny_run):
         if g["met"] is None:
             assert "not judged" in g["why"]
     # Size-dependent goals are not judged below their size.
-    assert goals["bootstrap 1M conversations <= 10 s"]["met"] is None
+    assert goals["bootstrap 1M conversations <= 4 s"]["met"] is None
 
 
 def test_tiny_suite_writes_markdown_and_small_png_plots(tiny_run):

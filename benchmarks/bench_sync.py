@@ -1257,7 +1257,7 @@ def bench_bootstrap(cfg: argparse.Namespace, wd: Workdir, prof: Profiler
         rows.append(Row(
             f"d{sfx}", f"bootstrap {n:,} conversations, newcomer {durability}: time", "s",
             r["s"], r["raw_s"], goal="(context)" if ctx else "<= 4 s",
-            check=None if ctx else value_at_most(10.0), fmt="{:,.2f}",
+            check=None if ctx else value_at_most(4.0), fmt="{:,.2f}",
             ref_label=f"raw copy of the stored (key, value) pairs over loopback TCP into raw "
                       f"LMDB ({durability}), 512 pairs per txn, no ordering index or log",
             note=(f"source: built in {built['build_s']:.1f} s (nosync batches of {batch:,}), "

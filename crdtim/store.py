@@ -56,7 +56,6 @@ FORMAT = 3
 #: Formats this crdtim migrates to FORMAT when it opens them (specs/storage.md §9).
 MIGRATABLE_FORMATS = (1, 2)
 
-
 _U64 = struct.Struct(">Q")
 _CLOCK = struct.Struct(">QI")
 
@@ -337,17 +336,15 @@ class Txn:
 
     # pending: values from peers stamped too far ahead, held until their time (see _pending)
     def pending_entry(self, wall: int, cid: str) -> tuple[str, bytes] | None:
-        key = _U64.pack(wall) + cid.encode()
-        raw = self._t.get(key, db=self._s._pending)
-        return None if raw is None else _framed(unseal(self._s.path, "pending", key, raw))
+        raw = self.get_sealed("pending", _U64.pack(wall) + cid.encode())
+        return None if raw is None else _framed(raw)
 
     def put_pending(self, wall: int, cid: str, origin: str, payload: bytes) -> None:
         o = origin.encode()
-        key = _U64.pack(wall) + cid.encode()
-        self._t.put(key, seal(key, bytes([len(o)]) + o + payload), db=self._s._pending)
+        self.put_sealed("pending", _U64.pack(wall) + cid.encode(), bytes([len(o)]) + o + payload)
 
     def delete_pending(self, wall: int, cid: str) -> None:
-        self._t.delete(_U64.pack(wall) + cid.encode(), db=self._s._pending)
+        self.delete("pending", _U64.pack(wall) + cid.encode())
 
     def first_pending_wall(self) -> int | None:
         """The earliest held time: one cursor probe (every write transaction makes it)."""
@@ -356,17 +353,8 @@ class Txn:
 
     def pending_upto(self, wall: int) -> list[tuple[int, str, str, bytes]]:
         """(wall, cid, origin, payload) of the values held until `wall` or earlier."""
-        out: list[tuple[int, str, str, bytes]] = []
-        with self._t.cursor(db=self._s._pending) as cur:
-            if not cur.first():
-                return out
-            for k, v in cur:
-                held = _u64(k[:8])
-                if held > wall:
-                    break
-                out.append((held, k[8:].decode(),
-                            *_framed(unseal(self._s.path, "pending", k, v))))
-        return out
+        return [(_u64(k[:8]), k[8:].decode(), *_framed(unseal(self._s.path, "pending", k, v)))
+                for k, v in self.scan("pending", b"", _U64.pack(wall + 1))]
 
     def pending_count(self) -> int:
         return self._t.stat(self._s._pending)["entries"]

@@ -202,25 +202,18 @@ def _mac(x: Any) -> bytes:
     return mac
 
 
-def _new_ids(x: Any) -> tuple[str, ...]:
+def _new_ids(what: str) -> _Parse:
     # The codec's rules for a replica id (specs/crdt.md §7), checked here so that a bad one
     # is named as the table's, not as some later payload's.
-    if type(x) is not list or len(x) > MAX_SESSION_IDS:
-        raise RemoteProtocolError(f"COMPACT_DELTA new ids: expected an array of at most "
-                                  f"{MAX_SESSION_IDS} replica ids")
-    for rid in x:
-        if type(rid) is not str or not 0 < len(rid) <= codec.MAX_REPLICA_ID or "\x00" in rid:
-            raise RemoteProtocolError("COMPACT_DELTA new ids: a replica id is not a string "
-                                      f"of 1..{codec.MAX_REPLICA_ID} characters without NUL")
-    return tuple(x)
-
-
-def _new_ids_of(name: str) -> _Parse:
     def parse(x: Any) -> tuple[str, ...]:
-        try:
-            return _new_ids(x)
-        except RemoteProtocolError as e:
-            raise RemoteProtocolError(e.reason.replace("COMPACT_DELTA", name, 1)) from None
+        if type(x) is not list or len(x) > MAX_SESSION_IDS:
+            raise RemoteProtocolError(f"{what} new ids: expected an array of at most "
+                                      f"{MAX_SESSION_IDS} replica ids")
+        for rid in x:
+            if type(rid) is not str or not 0 < len(rid) <= codec.MAX_REPLICA_ID or "\x00" in rid:
+                raise RemoteProtocolError(f"{what} new ids: a replica id is not a string "
+                                          f"of 1..{codec.MAX_REPLICA_ID} characters without NUL")
+        return tuple(x)
     return parse
 
 
@@ -307,9 +300,10 @@ _ROWS = (
     # Version 4 (specs/protocol.md §11).
     _Row(11, CompactDelta, "COMPACT_DELTA",
          (("start", _seq("COMPACT_DELTA start")), ("end", _seq("COMPACT_DELTA end")),
-          ("new_ids", _new_ids), ("body", _binary("COMPACT_DELTA body"))), check=_interval),
+          ("new_ids", _new_ids("COMPACT_DELTA")), ("body", _binary("COMPACT_DELTA body"))),
+         check=_interval),
     _Row(12, Have, "HAVE", (("filtered", _flag("HAVE filtered")),
-                            ("new_ids", _new_ids_of("HAVE")),
+                            ("new_ids", _new_ids("HAVE")),
                             ("linked", _indexes("HAVE linked", pairs=True)),
                             ("unlinked", _indexes("HAVE unlinked", pairs=False)))),
     # Reconciliation (specs/protocol.md §13); the frames are _reconcile.py's.

@@ -235,7 +235,8 @@ def _body(fields: list) -> bytes:
 GOOD_PAYLOAD = codec.encode_map(ConversationMap.bottom().raise_to("c", "last_seq", 3))
 BAD_FRAMES = {
     "not msgpack": len(b"\xc1\xc1").to_bytes(4, "big") + b"\xc1\xc1",
-    "trailing bytes": len(b"\x91\x03\x00").to_bytes(4, "big") + b"\x91\x03\x00",
+    # A good PING but for the byte after it (it once was an ACK missing its field as well).
+    "trailing bytes": len(b"\x92\x06\x01\x00").to_bytes(4, "big") + b"\x92\x06\x01\x00",
     "truncated body": (lambda f: (len(f) - 5).to_bytes(4, "big") + f[4:-1])(
         encode_frame(Delta(start=0, end=1, payload=GOOD_PAYLOAD))),
     "empty body": b"\x00\x00\x00\x00",
@@ -244,6 +245,7 @@ BAD_FRAMES = {
     "tag not an int": _body(["DELTA", 0, 1, GOOD_PAYLOAD]),
     "unknown tag": _body([99, 0]),
     "wrong arity": _body([2, 0, 1]),
+    "extra field": _body([3, 0, 0]),
     "negative seq": _body([2, -1, 1, GOOD_PAYLOAD]),
     "seq not an int": _body([2, 0, 1.5, GOOD_PAYLOAD]),
     "huge seq": _body([2, 0, 2**64 - 1, GOOD_PAYLOAD]),
@@ -262,11 +264,20 @@ BAD_FRAMES = {
     "ack never sent": encode_frame(Ack(seq=7)),
     "second hello": encode_frame(Hello(version=PROTOCOL_VERSION, replica_id="again")),
     "pong nonce not an int": _body([7, "x"]),
+    # Only the decoding is wrong in these: an ERROR's reason may be anything, a PING's nonce
+    # any seq (specs/protocol.md §1).
+    "string not utf-8": (lambda b: len(b).to_bytes(4, "big") + b)(b"\x92\x08\xa2\xff\xfe"),
+    "extension type": (lambda b: len(b).to_bytes(4, "big") + b)(b"\x92\x08\xd4\x01\x00"),
+    "bool as a seq": (lambda b: len(b).to_bytes(4, "big") + b)(b"\x92\x06\xc3"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FRAMES))
 def test_bad_frame_refused_and_nothing_applied(a, b, name):
+    """protocol.md §1: a body decodes strictly (one msgpack value, valid UTF-8, no extension
+    types, binary apart from strings) and every seq, count and nonce is an integer in
+    0..2^63-1, not a float or a bool. protocol.md §2: a body is an array of an integer tag
+    from the table and exactly its fields. Anything else is refused, nothing applied."""
     wire = handshaken(a, b)
     before = snapshot(a)
     received = a.received_from(b.id)
@@ -295,6 +306,7 @@ def test_unstorable_conversation_id_refused(a, b):
 
 
 def test_hello_replica_id_bounded_in_bytes(a):
+    """protocol.md §2: a HELLO's replica id must fit as a log entry's origin."""
     # Regression: 64 characters passed, but 64 emoji are 256 bytes, more than the log can
     # record as an entry's origin (one length byte).
     for rid, ok in [("x" * 64, True), ("\u00e9" * 64, True), ("\U0001F600" * 63, True),
@@ -310,6 +322,7 @@ def test_hello_replica_id_bounded_in_bytes(a):
 
 
 def test_overlapping_connections_never_move_the_resume_point_back(a, b):
+    """protocol.md §4: the resume point must not move back."""
     # Regression: two connections to one peer (net.py has them for a moment when both dial)
     # each stream the log; an older interval applied after a newer one moved the recorded
     # resume point back below what the peer had already been acknowledged.
@@ -329,6 +342,7 @@ def test_overlapping_connections_never_move_the_resume_point_back(a, b):
 
 def test_a_delta_from_the_future_is_acknowledged_and_its_future_value_held(a, b):
     # Was refused whole, stalling what came after it (specs/crdt.md §1, protocol.md §4).
+    # protocol.md §4: the ACK covers the held value too, so the sender must not resend it.
     from crdtim.crdt import Stamp
 
     wire = handshaken(a, b)
@@ -607,6 +621,7 @@ def test_peer_claiming_more_than_we_have_gets_a_state_transfer(a, b):
 
 
 def test_ack_outside_the_unacknowledged_range_refused(a, b):
+    """protocol.md §3, protocol.md §4: a later ACK must lie in [last acked, last sent end]."""
     a.set_title("c", "x")
     wire = handshake_only(a, b)
     wire.pump()  # DELTA (0, 1] in flight
@@ -616,11 +631,83 @@ def test_ack_outside_the_unacknowledged_range_refused(a, b):
 
 
 def test_chunk_ack_for_chunks_never_sent_refused(a, b):
+    """protocol.md §3: a CHUNK_ACK's count must be at most the chunks sent."""
     from crdtim.protocol import ChunkAck
 
     wire = handshaken(a, b)
     with pytest.raises(RemoteProtocolError, match="CHUNK_ACK"):
         wire.sessions[0].receive_data(encode_frame(ChunkAck(count=1)))
+
+
+def test_an_ack_below_the_last_acknowledged_seq_is_refused(a, b):
+    """protocol.md §3, protocol.md §4: a later ACK must not go below the last one."""
+    a.set_title("c", "x")
+    wire = handshake_only(a, b)
+    wire.run_until_quiet()
+    assert a.peer_ack(b.id) == 1
+    with pytest.raises(RemoteProtocolError, match="ACK 0 outside"):
+        wire.sessions[0].receive_data(encode_frame(Ack(seq=0)))
+    assert a.peer_ack(b.id) == 1
+
+
+def test_a_chunk_ack_that_does_not_move_forward_is_refused(a, b):
+    """protocol.md §3: a CHUNK_ACK's count must be greater than the last CHUNK_ACK's."""
+    from crdtim.protocol import ChunkAck
+
+    for cid in ("c1", "c2", "c3"):
+        a.set_title(cid, "x")
+    s = SyncSession(a, SessionConfig(max_conversations_per_chunk=1))
+    s.initiate()
+    s.receive_data(encode_frame(Hello(version=PROTOCOL_VERSION, replica_id=b.id)))
+    s.receive_data(encode_frame(Ack(seq=50)))  # more than we have: a state transfer
+    s.pump()
+    assert sum(isinstance(m, StateChunk) for m in frames_of(s.data_to_send())) >= 2
+    s.receive_data(encode_frame(ChunkAck(count=1)))
+    with pytest.raises(RemoteProtocolError, match="CHUNK_ACK 1 for"):
+        s.receive_data(encode_frame(ChunkAck(count=1)))
+
+
+def test_a_delta_during_the_peers_state_transfer_is_refused(a, b):
+    """protocol.md §3: a DELTA is accepted only while the inbound direction is in DELTAS."""
+    wire = handshaken(a, b)
+    session = wire.sessions[0]
+    session.receive_data(encode_frame(StateChunk(payload=GOOD_PAYLOAD)))
+    before = snapshot(a)
+    delta = ConversationMap.bottom().raise_to("d", "last_seq", 2)
+    with pytest.raises(RemoteProtocolError, match="DELTA during a state transfer"):
+        session.receive_data(encode_frame(Delta(start=0, end=1,
+                                                payload=codec.encode_map(delta))))
+    assert snapshot(a) == before and a.received_from(b.id) == 0
+
+
+def test_a_delta_overlapping_what_was_applied_is_refused(a, b):
+    """protocol.md §3, protocol.md §4: a DELTA's start must equal the end of the last one
+    applied on this connection; an overlap is refused like a gap."""
+    wire = handshaken(a, b)
+    session = wire.sessions[0]
+    session.receive_data(encode_frame(Delta(start=0, end=1, payload=GOOD_PAYLOAD)))
+    before = snapshot(a)
+    again = ConversationMap.bottom().raise_to("d", "last_seq", 2)
+    with pytest.raises(RemoteProtocolError, match="starts at 0, expected 1"):
+        session.receive_data(encode_frame(Delta(start=0, end=2,
+                                                payload=codec.encode_map(again))))
+    assert snapshot(a) == before and a.received_from(b.id) == 1
+
+
+def test_a_burst_whose_intervals_do_not_chain_is_refused_at_the_first_gap(a, b):
+    """protocol.md §4: DELTAs group-committed together must chain; the first that does not
+    is refused after the ones before it are applied and acknowledged."""
+    wire = handshaken(a, b)
+    first = ConversationMap.bottom().raise_to("g", "last_seq", 4)
+    skipped = ConversationMap.bottom().raise_to("h", "last_seq", 5)
+    with pytest.raises(RemoteProtocolError, match="starts at 2, expected 1"):
+        wire.sessions[0].receive_data(
+            encode_frame(Delta(start=0, end=1, payload=codec.encode_map(first)))
+            + encode_frame(Delta(start=2, end=3, payload=codec.encode_map(skipped))))
+    assert a.get("g").last_seq == 4 and a.get("h") is None
+    assert a.received_from(b.id) == 1
+    assert [f.seq for f in frames_of(wire.sessions[0].data_to_send())
+            if isinstance(f, Ack)] == [1]
 
 
 # -- the simulation ---------------------------------------------------------------------------
@@ -894,7 +981,8 @@ class ProtocolSimulation(RuleBasedStateMachine):
             for s in wire.sessions:
                 s.ended()
         # A line, not every pair: each write must then be relayed, so an entry a relay held
-        # back or left out for a link that no longer exists would never arrive (§12).
+        # back or left out for a link that no longer exists would never arrive
+        # (specs/protocol.md §12).
         self.wires = [self._connect(i, i + 1) for i in range(n - 1)]
         for _ in range(100):
             moved = False
@@ -1025,6 +1113,7 @@ def test_acks_are_kept_in_memory_until_a_trim_or_close_writes_them(open_replica,
 
 
 def test_a_peer_that_never_finishes_its_hello_is_dropped(a):
+    """protocol.md §10: the peer's HELLO must have arrived within handshake_timeout."""
     # A socket trickling a byte now and then must not hold a connection slot forever.
     session = SyncSession(a, SIM_CONFIG)
     session.initiate(now=0.0)
@@ -1058,6 +1147,8 @@ def test_deltas_that_arrive_together_are_applied_in_one_transaction(a, b):
 
 
 def test_a_refused_delta_in_a_burst_does_not_undo_the_ones_before_it(a, b):
+    """protocol.md §4: the first frame of a group that does not decode is refused after the
+    ones before it are applied and acknowledged."""
     wire = handshaken(a, b)
     wire.run_until_quiet()
     good = encode_frame(Delta(start=0, end=1, payload=codec.encode_map(

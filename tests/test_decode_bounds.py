@@ -92,6 +92,17 @@ def test_a_payload_with_one_huge_field_is_refused_from_its_headers():
     assert peak < 4 * len(payload)
 
 
+def test_a_payload_of_a_single_conversation_is_not_held_to_the_item_budget():
+    """security.md §7: a payload of a single conversation must always be sendable, so it is
+    not counted against MAX_FRAME_ITEMS (its fields' decoders bound it); the same field
+    beside a second conversation is over the budget."""
+    field = b"\x81\x03" + empty_arrays(2 * MAX_FRAME_ITEMS)
+    alone = b"\x93\x01\x91\xa1a\x81" + b"\xa2c1" + field
+    assert over_budget(alone) is None
+    beside = b"\x93\x01\x91\xa1a\x82" + b"\xa2c1" + field + b"\xa2c2\x80"
+    assert f"over {MAX_FRAME_ITEMS} items" in (over_budget(beside) or "")
+
+
 ints = st.integers(-2**63, 2**64 - 1)
 msgpack_values = st.recursive(
     st.none() | st.booleans() | ints | st.floats()

@@ -145,6 +145,8 @@ def test_without_keys_on_either_side_nothing_changes_for_library_users(a, b):
 @settings(max_examples=25)
 @given(wrong=st.binary(min_size=16, max_size=64))
 def test_a_wrong_key_is_refused_and_nothing_is_applied(tmp_path_factory, wrong):
+    """security.md §3: the acceptor computes the MAC the dialer must have sent; any other
+    is refused with "authentication failed", nothing applied."""
     # The dialer names a key id the acceptor has, with another secret; it has writes of
     # its own to push. The acceptor refuses its AUTH without sending one of its own (which
     # would let the dialer test guesses of the secret offline); nothing reaches either
@@ -172,6 +174,7 @@ def test_a_wrong_key_is_refused_and_nothing_is_applied(tmp_path_factory, wrong):
 @settings(max_examples=40)
 @given(bit=st.integers(0, 255))
 def test_a_forged_auth_is_refused_before_any_delta(tmp_path_factory, bit):
+    """security.md §3: one bit off the MAC the dialer must have sent is refused."""
     # An attacker with no key sends HELLO, an AUTH with one bit off the right one (it cannot
     # compute the right one), its resume ACK and a DELTA in one write: the DELTA is never
     # applied, and the ERROR says why.
@@ -199,6 +202,7 @@ def test_a_forged_auth_is_refused_before_any_delta(tmp_path_factory, bit):
 
 
 def test_a_replayed_handshake_is_refused(a, b):
+    """protocol.md §2: the peer's AUTH must cover our fresh nonce (security.md §3)."""
     # A recorded, successful handshake (HELLO and AUTH of the key holder b) replayed on a new
     # connection, followed by a DELTA of the attacker's: the acceptor's nonce is new, so the
     # old AUTH does not verify.
@@ -274,6 +278,8 @@ def test_nothing_but_auth_is_accepted_before_the_peer_is_authenticated(a, b):
 
 
 def test_the_handshake_deadline_covers_auth(a, b):
+    """security.md §3, security.md §7: the whole handshake, AUTH included, must finish
+    within handshake_timeout of initiate()."""
     s = SyncSession(a, CONFIG, keyed("alice"))
     s.initiate(now=0.0)
     s.receive_data(encode_frame(Hello(version=PROTOCOL_VERSION, replica_id=b.id,
@@ -291,10 +297,26 @@ def test_a_dialer_with_several_keys_must_say_which(a):
 
 
 def test_short_secrets_and_bad_key_ids_are_refused():
+    """security.md §1: secrets must be at least MIN_SECRET_BYTES (16) long."""
     with pytest.raises(ValueError, match="shorter than 16"):
         SecurityConfig(keys={"alice": b"short"})
+    with pytest.raises(ValueError, match="shorter than 16"):
+        SecurityConfig(keys={"alice": b"x" * 15})
+    SecurityConfig(keys={"alice": b"x" * 16})  # the bound itself is enough
     with pytest.raises(ValueError, match="key id"):
         SecurityConfig(keys={"has space": SECRET})
+
+
+def test_with_keys_over_tls_a_wrong_key_is_refused_though_tls_passed(a, b):
+    """security.md §2: with both keys and TLS, both must pass: a peer whose certificate the
+    transport accepted (its identity is given) still needs the key."""
+    before = snapshot(a)
+    b.set_title("c", "over TLS, wrong key")
+    pipe = Pipe(SyncSession(b, CONFIG, keyed("alice", secret=OTHER_SECRET), dialed=True,
+                            tls_identity="server"),
+                SyncSession(a, CONFIG, keyed("alice"), tls_identity="device-cert")).run()
+    assert not pipe.open and "authentication failed" in pipe.errors[1].reason
+    assert pipe.sessions[1].peer_identity is None and snapshot(a) == before
 
 
 def test_the_key_id_is_the_identity_even_over_tls(a, b):
@@ -320,6 +342,8 @@ def serve_alice(server: Replica, device: Replica, scopes=SCOPES, key: str = "ali
 
 
 def test_a_peer_is_sent_only_the_conversations_in_its_scope(open_replica):
+    """security.md §1, security.md §5: a scoped peer is sent only its scope, and the DELTAs
+    still cover the whole interval (its ACK must cover entries it may not see)."""
     server, phone = open_replica("server"), open_replica("phone")
     for cid in ("u1/family", "u2/secret", "u1x/not-a-prefix-match", "u1/work"):
         server.set_title(cid, "t")
@@ -381,6 +405,7 @@ def test_widening_a_scope_delivers_what_was_filtered_out_before(open_replica):
 
 
 def test_a_delta_with_any_conversation_out_of_scope_is_refused_whole(open_replica):
+    """security.md §5: a DELTA holding any conversation out of scope is refused whole."""
     server, phone = open_replica("server"), open_replica("phone")
     pipe = serve_alice(server, phone).run()
     assert pipe.open
@@ -390,6 +415,20 @@ def test_a_delta_with_any_conversation_out_of_scope_is_refused_whole(open_replic
     assert snapshot(server) == before and server.received_from(phone.id) == 0
     (err,) = frames_of(pipe.sessions[1].data_to_send())
     assert isinstance(err, Error) and "u2/theirs" in err.reason
+
+
+def test_a_device_that_wrote_outside_its_scope_is_refused_on_every_connection(open_replica):
+    """security.md §5: what crdtim enforces when a device writes outside its scope: the
+    DELTA holding that write is refused whole on every connection, loudly, and the device's
+    later writes wait behind it; nothing of it is applied in part."""
+    server, phone = open_replica("server"), open_replica("phone")
+    phone.set_title("u2/not-hers", "misconfigured")
+    phone.set_title("u1/hers", "later, in scope")
+    for _ in range(3):  # each reconnection is refused the same way
+        pipe = serve_alice(server, phone).run()
+        assert "outside the scope of 'alice'" in pipe.errors[1].reason
+        assert all(s.state is State.CLOSED for s in pipe.sessions)
+        assert len(server) == 0 and server.received_from(phone.id) == 0
 
 
 def test_an_out_of_scope_delta_in_a_burst_leaves_the_ones_before_it_applied(open_replica):
@@ -503,6 +542,7 @@ def test_an_oversize_frame_is_refused_from_its_prefix_without_buffering(a, b):
 
 
 def test_a_frame_trickled_byte_by_byte_times_out(a, b):
+    """protocol.md §10: a frame must be complete within frame_timeout of its first byte."""
     # Every byte is "activity" for the idle timeout; the frame timeout is not fooled.
     config = dataclasses.replace(CONFIG, frame_timeout=30.0, idle_timeout=20.0)
     pipe = Pipe(SyncSession(b, config, dialed=True), SyncSession(a, config)).run()
@@ -811,6 +851,7 @@ async def test_mutual_tls_nodes_replicate_and_identify_each_other_by_certificate
 
 
 async def test_a_certificate_from_another_ca_is_refused(open_replica, pki):
+    """security.md §2: the peer's certificate must chain to our CA."""
     server, phone = open_replica("server"), open_replica("phone")
     async with node(server, config=tls_for(pki, "server")) as ns:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -837,6 +878,25 @@ async def test_a_certificate_from_another_ca_is_refused(open_replica, pki):
             phone.set_title("c", "over TLS")
             await settle((ns, 1), (np, 1))
             assert server.get("c").title == "over TLS"
+
+
+async def test_a_tls_handshake_not_done_within_the_handshake_timeout_is_dropped(
+        open_replica, pki, autojump_clock):
+    """protocol.md §9, security.md §7: on a TLS listener the TLS handshake must finish within
+    handshake_timeout; a client that connects and says nothing is closed then, counted in
+    tls_failures, and never reaches a session."""
+    server = open_replica("server")
+    config = dataclasses.replace(tls_for(pki, "server"),
+                                 session=SessionConfig(handshake_timeout=7.0))
+    async with node(server, config=config) as ns:
+        stream = await trio.open_tcp_stream(LOCAL, ns.port)
+        started = trio.current_time()
+        async with stream:
+            got = await read_to_eof(stream, guard=100)  # (mock seconds)
+        elapsed = trio.current_time() - started
+        assert got == b"" and 7.0 <= elapsed < 8.0
+        await wait_until(ns, lambda: ns.stats.tls_failures == 1)
+        assert ns.stats.connections == 0 and not ns.connected_peers
 
 
 # -- configuration files and the command line -----------------------------------------------------

@@ -250,7 +250,8 @@ async def test_deltas_at_the_conversation_limit_are_applied_and_others_still_syn
 
 def test_our_senders_keep_every_frame_within_the_conversation_limit(open_replica):
     """Honest replication never trips the limit: log entries whose join is over it go in
-    DELTAs of fewer entries, and one entry over it alone (a huge batch) by state transfer."""
+    DELTAs of fewer entries, and one entry over it alone (a huge batch) by state transfer
+    (protocol.md §2: a sender must keep to what every receiver accepts)."""
     a, b = open_replica("a"), open_replica("b")
     for k in range(2):  # two entries, each under the limit, their join over it
         with a.batch():

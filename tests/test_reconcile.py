@@ -221,6 +221,8 @@ _WHOLE = b"\x04" + bytes(8)  # flags END: from b"" to the end, a fingerprint
      "more than 4096 ranges"),
 ])
 def test_malformed_recon_ranges_refused(a, b, fields, reason):
+    """protocol.md §13.2: RECON_RANGES as specified, else refused; among them, an upper
+    bound must be above its range's lower bound."""
     s = _open_session(a, b)
     with pytest.raises(RemoteProtocolError, match=reason):
         s.receive_data(_frame(16, *fields))

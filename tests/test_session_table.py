@@ -107,6 +107,7 @@ def test_compact_delta_refused_before_hello(a):
 
 
 def test_peer_cannot_grow_the_table_past_its_limit(a, b):
+    """protocol.md §11: a receiver holds at most MAX_SESSION_IDS ids from a peer."""
     s = _open_on_b(a, b)
     state = b.state()
     ids = tuple(f"r{i}" for i in range(MAX_SESSION_IDS))
@@ -147,6 +148,7 @@ def test_bad_compact_delta_refused_and_nothing_applied(a, b, new_ids, body, reas
 
 
 def test_a_full_table_falls_back_to_plain_deltas(a, b, open_replica, monkeypatch):
+    """protocol.md §11: a sender must keep to MAX_SESSION_IDS, what every receiver accepts."""
     # Relayed entries name other replicas: with room for two ids, the third goes plain.
     monkeypatch.setattr(_table, "MAX_SESSION_IDS", 2)
     c, d = open_replica("c"), open_replica("d")

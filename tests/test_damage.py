@@ -148,6 +148,7 @@ def test_cli_on_damaged_files_says_one_line_and_never_dies_of_a_signal(original,
         assert (d / "data.mdb").read_bytes() == before
 
 
+# storage.md §8 step 7: data.mdb must be a regular file.
 def test_data_file_that_is_not_a_regular_file_is_refused_without_hanging(tmp_path):
     fifo = tmp_path / "fifo"
     fifo.mkdir()
@@ -164,6 +165,7 @@ def test_data_file_that_is_not_a_regular_file_is_refused_without_hanging(tmp_pat
         assert p.returncode == 1 and "not a regular file" in p.stderr
 
 
+# storage.md §8 step 7: meta.format must be 8 bytes, else CorruptStoreError (damaged).
 def test_a_damaged_format_field_says_damaged_not_upgrade(tmp_path):
     path = tmp_path / "r"
     with Replica.open(path):
@@ -177,6 +179,8 @@ def test_a_damaged_format_field_says_damaged_not_upgrade(tmp_path):
     assert "upgrade" not in str(info.value)
 
 
+# faults.md §4: the stored value's checksum must catch a flipped byte; a damaged value must
+# never be read back altered.
 def test_flipped_bytes_are_never_read_back_as_altered_values(original, tmp_path):
     """Format 1 read 15 of 120 such copies with altered values ('title 30' -> 'titlE 30').
 
@@ -284,6 +288,8 @@ def test_flipped_bytes_in_message_records_are_never_read_back_as_altered_values(
     print(f"flipped message records: {dict(counts)}")
 
 
+# storage.md §9: an older format is migrated when opened (that it is one transaction is not
+# checked here).
 def test_a_format_1_directory_is_migrated_when_opened(original, tmp_path):
     """Format 1 had no checksums: rewrite a copy as format 1 (values without their checksum,
     empty `order` values), open it, and read the same state as format 2."""

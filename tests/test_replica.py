@@ -1148,6 +1148,8 @@ async def test_a_batch_belongs_to_its_task_not_to_the_replica(tmp_path):
     r.close()
 
 
+# crdt.md §6: an app's text register must be declared clocked=True to be written with
+# set_register.
 def test_set_register_refuses_a_register_that_is_not_clocked(tmp_path):
     # Regression: stamped with the hybrid clock but not advanced past by receivers, a
     # causally later write could lose.
@@ -1187,6 +1189,7 @@ def test_a_failing_subscriber_does_not_fail_a_committed_write(tmp_path):
         assert r.get("c").title == "t" and [c.conversation for c in seen] == ["c"]
 
 
+# storage.md §4: a stored value over a peer's per-message caps must still read back.
 def test_own_records_over_the_wire_limits_still_read_back(tmp_path):
     # Regression: the per-message limits applied to the replica's own log; a large batch
     # made an entry that delta_since, changes_since and every sender failed to read.

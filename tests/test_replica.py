@@ -785,6 +785,8 @@ def _make_missing_id(p: Path) -> Path:
     return p
 
 
+# storage.md §8 step 7: meta.magic must be crdtim, meta.format 8 bytes, meta.replica_id
+# non-empty; refused before anything is written.
 @pytest.mark.parametrize("make, error", [
     (_make_file, NotAReplicaError),
     (_make_foreign_files, NotAReplicaError),
@@ -889,6 +891,8 @@ def test_a_replica_whose_creation_was_interrupted_is_created_again(tmp_path, mon
 # -- growth, concurrency ---------------------------------------------------------------------
 
 
+# storage.md §3: a transaction function re-run after map growth computes everything again
+# from a fresh transaction (head and state as if it had run once).
 def test_the_map_grows_as_needed(tmp_path, monkeypatch):
     monkeypatch.setattr(crdtim.store, "INITIAL_MAP_SIZE", 64 * 1024)
     path = tmp_path / "r"
@@ -1044,6 +1048,8 @@ BAD_CALLS = [
 ]
 
 
+# crdt.md §7: a writer must refuse to make states a decoder would refuse (over-long texts or
+# ids, negative or over-2^63-1 integers).
 @pytest.mark.parametrize("method, args", BAD_CALLS)
 def test_invalid_arguments_are_refused_and_change_nothing(replica, method, args):
     replica.set_title("x", "kept")

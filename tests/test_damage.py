@@ -148,6 +148,7 @@ def test_cli_on_damaged_files_says_one_line_and_never_dies_of_a_signal(original,
         assert (d / "data.mdb").read_bytes() == before
 
 
+# storage.md §8 step 7: data.mdb must be a regular file.
 def test_data_file_that_is_not_a_regular_file_is_refused_without_hanging(tmp_path):
     fifo = tmp_path / "fifo"
     fifo.mkdir()
@@ -164,6 +165,7 @@ def test_data_file_that_is_not_a_regular_file_is_refused_without_hanging(tmp_pat
         assert p.returncode == 1 and "not a regular file" in p.stderr
 
 
+# storage.md §8 step 7: meta.format must be 8 bytes, else CorruptStoreError (damaged).
 def test_a_damaged_format_field_says_damaged_not_upgrade(tmp_path):
     path = tmp_path / "r"
     with Replica.open(path):
@@ -177,6 +179,8 @@ def test_a_damaged_format_field_says_damaged_not_upgrade(tmp_path):
     assert "upgrade" not in str(info.value)
 
 
+# faults.md §4: the stored value's checksum must catch a flipped byte; a damaged value must
+# never be read back altered.
 def test_flipped_bytes_are_never_read_back_as_altered_values(original, tmp_path):
     """Format 1 read 15 of 120 such copies with altered values ('title 30' -> 'titlE 30').
 
@@ -284,6 +288,7 @@ def test_flipped_bytes_in_message_records_are_never_read_back_as_altered_values(
     print(f"flipped message records: {dict(counts)}")
 
 
+# storage.md §9: an older format is migrated when opened (in one transaction: the test below).
 def test_a_format_1_directory_is_migrated_when_opened(original, tmp_path):
     """Format 1 had no checksums: rewrite a copy as format 1 (values without their checksum,
     empty `order` values), open it, and read the same state as format 2."""
@@ -371,3 +376,39 @@ def test_disk_full_and_io_errors_say_so_with_the_path(tmp_path, message, words):
             assert r.get("a").title == "kept"  # reads go on
         finally:
             r.store._env = real
+
+
+# storage.md §9: an older format must be migrated in one write transaction that also writes
+# the new format, so a crash leaves either the old layout or the new one.
+def test_a_migration_that_dies_before_its_commit_leaves_the_old_format_whole(
+        original, tmp_path, monkeypatch):
+    path = tmp_path / "old"
+    shutil.copytree(original, path)
+    env = lmdb.open(str(path), max_dbs=8)
+    with env.begin(write=True) as t:  # format 1, as in the test above
+        for name in (b"convs", b"log", b"order"):
+            db = env.open_db(name, txn=t)
+            for k, v in list(t.cursor(db=db)):
+                t.put(k, v[:-4], db=db)
+        t.put(b"format", struct.pack(">Q", 1), db=env.open_db(b"meta", txn=t))
+    env.close()
+    migrate = crdtim.store.migrate
+
+    def dies_after_migrating(t, current):
+        migrate(t, current)
+        raise RuntimeError("killed before the commit")
+    monkeypatch.setattr(crdtim.store, "migrate", dies_after_migrating)
+    with pytest.raises(RuntimeError):
+        Replica.open(path, create=False)
+    monkeypatch.undo()
+    env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
+    with env.begin() as t:  # nothing of the migration was committed: still format 1
+        assert t.get(b"format", db=env.open_db(b"meta", txn=t)) == struct.pack(">Q", 1)
+        convs = env.open_db(b"convs", txn=t)
+        unsealed = {k: v for k, v in t.cursor(db=convs)}
+    env.close()
+    with Replica.open(original, create=False) as r:
+        want = (list(r), r.state(), r.head)
+    with Replica.open(path, create=False) as r:  # and it migrates whole on the next open
+        assert (list(r), r.state(), r.head) == want
+    assert unsealed

@@ -225,6 +225,7 @@ def test_reached_tells_a_message_call_held_elsewhere_from_one_that_is_not(open_r
     assert reached(append, plain(a.state().fields("c")))
 
 
+# faults.md §1: a refused call is not acknowledged and must have committed nothing.
 def test_a_refused_call_must_leave_no_trace(open_replica, monkeypatch):
     a = open_replica("a")
     ops = [_acked(a, "title", "c", text="kept")]
@@ -300,6 +301,8 @@ def test_the_simulation_flags_a_call_that_silently_does_nothing(monkeypatch, bro
         5 if broken == "mark_read" else 10)
 
 
+# faults.md §3 (crash_in_write): after the restart the head and state must be those before
+# the call.
 def test_the_simulation_flags_a_write_that_a_crash_leaves_half_done(monkeypatch):
     # A store whose transaction is not all-or-nothing: the work of a write that dies before
     # its commit is committed anyway. The crash inside a write must show it.
@@ -439,6 +442,8 @@ def test_a_peer_an_hour_ahead_has_its_future_values_held_until_time_catches_up(t
 # -- real processes --------------------------------------------------------------------------------
 
 
+# faults.md §4: every op a killed workload acknowledged must be there; a server restarted on
+# a full disk exits with one error line (no traceback, server_tracebacks == 0).
 def test_real_servers_converge_after_kill_9_cuts_partitions_clock_skew_and_disk_faults():
     config = ClusterConfig(servers=3, seconds=10.0, round_seconds=5.0, fault_gap=(0.1, 0.6),
                            converge_deadline=60.0, damage_share=1.0, disk_full_weight=5,

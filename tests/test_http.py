@@ -291,6 +291,7 @@ async def test_unknown_route_and_method_use_the_envelope(replica):
         assert_refused(await c.delete("/api/im/conversations/family"), 405, "DELETE")
 
 
+# http.md §4: without tokens only requests whose Host is a loopback name are answered.
 async def test_without_tokens_only_loopback_host_names_are_served(replica):
     async with client(create_app(replica)) as c:
         r = await c.get("/api/im/conversations", headers={"host": "rebound.example:8080"})
@@ -499,8 +500,10 @@ def test_importing_crdtim_does_not_import_the_http_libraries():
 # -- crdtim serve --http: what it refuses, before any replica is made --------------------------
 
 
+# http.md §4: without tokens the API must be served on loopback, --insecure or not.
 @pytest.mark.parametrize(("flags", "message"), [
     (["--http", "0.0.0.0:0"], "without --http-tokens"),
+    (["--http", "0.0.0.0:0", "--insecure"], "without --http-tokens"),
     (["--listen", "127.0.0.1:0", "--http-tokens", "t"], "--http-tokens is for --http"),
     ([], "needs --listen"),
     (["--http", "0.0.0.0:0", "--http-tokens", "TOKENS_644"], "other users"),

@@ -128,6 +128,7 @@ def test_verify_reports_a_child_killed_inside_liblmdb(tmp_path, monkeypatch, cap
     assert out.count("\n") == 1 and "damaged: liblmdb aborted reading it (SIGABRT)" in out
 
 
+# storage.md §8b: backup's DEST must not exist or be an empty directory (else exit 2).
 def test_backup_is_consistent_while_the_replica_is_open_and_refuses_a_full_dest(tmp_path):
     path = tmp_path / "r"
     with Replica.open(path, durability="nosync") as r:
@@ -143,6 +144,8 @@ def test_backup_is_consistent_while_the_replica_is_open_and_refuses_a_full_dest(
         assert [c for c in copy if c.id != "c1"] == want
 
 
+# crdt.md §5, storage.md §8: a replica's state must never go back under its id -- restore makes
+# a new id, with no peer's ack and no log of its own.
 def test_restore_an_old_backup_beside_live_peers_converges_with_nothing_lost_or_resurrected(
         tmp_path):
     a, b, c = (Replica.open(tmp_path / n, durability="nosync") for n in "abc")
@@ -172,6 +175,7 @@ def test_restore_an_old_backup_beside_live_peers_converges_with_nothing_lost_or_
         r.close()
 
 
+# storage.md §8b: restore's --data directory must not exist or be empty.
 def test_restore_refuses_a_damaged_backup_and_a_full_destination(tmp_path):
     with Replica.open(tmp_path / "r", durability="nosync") as r:
         populate(r, 5)

@@ -785,6 +785,8 @@ def _make_missing_id(p: Path) -> Path:
     return p
 
 
+# storage.md §8 step 7: meta.magic must be crdtim, meta.format 8 bytes, meta.replica_id
+# non-empty; refused before anything is written.
 @pytest.mark.parametrize("make, error", [
     (_make_file, NotAReplicaError),
     (_make_foreign_files, NotAReplicaError),
@@ -889,6 +891,8 @@ def test_a_replica_whose_creation_was_interrupted_is_created_again(tmp_path, mon
 # -- growth, concurrency ---------------------------------------------------------------------
 
 
+# storage.md §3: a transaction function re-run after map growth computes everything again
+# from a fresh transaction (head and state as if it had run once).
 def test_the_map_grows_as_needed(tmp_path, monkeypatch):
     monkeypatch.setattr(crdtim.store, "INITIAL_MAP_SIZE", 64 * 1024)
     path = tmp_path / "r"
@@ -1044,6 +1048,8 @@ BAD_CALLS = [
 ]
 
 
+# crdt.md §7: a writer must refuse to make states a decoder would refuse (over-long texts or
+# ids, negative or over-2^63-1 integers).
 @pytest.mark.parametrize("method, args", BAD_CALLS)
 def test_invalid_arguments_are_refused_and_change_nothing(replica, method, args):
     replica.set_title("x", "kept")
@@ -1148,6 +1154,8 @@ async def test_a_batch_belongs_to_its_task_not_to_the_replica(tmp_path):
     r.close()
 
 
+# crdt.md §6: an app's text register must be declared clocked=True to be written with
+# set_register.
 def test_set_register_refuses_a_register_that_is_not_clocked(tmp_path):
     # Regression: stamped with the hybrid clock but not advanced past by receivers, a
     # causally later write could lose.
@@ -1187,6 +1195,7 @@ def test_a_failing_subscriber_does_not_fail_a_committed_write(tmp_path):
         assert r.get("c").title == "t" and [c.conversation for c in seen] == ["c"]
 
 
+# storage.md §4: a stored value over a peer's per-message caps must still read back.
 def test_own_records_over_the_wire_limits_still_read_back(tmp_path):
     # Regression: the per-message limits applied to the replica's own log; a large batch
     # made an entry that delta_since, changes_since and every sender failed to read.

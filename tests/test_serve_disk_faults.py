@@ -167,6 +167,7 @@ def test_a_file_size_limit_is_named_file_too_large_first(tmp_path):
 # -- a damaged page of LMDB's own structure ---------------------------------------------------
 
 
+# faults.md §4: a page whose type flags were damaged must be caught by LMDB's own checks.
 def test_a_page_of_the_wrong_type_is_a_corrupt_store_error_and_a_verify_problem(tmp_path, capsys):
     # Regression (a CI run of the short real fault run): LMDB's "mdb_cursor_get:
     # MDB_CORRUPTED: Located page was wrong type" reached callers as a plain StoreError

@@ -24,7 +24,7 @@ from ..crdt.message import Header, MessageState, group_of
 from ..store import Txn
 from ._checks import InvalidArgument, check_cid, check_seq
 from ._local import LocalWrites
-from ._message_index import MessageIndex, pos_id
+from ._message_index import MAX_INDEX_KEY_BYTES, MessageIndex, index_key_bytes, pos_id
 from ._reads import Page, decode_cursor, encode_cursor
 from ._subscriptions import MESSAGES
 from ._write import LocalOp, WriteTxn
@@ -168,6 +168,12 @@ class Messages(LocalWrites):
             return {}  # a retried post
         header = messages[mid].header
         assert header is not None
+        if index_key_bytes(mid, header) > MAX_INDEX_KEY_BYTES:
+            # specs/storage.md §2: the ids live in LMDB keys, bounded together.
+            raise InvalidArgument(
+                f"message id {mid!r:.80}: with its group or parent id and this replica's id "
+                f"its index key would be {index_key_bytes(mid, header)} bytes, over "
+                f"{MAX_INDEX_KEY_BYTES}: use a shorter id")
         text = messages[mid].base.value
         delta = message_arrived_delta(cur, seq or 0, text[:PREVIEW_CHARS], header.at, self.id,
                                       _tiebreak(header))

@@ -4,11 +4,18 @@ API and change feed), each test naming the section that states it."""
 
 from __future__ import annotations
 
+import hashlib
+import time
+
 import msgpack
 import pytest
+from test_protocol_sim import connect
+from test_reconcile import CONFIG
 
-from crdtim import InvalidArgument, codec
+from crdtim import Replica, codec
+from crdtim import InvalidArgument
 from crdtim.errors import DecodeError
+from crdtim.protocol import ReconRanges, StateTransferStarted
 
 T0 = 1_700_000_000_000
 
@@ -66,3 +73,29 @@ def test_crdt_md_7_refusal_order_2_message_index_key_over_511_bytes_is_a_decode_
     with pytest.raises(DecodeError, match="512 bytes, over 511"):
         r.apply_delta(_history_delta("p", _id_of_bytes(244)))
     assert r.apply_delta(_history_delta("p", _id_of_bytes(243))) == {"c"}
+
+
+# --- Catch-up: a history over the records a peer decodes in one map -----------------------
+
+def test_protocol_md_13_3_a_history_over_max_messages_falls_back_to_the_whole_transfer(
+        open_replica) -> None:
+    """specs/protocol.md §13.3: a conversation whose history holds more message and choice
+    records than a receiver decodes in one map (`max_messages`, 10,000) is not sent whole by
+    a reconciliation, even when it fits a frame: the sender falls back to the whole transfer
+    of §5, which splits it across chunks. It was sent whole and refused, on every
+    reconnection, so the peer never caught up."""
+    a = open_replica("a", log_retention=0)
+    b = open_replica("b")
+    a.set_title("x", "x")
+    connect(a, b, CONFIG).run_until_quiet()  # b has received from a: a reconciliation next
+    for part in range(2):
+        with a.batch():
+            for i in range(5001):
+                a.post("long", "m", id=f"m{part}-{i}")
+    assert a.trim_log() > 0
+    wire = connect(a, b, CONFIG)
+    events_a, _ = wire.run_until_quiet()
+    assert any(isinstance(m, ReconRanges) for m in wire.frames[0])  # reconciled first
+    assert StateTransferStarted(outbound=True) in events_a
+    assert b.state() == a.state()
+    assert b.received_from(a.id) == a.head

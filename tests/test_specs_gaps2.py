@@ -5,15 +5,13 @@ API and change feed), each test naming the section that states it."""
 from __future__ import annotations
 
 import hashlib
-import time
 
 import msgpack
 import pytest
 from test_protocol_sim import connect
 from test_reconcile import CONFIG
 
-from crdtim import Replica, codec
-from crdtim import InvalidArgument
+from crdtim import InvalidArgument, Replica, codec
 from crdtim.errors import DecodeError
 from crdtim.protocol import ReconRanges, StateTransferStarted
 
@@ -99,3 +97,127 @@ def test_protocol_md_13_3_a_history_over_max_messages_falls_back_to_the_whole_tr
     assert StateTransferStarted(outbound=True) in events_a
     assert b.state() == a.state()
     assert b.received_from(a.id) == a.head
+
+
+# --- Catch-up: the digest's bytes (what both sides must compute alike) --------------------
+
+def _digest_by_the_spec(r: Replica, cid: str) -> bytes:
+    """specs/protocol.md §13.1, from the stored records alone: BLAKE2b-128 of the id, a zero
+    byte and the sealed convs value; then per message or choice record, in key order, u16
+    length + name (kind byte + id), u32 length of the *sealed* record + its unsealed bytes."""
+    def read(t):
+        h = hashlib.blake2b(cid.encode() + b"\0" + t.sealed_conversation(cid), digest_size=16)
+        number = t.get("mindex", b"\xff" + cid.encode())
+        if number is not None:
+            for key, sealed in t.scan("messages", number):
+                if not key.startswith(number):
+                    break
+                name = key[len(number):]
+                h.update(len(name).to_bytes(2, "big") + name)
+                h.update(len(sealed).to_bytes(4, "big") + sealed[:-4])
+        return h.digest()
+
+    return r.store.read(read)
+
+
+def test_protocol_md_13_1_digest_bytes_name_kind_and_sealed_record_length(
+        open_replica) -> None:
+    """specs/protocol.md §13.1: a conversation's digest, computed from the records as the
+    text says (a record's name is its kind byte, `c` choice or `m` message, and its id; the
+    4-byte length is that of the sealed record, value and checksum), equals crdtim's, for a
+    conversation with a title only and one with messages and a version choice."""
+    r = open_replica("r")
+    r.set_title("plain", "Plain")
+    first = r.post("chat", "question", id="q")
+    r.post("chat", "answer", role="assistant", id="a1")
+    r.regenerate("chat", "a1", "better", id="a2")  # a choice record: group a1 -> a2
+    assert first.id == "q"
+    _, ids, digests = r.conversation_digests()
+    assert ids == [b"chat", b"plain"]
+    assert digests == _digest_by_the_spec(r, "chat") + _digest_by_the_spec(r, "plain")
+
+
+# --- Conversation features meet messages --------------------------------------------------
+
+def test_crdt_md_6_delete_for_me_hides_messages_it_does_not_drop_them(open_replica) -> None:
+    """specs/crdt.md §6 ("Messages are not dropped by a delete") and §8.8: after
+    delete_conversation the message records stay in the state, replicate, and are returned
+    by message() and versions() with their text; only history() leaves out the messages at
+    or before cleared_at, on every replica; a newer post shows alone."""
+    a, b = open_replica("a"), open_replica("b")
+    old = a.post("c", "before the delete", id="old")
+    a.delete_conversation("c")
+    assert a.get("c").deleted and a.history("c").items == []
+    assert "old" in a.state().convs["c"]["messages"].messages
+    assert b.apply_delta(a.delta_since(0)) == {"c"}
+    for r in (a, b):
+        kept = r.message("c", "old")
+        assert kept is not None and kept.text == "before the delete" and kept.at == old.at
+        assert [m.id for m in r.versions("c", "old")] == ["old"]
+        assert r.history("c").items == []
+    a.post("c", "after", id="new")
+    assert [m.id for m in a.history("c").items] == ["new"] and not a.get("c").deleted
+
+
+def test_crdt_md_8_8_own_post_draft_stamp_marked_unread_and_unseq_posts(open_replica) -> None:
+    """specs/crdt.md §8.8, the exact writes of a post: this user's own post clears the draft
+    with the post's created stamp (no further tick), raises read_seq only (marked_unread
+    stays: it is no mark_read); a post without seq changes neither last_seq nor read_seq,
+    whoever wrote it (it never counts in unread)."""
+    r = open_replica("r")
+    r.set_draft("c", "half-typed")
+    r.mark_unread("c")
+    r.post("c", "mine", id="m1", seq=3)
+    fields = r.state().convs["c"]
+    created = fields["messages"].messages["m1"].header.created
+    assert fields["draft"].value == "" and fields["draft"].stamp == created
+    conv = r.get("c")
+    assert conv.read_seq == conv.last_seq == 3 and conv.marked_unread and conv.unread == 0
+    r.post("d", "from bob", author="bob", id="b1")  # someone else's, no seq
+    conv = r.get("d")
+    assert (conv.last_seq, conv.read_seq, conv.unread) == (0, 0, 0)
+    assert conv.last_preview == "from bob"
+    r.post("d", "from bob", author="bob", id="b2", seq=4)
+    assert (r.get("d").last_seq, r.get("d").unread) == (4, 4)
+
+
+def test_crdt_md_8_8_preview_is_200_code_points_of_the_posted_text(open_replica) -> None:
+    """specs/crdt.md §8.8: the last-message preview is the first PREVIEW_CHARS = 200 code
+    points of the text (not UTF-16 units, not grapheme clusters), keyed (at, created
+    counter, replica) when the post has no seq."""
+    r = open_replica("r")
+    text = "\U0001F600" * 150 + "e\u0301" * 100  # astral characters, then combining marks
+    m = r.post("c", text, id="m")
+    last = r.state().convs["c"]["last_message"]
+    assert last.value == text[:200] and len(last.value) == 200
+    assert last.value.endswith("e\u0301" * 25)
+    created = r.state().convs["c"]["messages"].messages["m"].header.created
+    assert (last.stamp.wall, last.stamp.counter, last.stamp.replica) == (
+        m.at, created.counter, r.id)
+
+
+# --- Message stamps: the decoder's counter bound and the replica's ------------------------
+
+@pytest.mark.parametrize("counter, refused", [
+    (2**31 - 1, None),
+    (2**31, "ClockDriftError"),
+    (2**32 - 1, "ClockDriftError"),
+    (2**32, "DecodeError"),
+])
+def test_crdt_md_7_history_stamp_counters_decode_to_2_32_and_apply_to_2_31(
+        open_replica, counter: int, refused: str | None) -> None:
+    """specs/crdt.md §7 ("Messages") and §1 step 1: a history stamp's counter decodes up to
+    MAX_COUNTER = 2^32-1 (DecodeError above it, "out of range 0..4294967295"), and a
+    replica applying it refuses any over 2^31-1 with ClockDriftError, like every clocked
+    stamp; nothing changes either way."""
+    r = open_replica("r", now_ms=lambda: T0)
+    data = _history_delta("p", "m", counter=counter)
+    if refused is None:
+        assert r.apply_delta(data) == {"c"}
+        return
+    with pytest.raises(Exception) as e:
+        r.apply_delta(data)
+    assert type(e.value).__name__ == refused
+    if refused == "DecodeError":
+        assert "out of range 0..4294967295" in str(e.value)
+    assert r.head == 0

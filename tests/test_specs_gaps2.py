@@ -144,7 +144,7 @@ def test_crdt_md_6_delete_for_me_hides_messages_it_does_not_drop_them(open_repli
     delete_conversation the message records stay in the state, replicate, and are returned
     by message() and versions() with their text; only history() leaves out the messages at
     or before cleared_at, on every replica; a newer post shows alone."""
-    a, b = open_replica("a"), open_replica("b")
+    a, b = open_replica("a", now_ms=lambda: T0), open_replica("b", now_ms=lambda: T0)
     old = a.post("c", "before the delete", id="old")
     a.delete_conversation("c")
     assert a.get("c").deleted and a.history("c").items == []
@@ -155,8 +155,29 @@ def test_crdt_md_6_delete_for_me_hides_messages_it_does_not_drop_them(open_repli
         assert kept is not None and kept.text == "before the delete" and kept.at == old.at
         assert [m.id for m in r.versions("c", "old")] == ["old"]
         assert r.history("c").items == []
-    a.post("c", "after", id="new")
+    a.post("c", "after", id="new", at=T0 + 5)
     assert [m.id for m in a.history("c").items] == ["new"] and not a.get("c").deleted
+
+
+def test_crdt_md_8_8_a_post_in_the_millisecond_of_a_delete_is_newer_than_it(
+        open_replica) -> None:
+    """specs/crdt.md §8.8: a post (or regenerate) without `at`, made after a delete for me
+    whose cleared_at is at or past its created wall (the same millisecond), takes
+    at = cleared_at + 1: it shows, and brings the conversation back. It took the delete's
+    millisecond, so the delete hid it and the conversation stayed deleted. A retry of it
+    is still a retry."""
+    r = open_replica("r", now_ms=lambda: T0)  # every write in one millisecond
+    r.post("c", "before", id="old")
+    r.delete_conversation("c")
+    assert r.get("c").deleted
+    posted = r.post("c", "after", id="new")
+    assert posted.at == T0 + 1 and r.state().convs["c"]["cleared_at"].value == T0
+    assert [m.id for m in r.history("c").items] == ["new"] and not r.get("c").deleted
+    head = r.head
+    assert r.post("c", "after", id="new").at == T0 + 1 and r.head == head  # a retry
+    r.delete_conversation("c")
+    new = r.regenerate("c", "new", "again", id="new2")
+    assert new.at == T0 + 2 and [m.id for m in r.history("c").items] == ["new2"]
 
 
 def test_crdt_md_8_8_own_post_draft_stamp_marked_unread_and_unseq_posts(open_replica) -> None:
@@ -221,3 +242,60 @@ def test_crdt_md_7_history_stamp_counters_decode_to_2_32_and_apply_to_2_31(
     if refused == "DecodeError":
         assert "out of range 0..4294967295" in str(e.value)
     assert r.head == 0
+
+
+# --- HTTP: the JSON a client reads ---------------------------------------------------------
+
+def _http_client(r: Replica):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("starlette")
+    from crdtim.http import create_app
+    return httpx.AsyncClient(transport=httpx.ASGITransport(create_app(r)),
+                             base_url="http://127.0.0.1")
+
+
+CONVERSATION_KEYS = ["id", "title", "pinned", "muted", "unread", "last_seq", "read_seq",
+                     "last_preview", "last_at", "archived", "deleted", "marked_unread", "draft",
+                     "muted_until", "read_by"]
+MESSAGE_KEYS = ["id", "cid", "parent", "role", "author", "text", "at", "seq", "edited",
+                "deleted", "version", "versions", "visible"]
+
+
+async def test_http_md_1_conversation_and_message_json_keys(open_replica) -> None:
+    """specs/http.md §1 and §1a: a conversation is exactly these keys, in this order, plus
+    `extra` only when the schema has an app's fields (then every one of them, bottom values
+    for those unset); a message has `visible` too."""
+    import crdtim
+
+    r = open_replica("r")
+    r.set_title("c", "C")
+    m = r.post("c", "hi", id="m")
+    schema = crdtim.DEFAULT_SCHEMA.extend(crdtim.Field("starred", 64, crdtim.Flag))
+    app = open_replica("app", schema=schema)
+    app.set_title("c", "C")
+    async with _http_client(r) as c:
+        conversation = (await c.get("/api/im/conversations/c")).json()["data"]
+        listed = (await c.get("/api/im/conversations")).json()["data"]["conversations"]
+        message = (await c.get("/api/im/messages/m", params={"conversation_id": "c"})).json()
+    async with _http_client(app) as c:
+        with_extra = (await c.get("/api/im/conversations/c")).json()["data"]
+    assert list(conversation) == CONVERSATION_KEYS and list(listed[0]) == CONVERSATION_KEYS
+    assert list(with_extra) == [*CONVERSATION_KEYS, "extra"]
+    assert with_extra["extra"] == {"starred": False}
+    assert list(message["data"]) == MESSAGE_KEYS
+    assert message["data"]["visible"] is True and message["data"]["at"] == m.at
+
+
+async def test_http_md_5_feed_field_names_sorted_carried_as_hash_tag(open_replica) -> None:
+    """specs/http.md §5: a result's `fields` are the schema names of the fields the entry
+    changed, sorted by code point; a history is `messages`, a field of a tag the schema does
+    not know `"#" + tag` (specs/crdt.md §7, "Fields of other schemas")."""
+    r = open_replica("r")
+    r.post("c", "hi", id="m")
+    r.apply_delta(msgpack.packb([1, ["p"], {"d": {70: 5, 1: [[0, 1], [0, 1], []],
+                                                  0: [T0, 0, 0, "t"]}}]))
+    async with _http_client(r) as c:
+        results = (await c.get("/api/im/changes")).json()["data"]["results"]
+    assert [x["conversations"][0]["fields"] for x in results] == [
+        ["last_message", "messages"], ["#70", "pinned", "title"]]
+    assert results[0]["conversations"][0]["messages"] == ["m"]

@@ -88,9 +88,14 @@ class Messages(LocalWrites):
 
         def op(w: WriteTxn, cur: Fields) -> Fields:
             stamp = w.stamp()
-            return self._with_fields(cur, _run(ops.post, w.history(cid), mid, text, stamp,
-                                                   role=role, reply_to=reply_to, at=at, seq=seq,
-                                                   author=author, limits=self.message_limits),
+            view = w.history(cid)
+            # A retry compares a given `at` with the post's (§8.5.1): only a new post moves.
+            when = at if at is not None or view.header(mid) is not None else \
+                _after_clear(cur, stamp.wall)
+            return self._with_fields(cur, _run(ops.post, view, mid, text, stamp,
+                                                   role=role, reply_to=reply_to, at=when,
+                                                   seq=seq, author=author,
+                                                   limits=self.message_limits),
                                      mid, seq, own, stamp)
 
         return self._write_message(cid, mid, op, Message(
@@ -109,6 +114,7 @@ class Messages(LocalWrites):
             stamp = w.stamp()
             return self._with_fields(cur, _run(ops.regenerate, w.history(cid), mid, new, text,
                                                    stamp, role=role,
+                                                   at=_after_clear(cur, stamp.wall),
                                                    limits=self.message_limits),
                                      new, None, False, stamp)
 
@@ -292,6 +298,15 @@ def _grown_preview(cur: Fields, m: MessageState, text: str) -> Fields:
     if preview == last.value or not preview.startswith(last.value):
         return {}  # not grown: the same, or edited since (an edit leaves the preview be)
     return {"last_message": Lww(last.stamp, preview)}
+
+
+def _after_clear(cur: Fields, wall: int) -> int:
+    """The time of a message made now, `wall`, unless the conversation was deleted for me
+    through it (a delete in this millisecond): then just after, so that what was written
+    after the delete is newer than it, shows, and brings the conversation back
+    (specs/crdt.md §8.8)."""
+    cleared = cur.get("cleared_at")
+    return wall if cleared is None or cleared.value < wall else cleared.value + 1
 
 
 def _tiebreak(h: Header) -> int:

@@ -299,3 +299,43 @@ async def test_http_md_5_feed_field_names_sorted_carried_as_hash_tag(open_replic
     assert [x["conversations"][0]["fields"] for x in results] == [
         ["last_message", "messages"], ["#70", "pinned", "title"]]
     assert results[0]["conversations"][0]["messages"] == ["m"]
+
+
+# --- Lone surrogates: a user's mistake, not a traceback -----------------------------------
+
+@pytest.mark.parametrize("write", [
+    lambda r: r.mark_read_by("c", "bob\ud800", 1),
+    lambda r: r.post("c", "hi", role="user\ud800"),
+    lambda r: r.post("c", "hi", author="bob\udfff"),
+    lambda r: r.regenerate("c", "m", "again", role="bot\ud800"),
+], ids=["member", "role", "author", "regenerate role"])
+def test_crdt_md_3a_8_7_a_lone_surrogate_in_a_name_is_invalid_argument(
+        open_replica, write) -> None:
+    """specs/crdt.md §3a (a member name has no surrogate) and §8.7 (role and author, like
+    ids and texts, are valid Unicode): a lone surrogate, which has no UTF-8 encoding, is
+    refused with InvalidArgument naming it, changing nothing. It escaped as
+    UnicodeEncodeError (an HTTP 500)."""
+    r = open_replica("r")
+    r.message_arrived("c", 5, "p")
+    r.post("c", "hi", id="m")
+    head = r.head
+    with pytest.raises(InvalidArgument, match="surrogate"):
+        write(r)
+    assert r.head == head
+
+
+async def test_http_md_2_a_lone_surrogate_in_json_is_a_400_not_a_500(open_replica) -> None:
+    """specs/http.md §2 ("never a 500 for a client's mistake"): JSON may spell a lone
+    surrogate (`"\\ud800"`); a role or member name holding one is a 400 naming it."""
+    r = open_replica("r")
+    r.message_arrived("c", 5, "p")
+    async with _http_client(r) as c:
+        role = await c.post("/api/im/messages", content=b'{"conversation_id": "c", "text": '
+                            b'"hi", "role": "a\\ud800"}',
+                            headers={"Content-Type": "application/json"})
+        member = await c.patch("/api/im/conversations/c", content=b'{"read_by": '
+                               b'{"a\\ud800": 1}}', headers={"Content-Type": "application/json"})
+    for response in (role, member):
+        assert response.status_code == 400, response.text
+        assert "surrogate" in response.json()["error"]
+    assert r.head == 1

@@ -339,3 +339,35 @@ async def test_http_md_2_a_lone_surrogate_in_json_is_a_400_not_a_500(open_replic
         assert response.status_code == 400, response.text
         assert "surrogate" in response.json()["error"]
     assert r.head == 1
+
+
+# --- Feature mutators on a conversation the replica does not hold -------------------------
+
+FUTURE_MS = T0 + 3_600_000
+
+
+@pytest.mark.parametrize("write, created, listed", [
+    (lambda r: r.archive("c"), True, False),  # archived: left out of the default list
+    (lambda r: r.archive("c", keep=True), True, False),
+    (lambda r: r.delete_conversation("c"), True, False),  # deleted: get() shows it
+    (lambda r: r.mark_unread("c"), True, True),
+    (lambda r: r.set_draft("c", "x"), True, True),
+    (lambda r: r.set_draft("c", ""), True, True),  # a clear is a register write too
+    (lambda r: r.mute("c", until=FUTURE_MS), True, True),
+    (lambda r: r.mark_read_by("c", "bob", 3), True, True),
+    (lambda r: r.unarchive("c"), False, False),
+    (lambda r: r.unmute("c"), False, False),
+    (lambda r: r.mark_read("c", 0), False, False),
+])
+def test_crdt_md_6_feature_mutators_on_an_unknown_conversation(
+        open_replica, write, created: bool, listed: bool) -> None:
+    """specs/crdt.md §6 ("Replica rules"): a feature mutator on a conversation the replica
+    does not hold writes its delta like any mutator, creating the conversation (one log
+    entry), unless that delta is bottom; set_draft(cid, "") writes too (a clear must beat
+    drafts not yet seen). The HTTP API, whose PATCH of an unknown conversation is a 404,
+    never does this."""
+    r = open_replica("r", now_ms=lambda: T0)
+    write(r)
+    assert r.head == (1 if created else 0)
+    assert (r.get("c") is not None) == created
+    assert any(c.id == "c" for c in r.list(10).items) == listed

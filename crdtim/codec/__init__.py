@@ -19,7 +19,7 @@ Callers use `codec.<name>` or import from here, never from a private module.
 
 from ..crdt.conversation import trusted_map
 from ..crdt.maxmap import MAX_READ_BY_MEMBERS
-from ._census import count_conversations, count_items
+from ._census import count_conversations, count_items, most_history_records
 from ._decode import decode_fields, decode_map
 from ._encode import encode_fields, encode_map
 from ._history import decode_choice, decode_message, encode_choice, encode_message
@@ -69,6 +69,7 @@ __all__ = [
     "encode_map_body",  # a COMPACT_DELTA's body, ids in the session's table
     "encode_message",
     "encode_stored_map",
+    "most_history_records",  # a reconciled chunk must stay within max_messages
     "pack",
     "store_received",
     "table_prefix",

@@ -72,3 +72,32 @@ def _nested(x: Any) -> int:
         return len(x) + sum(_nested(y) for y in x.values()
                             if type(y) is list or type(y) is dict)
     return 0
+
+
+def most_history_records(data: bytes) -> int | None:
+    """The most message and choice records any one message history of an encoded
+    conversation map holds (0 when it holds none), read from the maps' headers: what a
+    receiver's `max_messages` is checked against (specs/crdt.md §7, "Messages"). Every field
+    value that is a 2-array is a history (the other encodings are an integer, a map and
+    arrays of 3 and 4, specs/crdt.md §7 "Fields of other schemas"). None when `data` is not
+    a conversation map."""
+    try:
+        unpacker = _unpacker(data)
+        most = 0
+        for _ in range(_body(unpacker)):
+            unpacker.skip()  # the conversation id
+            for _ in range(int(unpacker.read_map_header())):
+                unpacker.skip()  # the field's tag
+                start = unpacker.tell()
+                unpacker.skip()
+                if data[start] != 0x92:  # a fixarray of 2: [messages, choices]
+                    continue
+                history = _unpacker(data[start:unpacker.tell()])
+                history.read_array_header()
+                messages = int(history.read_map_header())
+                for _ in range(2 * messages):
+                    history.skip()
+                most = max(most, messages + int(history.read_map_header()))
+        return most
+    except Exception:  # any malformation: the decoder names it
+        return None

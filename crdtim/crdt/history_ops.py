@@ -312,6 +312,13 @@ def _check_role_author(role: str, author: str | None, limits: MessageLimits) -> 
         raise MessageError(f"role {role!r:.80}: must be 1..{limits.max_role} characters")
     if author is not None and not 0 < len(author) <= limits.max_author:
         raise MessageError(f"author {author!r:.80}: must be 1..{limits.max_author} characters")
+    for name, value in (("role", role), ("author", author)):
+        if value is not None and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: it could be neither stored nor sent
+                raise MessageError(f"{name} {value!r:.80}: not valid Unicode (a lone "
+                                   "surrogate)") from None
 
 
 def _check_text(text: str, limits: MessageLimits) -> None:

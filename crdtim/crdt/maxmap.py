@@ -23,11 +23,14 @@ __all__ = ["MAX_MEMBER_NAME", "MAX_READ_BY_MEMBERS", "MaxMap", "valid_member"]
 MAX_READ_BY_MEMBERS = 1024
 #: Code points in a member name, at most (at least 1).
 MAX_MEMBER_NAME = 64
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+# Unicode category Cc, and the surrogates (category Cs: a lone one has no UTF-8 encoding, so
+# it could be neither stored nor sent; the decoder never yields one).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def valid_member(name: object) -> bool:
-    """A member name: a string of 1..MAX_MEMBER_NAME code points, no control character."""
+    """A member name: a string of 1..MAX_MEMBER_NAME code points, no control character and
+    no surrogate (specs/crdt.md §3a)."""
     return (type(name) is str and 0 < len(name) <= MAX_MEMBER_NAME
             and _CONTROL.search(name) is None)
 

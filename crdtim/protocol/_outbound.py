@@ -329,13 +329,16 @@ class Outbound:
                                                                 self.frame_budget)
             too_large = payload is not None and (
                 len(payload) > self.peer_frame_bytes - DELTA_OVERHEAD
-                or over_budget(payload) is not None)
+                or over_budget(payload) is not None
+                or _over_history_records(payload))
             if too_large and taken > 1:
                 max_conversations = taken // 2  # fewer conversations (_budget.py)
                 continue
             if too_large:
-                # One conversation alone over the peer's frames: its history must be split
-                # across chunks, which only the whole transfer does (§5); it restarts here.
+                # One conversation alone over the peer's frames, or its history over the
+                # records a peer decodes in one (specs/protocol.md §13.3): its history must
+                # be split across chunks, which only the whole transfer does (§5); it
+                # restarts here.
                 self._transfer_ids = None
                 self.reconciler = None
                 return queued
@@ -350,3 +353,12 @@ class Outbound:
             self.reconciler = None
             queued += self._end_transfer()
         return queued
+
+
+def _over_history_records(payload: bytes) -> bool:
+    """Whether a history in `payload` holds more message and choice records than a peer
+    decodes in one map (codec.Limits.max_messages, at its default as the peer's is not
+    known; specs/crdt.md §7): sent whole, it would be refused, and again on every
+    reconnection."""
+    most = codec.most_history_records(payload)
+    return most is not None and most > codec.DEFAULT_LIMITS.max_messages

@@ -160,7 +160,8 @@ class LocalWrites(ReplicaCore):
         check_cid(cid)
         if not valid_member(member):
             raise InvalidArgument(f"member must be a name of 1 to {MAX_MEMBER_NAME} characters "
-                                  f"without control characters, not {member!r:.80}")
+                                  f"without control characters or lone surrogates, not "
+                                  f"{member!r:.80}")
         check_seq(seq, "seq")
 
         def op(w: WriteTxn, cur: Fields) -> Fields:

@@ -14,7 +14,9 @@ in (created, id) order: wall(8) counter(4) replica, NUL, id):
               P "v" pos           -> ""   the visible messages: a history page is one range
 
 Ids hold no NUL and are at most 255 UTF-8 bytes (specs/crdt.md §8.7), so NUL ends an id
-inside a key and every key fits LMDB's 511 bytes. The derived records are kept exactly as
+inside a key. A "g" or "k" key holds two ids and a replica id, which together can pass
+LMDB's 511 bytes: `index_key_bytes` is checked before a message is stored (specs/storage.md
+§2), by the replica's writes and remote applies alike. The derived records are kept exactly as
 specs/crdt.md §8.3 defines visibility, updated in the write transaction that changes
 their inputs (§8.6): a message's visibility is re-evaluated when it arrives, when its group's
 active member changes, and when its parent's visibility changes, in which case its children
@@ -33,9 +35,9 @@ from ..crdt import History, Lww, MessageState
 from ..crdt.history_tree import Tree
 from ..crdt.message import Header, group_of
 from ..errors import CorruptStoreError, DecodeError
-from ..store import Txn
+from ..store import MAX_CID_BYTES, Txn
 
-__all__ = ["MessageIndex", "conversation_number"]
+__all__ = ["MAX_INDEX_KEY_BYTES", "MessageIndex", "conversation_number", "index_key_bytes"]
 
 _U64 = struct.Struct(">Q")
 T = TypeVar("T")
@@ -66,6 +68,21 @@ def conversation_number(t: Txn, cid: str, create: bool) -> bytes | None:
     t.put("mindex", _CIDS, number)
     t.put("mindex", key, number)
     return number
+
+
+#: LMDB's key bound (its default build), as store.MAX_CID_BYTES derives it.
+MAX_INDEX_KEY_BYTES = MAX_CID_BYTES + 9
+#: A "g" or "k" key around its id and the position's id and replica id: the 8-byte number P,
+#: the kind, a NUL, wall and counter (12), the NUL after the replica id.
+_INDEX_KEY_FRAME = 8 + 1 + 1 + 12 + 1
+
+
+def index_key_bytes(mid: str, h: Header) -> int:
+    """The length of message `mid`'s longest index key (specs/storage.md §2, `mindex`): its
+    group's or its parent's key, whichever is longer; at most MAX_INDEX_KEY_BYTES to be
+    stored."""
+    longer = max(len(group_of(mid, h).encode()), len((h.parent or "").encode()))
+    return _INDEX_KEY_FRAME + longer + len(h.created.replica.encode()) + len(mid.encode())
 
 
 def _pos(h: Header, mid: str) -> bytes:

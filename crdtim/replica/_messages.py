@@ -24,7 +24,7 @@ from ..crdt.message import Header, MessageState, group_of
 from ..store import Txn
 from ._checks import InvalidArgument, check_cid, check_seq
 from ._local import LocalWrites
-from ._message_index import MessageIndex, pos_id
+from ._message_index import MAX_INDEX_KEY_BYTES, MessageIndex, index_key_bytes, pos_id
 from ._reads import Page, decode_cursor, encode_cursor
 from ._subscriptions import MESSAGES
 from ._write import LocalOp, WriteTxn
@@ -88,9 +88,14 @@ class Messages(LocalWrites):
 
         def op(w: WriteTxn, cur: Fields) -> Fields:
             stamp = w.stamp()
-            return self._with_fields(cur, _run(ops.post, w.history(cid), mid, text, stamp,
-                                                   role=role, reply_to=reply_to, at=at, seq=seq,
-                                                   author=author, limits=self.message_limits),
+            view = w.history(cid)
+            # A retry compares a given `at` with the post's (§8.5.1): only a new post moves.
+            when = at if at is not None or view.header(mid) is not None else \
+                _after_clear(cur, stamp.wall)
+            return self._with_fields(cur, _run(ops.post, view, mid, text, stamp,
+                                                   role=role, reply_to=reply_to, at=when,
+                                                   seq=seq, author=author,
+                                                   limits=self.message_limits),
                                      mid, seq, own, stamp)
 
         return self._write_message(cid, mid, op, Message(
@@ -109,6 +114,7 @@ class Messages(LocalWrites):
             stamp = w.stamp()
             return self._with_fields(cur, _run(ops.regenerate, w.history(cid), mid, new, text,
                                                    stamp, role=role,
+                                                   at=_after_clear(cur, stamp.wall),
                                                    limits=self.message_limits),
                                      new, None, False, stamp)
 
@@ -168,6 +174,12 @@ class Messages(LocalWrites):
             return {}  # a retried post
         header = messages[mid].header
         assert header is not None
+        if index_key_bytes(mid, header) > MAX_INDEX_KEY_BYTES:
+            # specs/storage.md §2: the ids live in LMDB keys, bounded together.
+            raise InvalidArgument(
+                f"message id {mid!r:.80}: with its group or parent id and this replica's id "
+                f"its index key would be {index_key_bytes(mid, header)} bytes, over "
+                f"{MAX_INDEX_KEY_BYTES}: use a shorter id")
         text = messages[mid].base.value
         delta = message_arrived_delta(cur, seq or 0, text[:PREVIEW_CHARS], header.at, self.id,
                                       _tiebreak(header))
@@ -286,6 +298,15 @@ def _grown_preview(cur: Fields, m: MessageState, text: str) -> Fields:
     if preview == last.value or not preview.startswith(last.value):
         return {}  # not grown: the same, or edited since (an edit leaves the preview be)
     return {"last_message": Lww(last.stamp, preview)}
+
+
+def _after_clear(cur: Fields, wall: int) -> int:
+    """The time of a message made now, `wall`, unless the conversation was deleted for me
+    through it (a delete in this millisecond): then just after, so that what was written
+    after the delete is newer than it, shows, and brings the conversation back
+    (specs/crdt.md §8.8)."""
+    cleared = cur.get("cleared_at")
+    return wall if cleared is None or cleared.value < wall else cleared.value + 1
 
 
 def _tiebreak(h: Header) -> int:

@@ -20,6 +20,7 @@ from ..errors import ClockDriftError, DecodeError
 from ..store import MAX_CID_BYTES, Txn
 from ._checks import check_origin, storable
 from ._core import UNKNOWN_ORIGIN, ReplicaCore
+from ._message_index import MAX_INDEX_KEY_BYTES, index_key_bytes
 from ._pending import Changes, apply_due, hold, split_future
 from ._subscriptions import MESSAGES
 from ._write import MAX_REMOTE_COUNTER, WriteTxn
@@ -71,6 +72,8 @@ class RemoteApply(ReplicaCore):
         for cid in delta.convs:  # the codec counts characters; LMDB keys are bounded in bytes
             if not storable(cid, MAX_CID_BYTES):
                 raise DecodeError(f"conversation id {cid!r:.80} is over {MAX_CID_BYTES} bytes")
+        for cid, fields in delta.convs.items():
+            _check_index_keys(cid, fields)
 
         def txn(t: Txn) -> tuple[list[tuple[str, Changes]], Changes]:
             now = self._now()
@@ -184,3 +187,19 @@ class RemoteApply(ReplicaCore):
                             "replica, which made only %d (a forging peer, or damage); joined, "
                             "so this replica's next enable of it comes after the claim",
                             cid[:80], name, origin or "an unknown origin", claimed, own)
+
+
+def _check_index_keys(cid: str, fields: Fields) -> None:
+    """DecodeError, before anything is written, for a message whose index keys LMDB could
+    not store (specs/crdt.md §7, "Order of refusals" 2; specs/storage.md §2): ids within the
+    decoder's bounds can together pass LMDB's key size, and the store would then fail the
+    whole transaction as a disk error, on every retry of the link."""
+    history = fields.get(MESSAGES)
+    if history is None:
+        return
+    for mid, m in history.messages.items():
+        if m.header is not None and index_key_bytes(mid, m.header) > MAX_INDEX_KEY_BYTES:
+            raise DecodeError(
+                f"conversation {cid!r:.80} message {mid!r:.80}: its index key would be "
+                f"{index_key_bytes(mid, m.header)} bytes, over {MAX_INDEX_KEY_BYTES} (its id, "
+                f"its group or parent id and its replica id together)")

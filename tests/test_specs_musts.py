@@ -47,12 +47,18 @@ def cited_in_tests() -> str:
     )
 
 
+def is_cited(citation: str, tests: str) -> bool:
+    """Whether `tests` names `citation` exactly: "storage.md §8" is not named by "storage.md
+    §8a", nor "faults.md §4" by "faults.md §4.2"."""
+    return re.search(re.escape(citation) + r"(?![a-z0-9]|\.\d)", tests) is not None
+
+
 def uncited_musts() -> dict[str, list[str]]:
     tests = cited_in_tests()
     missing: dict[str, list[str]] = {}
     for spec in sorted(SPECS.glob("*.md")):
         for citation, sentence in sections_with_musts(spec.name, spec.read_text("utf-8")):
-            if citation not in tests:
+            if not is_cited(citation, tests):
                 missing.setdefault(citation, []).append(sentence)
     return missing
 
@@ -84,3 +90,11 @@ def test_the_scan_finds_musts_by_section_and_skips_examples() -> None:
     ]
     assert sum(1 for spec in SPECS.glob("*.md")
                for _ in sections_with_musts(spec.name, spec.read_text("utf-8"))) > 40
+
+
+def test_a_citation_names_its_section_exactly() -> None:
+    assert is_cited("storage.md §8", "see storage.md §8.")
+    assert is_cited("storage.md §8", "storage.md §8, step 7")
+    assert not is_cited("storage.md §8", "storage.md §8a")
+    assert not is_cited("faults.md §4", "faults.md §4.2")
+    assert not is_cited("crdt.md §1", "crdt.md §10")

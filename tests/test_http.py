@@ -9,6 +9,7 @@ call cancelled once enough events arrived.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -543,6 +544,34 @@ async def test_patch_and_list_reach_the_conversation_features(open_replica):
     assert bad.status_code == 400 and "true or false" in bad.json()["error"]
     r.message_arrived("a", 4, "back")  # a newer message unarchives it (specs/crdt.md §6)
     assert not r.get("a").archived
+
+
+async def test_one_patch_body_means_one_change_whatever_the_order_of_its_keys(open_replica):
+    """specs/http.md §3: the operations apply in the table's order, so a read and a mark
+    unread in one body leave it marked whichever key came first."""
+    body = {"read_seq": 2, "marked_unread": True, "archived": True, "draft": "x"}
+    results = []
+    for n, keys in enumerate(itertools.permutations(body)):
+        r = open_replica(f"order{n}")
+        r.message_arrived("a", 3, "hi")
+        async with client(create_app(r)) as c:
+            answer = await c.patch("/api/im/conversations/a", json={k: body[k] for k in keys})
+        assert answer.status_code == 200, answer.text
+        got = r.get("a")
+        results.append((got.read_seq, got.marked_unread, got.archived, got.draft))
+    assert set(results) == {(2, True, True, "x")}
+
+
+@pytest.mark.parametrize("body", [{"muted": True, "muted_until": 2**40},
+                                  {"archived_keep": True, "archived": False}])
+async def test_two_keys_writing_one_field_are_refused_together(replica, body):
+    """specs/http.md §3: muted with muted_until, archived with archived_keep: refused, both
+    named, nothing written."""
+    head = replica.head
+    async with client(create_app(replica)) as c:
+        r = await c.patch("/api/im/conversations/family", json=body)
+    assert_refused(r, 400, *(repr(k) for k in body))
+    assert replica.head == head
 
 
 # -- the list's answers kept while the head stands still ---------------------------------------

@@ -96,6 +96,14 @@ BUILTIN_OPERATIONS: Mapping[str, Operation] = {
 }
 
 
+#: Keys that write the same field: in one PATCH they would contradict each other or say one
+#: thing twice (muted: true with muted_until), so both together are refused (specs/http.md §3).
+ONE_FIELD_TWICE: tuple[frozenset[str], ...] = (
+    frozenset({"muted", "muted_until"}),
+    frozenset({"archived", "archived_keep"}),
+)
+
+
 def _read_by(replica: Replica, cid: str, marks: dict[str, Any]) -> None:
     for member, seq in marks.items():
         if type(seq) is not int:
@@ -187,7 +195,14 @@ async def patch_conversation(replica: Replica, caller: Caller,
                             f"{', '.join(sorted(ops))}")
     if not body:
         raise ApiError(400, f"nothing to change: give one or more of {', '.join(sorted(ops))}")
-    values = {name: expect(body, name, ops[name].kind, what=ops[name].what) for name in body}
+    for pair in ONE_FIELD_TWICE:
+        if pair <= body.keys():
+            first, second = sorted(pair)
+            raise ApiError(400, f"{first!r} and {second!r} both set one field: give one")
+    # In the table's order, not the body's, so that one JSON object means one change whatever
+    # order its keys came in (a read then marked_unread leaves it marked: specs/http.md §3).
+    values = {name: expect(body, name, ops[name].kind, what=ops[name].what)
+              for name in ops if name in body}
     _visible(replica, caller, cid)  # 404 before anything is written
     with replica.batch():  # one commit; an operation that raises leaves nothing written
         for name, value in values.items():

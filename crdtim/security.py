@@ -118,7 +118,7 @@ def load_keys(path: str) -> dict[str, bytes]:
             raise ConfigError(f"secrets file {path}, line {n}: key id {kid!r} appears twice")
         if len(secret) < MIN_SECRET_BYTES:
             raise ConfigError(f"secrets file {path}, line {n}: the secret of {kid!r} is "
-                              f"shorter than {MIN_SECRET_BYTES} characters (make one with "
+                              f"shorter than {MIN_SECRET_BYTES} bytes in UTF-8 (make one with "
                               "`openssl rand -hex 32`)")
         keys[kid] = secret
     return keys

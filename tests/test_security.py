@@ -915,13 +915,17 @@ def test_secrets_file_formats(tmp_path):
     text = "# devices\nalice 0123456789abcdef0123\n\nbob   fedcba9876543210fedc\n"
     assert load_keys(str(_secret_file(tmp_path, text))) == {
         "alice": b"0123456789abcdef0123", "bob": b"fedcba9876543210fedc"}
+    # security.md §1: the bound is on the secret's UTF-8 bytes, not its characters.
+    assert load_keys(str(_secret_file(tmp_path, "carol " + "é" * 8 + "\n"))) == {
+        "carol": ("é" * 8).encode()}
 
 
 @pytest.mark.parametrize("text, mode, message", [
     ("", 0o600, "holds no key"),
     ("# only a comment\n", 0o600, "holds no key"),
     ("alice 0123456789abcdef0123 extra\n", 0o600, "line 1: expected `KEY_ID SECRET`"),
-    ("alice short\n", 0o600, "shorter than 16"),
+    ("alice short\n", 0o600, "shorter than 16 bytes"),
+    ("alice " + "é" * 7 + "\n", 0o600, "shorter than 16 bytes"),  # 7 characters, 14 bytes
     ("a 0123456789abcdef0123\na 0123456789abcdef0123\n", 0o600, "appears twice"),
     ("0123456789abcdef0123\n", 0o604, "chmod 600"),
     ("# padding\n" * 200_000, 0o600, "is over 1048576 bytes"),

@@ -667,31 +667,24 @@ def test_a_chunk_ack_that_does_not_move_forward_is_refused(a, b):
         s.receive_data(encode_frame(ChunkAck(count=1)))
 
 
-def test_a_delta_during_the_peers_state_transfer_is_refused(a, b):
-    """protocol.md §3: a DELTA is accepted only while the inbound direction is in DELTAS."""
+@pytest.mark.parametrize("first, start, end, refusal, received", [
+    # protocol.md §3: a DELTA is accepted only while the inbound direction is in DELTAS.
+    (StateChunk(payload=GOOD_PAYLOAD), 0, 1, "DELTA during a state transfer", 0),
+    # protocol.md §3, protocol.md §4: a DELTA's start must equal the end of the last one
+    # applied on this connection; an overlap is refused like a gap.
+    (Delta(start=0, end=1, payload=GOOD_PAYLOAD), 0, 2, "starts at 0, expected 1", 1),
+])
+def test_a_delta_out_of_place_is_refused_and_changes_nothing(a, b, first, start, end, refusal,
+                                                             received):
     wire = handshaken(a, b)
     session = wire.sessions[0]
-    session.receive_data(encode_frame(StateChunk(payload=GOOD_PAYLOAD)))
+    session.receive_data(encode_frame(first))
     before = snapshot(a)
     delta = ConversationMap.bottom().raise_to("d", "last_seq", 2)
-    with pytest.raises(RemoteProtocolError, match="DELTA during a state transfer"):
-        session.receive_data(encode_frame(Delta(start=0, end=1,
+    with pytest.raises(RemoteProtocolError, match=refusal):
+        session.receive_data(encode_frame(Delta(start=start, end=end,
                                                 payload=codec.encode_map(delta))))
-    assert snapshot(a) == before and a.received_from(b.id) == 0
-
-
-def test_a_delta_overlapping_what_was_applied_is_refused(a, b):
-    """protocol.md §3, protocol.md §4: a DELTA's start must equal the end of the last one
-    applied on this connection; an overlap is refused like a gap."""
-    wire = handshaken(a, b)
-    session = wire.sessions[0]
-    session.receive_data(encode_frame(Delta(start=0, end=1, payload=GOOD_PAYLOAD)))
-    before = snapshot(a)
-    again = ConversationMap.bottom().raise_to("d", "last_seq", 2)
-    with pytest.raises(RemoteProtocolError, match="starts at 0, expected 1"):
-        session.receive_data(encode_frame(Delta(start=0, end=2,
-                                                payload=codec.encode_map(again))))
-    assert snapshot(a) == before and a.received_from(b.id) == 1
+    assert snapshot(a) == before and a.received_from(b.id) == received
 
 
 def test_a_burst_whose_intervals_do_not_chain_is_refused_at_the_first_gap(a, b):

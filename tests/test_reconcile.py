@@ -39,6 +39,7 @@ from crdtim.protocol._reconcile import (
     ReconcileSender,
     ReconRanges,
     encode_ranges,
+    parse_ranges,
 )
 
 SALT = bytes(range(16))
@@ -364,3 +365,26 @@ def test_ranges_are_sized_to_the_peers_frames(open_replica):
     sizes = [len(encode_frame(m)) for m in wire.frames[0] if isinstance(m, ReconRanges)]
     assert sizes and max(sizes) <= 4096
     assert a.state() == b.state()
+
+
+def test_ranges_in_any_order_overlapping_or_not_minimally_encoded_are_each_answered():
+    """protocol.md §13.2: a reader must accept every range the grammar allows, in any order,
+    overlapping, repeated or not minimally encoded, and answer each on its own."""
+    theirs = {b"a": 0, b"b": 1, b"c": 2}
+    ids, digests = _digests(theirs)
+    sender = ReconcileSender(1, ids, digests, salt=SALT, branching=2, leaf_items=1,
+                             max_ranges_per_frame=8)
+    honest = sender.next_frame()  # the whole key space, fingerprinted as the peer holds it
+    assert honest is not None and len(honest.ranges) == 1
+    same = honest.ranges[0].data
+    ranges = (RangeQuery(b"b", b"c", 0, bytes(8)), RangeQuery(b"a", b"c", 0, bytes(8)),
+              RangeQuery(b"", None, 0, same), RangeQuery(b"", None, 0, same),
+              RangeQuery(b"", b"b", 1, bytes(8)))
+    assert parse_ranges(encode_ranges(ranges)) == ranges
+    responder = ReconcileResponder(lambda: (0, ids, digests))
+    answer = responder.answer(ReconRanges(salt=SALT, ranges=ranges))
+    assert answer.differs == bytes([0b11000000])  # the made-up ones differ, the true ones not
+    assert answer.needed == bytes([0b10000000])  # a hash of none of its items
+    # [b"ab", b"ac"), fingerprinted: `shared` 0 where 1 was possible, a length as 0x82 0x00.
+    loose = bytes([0x02, 0x80, 0x00, 2]) + b"ab" + bytes([0, 0x82, 0x00]) + b"ac" + bytes(8)
+    assert parse_ranges(loose) == (RangeQuery(b"ab", b"ac", 0, bytes(8)),)

@@ -48,12 +48,12 @@ def rekey_body(body: bytes, resolve: Callable[[Any], str], max_conversations: in
     entries, end = map_entries(body, max_conversations)
     seen: set[str] = set()
     parts = [pack_map_header(len(entries))]
-    for key, start, stop in entries:
+    for key, key_start, start, stop in entries:
         cid = resolve(key)
         if cid in seen:
             raise DecodeError(f"conversation {cid!r:.80} twice in one body")
         seen.add(cid)
-        parts.append(pack(cid))
-        parts.append(body[start:stop])
+        # An id sent as a string keeps its bytes; an index becomes the id it stands for.
+        parts.append(body[key_start:stop] if cid is key else pack(cid) + body[start:stop])
     parts.append(body[end:])
     return b"".join(parts)

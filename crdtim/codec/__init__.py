@@ -21,7 +21,7 @@ Callers use `codec.<name>` or import from here, never from a private module.
 from ..crdt.conversation import trusted_map
 from ..crdt.maxmap import MAX_READ_BY_MEMBERS
 from ._census import count_conversations, count_items
-from ._conv_keys import encode_map_body_keyed, rekey_body
+from ._conv_keys import ConversationKeys, encode_map_body_keyed, rekey_body
 from ._decode import decode_fields, decode_map
 from ._encode import encode_fields, encode_map
 from ._history import decode_choice, decode_message, encode_choice, encode_message
@@ -56,6 +56,7 @@ __all__ = [
     "MAX_REPLICA_ID",
     "MAX_SHARED_TABLE",
     "STORAGE_LIMITS",
+    "ConversationKeys",  # a receiver's table of conversation ids (protocol version 5)
     "Limits",
     "Received",
     "count_conversations",  # a peer's frame is refused from these, before decoding

@@ -12,13 +12,12 @@ or validates a field).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ..crdt import ConversationMap
 from ..errors import DecodeError
 from ._encode import encode_field_map
-from ._msgpack import map_entries, pack, pack_map_header
+from ._msgpack import UNPACK_ERRORS, map_reader, pack, unpack_failure
 
 
 def encode_map_body_keyed(m: ConversationMap, ids: dict[str, int], convs: dict[str, int]
@@ -39,21 +38,87 @@ def encode_map_body_keyed(m: ConversationMap, ids: dict[str, int], convs: dict[s
     return pack(body), new
 
 
-def rekey_body(body: bytes, resolve: Callable[[Any], str], max_conversations: int) -> bytes:
-    """`body` with each top-level key replaced by `resolve(key)` (called in byte order),
-    its values copied as they are. DecodeError when the body does not start with a map
-    whose entries are all there, when it holds over `max_conversations` (counted from its
-    header: the keys are read one at a time, in Python), or when two keys resolve to one
-    id; what follows the map (trailing bytes) is kept, for the decoder to refuse."""
-    entries, end = map_entries(body, max_conversations)
+class ConversationKeys:
+    """A receiver's copy of the peer's table of conversation ids (specs/protocol.md §15):
+    index -> id, and each id's bytes as it came (what an index key is rewritten to), at
+    most `capacity` of them. Grown only by rekey_body."""
+
+    __slots__ = ("capacity", "held", "ids", "packed")
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.ids: list[str] = []
+        self.packed: list[bytes] = []  # ids[i] as msgpack
+        self.held: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# The bytes an integer key takes, by its first byte, past the positive fixints (a peer may
+# send a small index in any integer encoding: msgpack does not require the shortest).
+_INT_KEY_BYTES = {0xcc: 2, 0xcd: 3, 0xce: 5, 0xcf: 9, 0xd0: 2, 0xd1: 3, 0xd2: 5, 0xd3: 9}
+
+
+def rekey_body(body: bytes, keys: ConversationKeys, max_conversations: int,
+               prefix: bytes = b"") -> bytes:
+    """`prefix` + `body` with each top-level key replaced by the conversation id it stands
+    for in `keys` (specs/protocol.md §15), which grows by the ids sent as strings while it has
+    room; the values, and whatever follows the map (for the decoder to refuse), copied as
+    they are. DecodeError naming the first thing wrong, in byte order: not a map, over
+    `max_conversations` entries (from its header, before any is read), a key that is a
+    container (from its header, before it is built), an index not in the table, a key of
+    another type, an id sent as a string that the table holds, one id twice, or the bytes
+    ending inside the map. Ids a refused body appended before the refusal stay in `keys`:
+    a refusal closes the connection (§15).
+
+    Speed (the receive path of every COMPACT_DELTA): the entries are read with three calls
+    into msgpack each (key, skip the value, where it ends), the table looked up inline, and
+    an index key becomes the id's bytes kept from when it came: nothing is packed.
+    """
+    n, pos, unpacker = map_reader(body, max_conversations)
+    unpack, skip, tell = unpacker.unpack, unpacker.skip, unpacker.tell
+    ids, packed, held = keys.ids, keys.packed, keys.held
+    parts = [prefix, body[:pos]]
     seen: set[str] = set()
-    parts = [pack_map_header(len(entries))]
-    for key, key_start, start, stop in entries:
-        cid = resolve(key)
-        if cid in seen:
-            raise DecodeError(f"conversation {cid!r:.80} twice in one body")
-        seen.add(cid)
-        # An id sent as a string keeps its bytes; an index becomes the id it stands for.
-        parts.append(body[key_start:stop] if cid is key else pack(cid) + body[start:stop])
-    parts.append(body[end:])
+    try:
+        for _ in range(n):
+            head = body[pos]
+            if 0x80 <= head <= 0x9f or 0xdc <= head <= 0xdf:  # fixmap, fixarray, 16/32
+                raise DecodeError("a map key is an array or a map")
+            key = unpack()
+            if type(key) is int:
+                if not 0 <= key < len(ids):
+                    raise DecodeError(f"conversation index {key} is not in the session "
+                                      f"table ({len(ids)} conversations)")
+                cid = ids[key]
+                skip()
+                stop = tell()
+                parts.append(packed[key])
+                parts.append(body[pos + 1 if head < 0x80 else pos + _INT_KEY_BYTES[head]:stop])
+            elif type(key) is str:
+                if key in held:
+                    raise DecodeError(f"conversation id {key!r:.80} is already in the "
+                                      "session table")
+                cid = key
+                start = tell()
+                skip()
+                stop = tell()
+                if len(ids) < keys.capacity:
+                    ids.append(key)
+                    packed.append(body[pos:start])
+                    held.add(key)
+                parts.append(body[pos:stop])  # an id sent as a string keeps its bytes
+            else:
+                raise DecodeError(f"a conversation key must be an id or an index, got "
+                                  f"{type(key).__name__}")
+            if cid in seen:
+                raise DecodeError(f"conversation {cid!r:.80} twice in one body")
+            seen.add(cid)
+            pos = stop
+    except DecodeError:
+        raise
+    except UNPACK_ERRORS as e:
+        raise unpack_failure(e) from None
+    parts.append(body[pos:])
     return b"".join(parts)

@@ -166,43 +166,35 @@ def _reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def map_entries(data: bytes, max_entries: int) -> tuple[list[tuple[Any, int, int, int]], int]:
-    """The entries of the map at the start of `data`, as (key, key_start, value_start,
-    value_end): the key decoded, its bytes data[key_start:value_start], its value's bytes
-    data[value_start:value_end], not decoded; and where the map ends. DecodeError when
-    `data` does not start with a map whose entries are all there, when it has over
-    `max_entries` (counted from its header, before any is read), or when a key is an array
-    or a map (refused before it is built: the callers want scalar keys, specs/protocol.md
-    §15). What follows the map is the caller's to judge."""
+def map_reader(data: bytes, max_entries: int) -> tuple[int, int, Any]:
+    """(entries, where the first key starts, an unpacker there) for the map at the start of
+    `data`, for a caller that reads its entries one at a time without building the values
+    (`_conv_keys`; its unpack/skip errors go through `unpack_failure`). DecodeError when
+    `data` does not start with a whole map header, or when the header counts over
+    `max_entries` (refused before any entry is read)."""
     if not data or not (0x80 <= data[0] <= 0x8f or data[0] in (0xde, 0xdf)):
         raise DecodeError("expected a map")
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_no_ext,
                                 max_buffer_size=len(data))
     unpacker.feed(data)
-    unpack, skip, tell = unpacker.unpack, unpacker.skip, unpacker.tell
-    out: list[tuple[Any, int, int, int]] = []
     try:
-        n = unpacker.read_map_header()
-        if n > max_entries:
-            raise DecodeError(f"{n} map entries is over the limit of {max_entries}")
-        pos = tell()
-        for _ in range(n):
-            head = data[pos]
-            if head in _CONTAINER_HEADS or 0x80 <= head <= 0x9f:  # fixmap, fixarray
-                raise DecodeError("a map key is an array or a map")
-            key = unpack()
-            start = tell()
-            skip()
-            end = tell()
-            out.append((key, pos, start, end))
-            pos = end
-    except DecodeError:
-        raise
-    except (msgpack.OutOfData, IndexError):
+        n: int = unpacker.read_map_header()
+    except msgpack.OutOfData:
         raise DecodeError("the bytes end inside the map") from None
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as e:
-        raise DecodeError(f"not valid msgpack: {_reason(e)}") from None
-    return out, pos
+    if n > max_entries:
+        raise DecodeError(f"{n} map entries is over the limit of {max_entries}")
+    return n, unpacker.tell(), unpacker
+
+
+#: What reading a map_reader's entries may raise, for unpack_failure to name.
+UNPACK_ERRORS = (ValueError, TypeError, IndexError, msgpack.UnpackException, RecursionError)
+
+
+def unpack_failure(e: BaseException) -> DecodeError:
+    """The DecodeError for one of UNPACK_ERRORS raised inside a map's entries."""
+    if isinstance(e, (msgpack.OutOfData, IndexError)):
+        return DecodeError("the bytes end inside the map")
+    return DecodeError(f"not valid msgpack: {_reason(e)}")
 
 
 _CONTAINER_HEADS = frozenset((0xdc, 0xdd, 0xde, 0xdf))  # array 16/32, map 16/32

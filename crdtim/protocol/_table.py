@@ -81,8 +81,7 @@ class ReceivedIds:
         self._ids: list[str] = []
         self._known: set[str] = set()
         self._prefix = codec.table_prefix([])
-        self._convs: list[str] = []  # index -> conversation id (§15)
-        self._known_convs: set[str] = set()
+        self._convs = codec.ConversationKeys(MAX_SESSION_CONVERSATIONS)  # §15
 
     def payload(self, m: CompactDelta) -> bytes:
         """Extend the table by `m.new_ids` and the conversation ids `m.body` sends as
@@ -90,29 +89,9 @@ class ReceivedIds:
         (specs/crdt.md §7), its keys the conversation ids, for the strict decoder."""
         self.extend(m.new_ids, "COMPACT_DELTA")
         try:
-            body = codec.rekey_body(m.body, self._conversation, MAX_FRAME_CONVERSATIONS)
+            return codec.rekey_body(m.body, self._convs, MAX_FRAME_CONVERSATIONS, self._prefix)
         except DecodeError as e:
             raise RemoteProtocolError(f"COMPACT_DELTA: {e}") from None
-        return self._prefix + body
-
-    def _conversation(self, key: object) -> str:
-        """The conversation id a body's key stands for (§15), the table grown by an id
-        sent as a string while it has room."""
-        convs = self._convs
-        if type(key) is int:
-            if 0 <= key < len(convs):
-                return convs[key]
-            raise DecodeError(f"conversation index {key} is not in the session table "
-                              f"({len(convs)} conversations)")
-        if type(key) is not str:
-            raise DecodeError(f"a conversation key must be an id or an index, got "
-                              f"{type(key).__name__}")
-        if key in self._known_convs:
-            raise DecodeError(f"conversation id {key!r:.80} is already in the session table")
-        if len(convs) < MAX_SESSION_CONVERSATIONS:
-            convs.append(key)
-            self._known_convs.add(key)
-        return key
 
     def extend(self, new_ids: tuple[str, ...], what: str) -> None:
         """Append `new_ids` (of a COMPACT_DELTA or HAVE) to the table, refusing an id it

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crdtim import codec
 from crdtim.crdt import ConversationMap, Stamp
@@ -158,3 +160,81 @@ def test_version_4_peer_is_refused_at_hello(a):
         s.receive_data(encode_frame(Hello(version=4, replica_id="old")))
     assert info.value.reason == "protocol version 4 is not supported (this is 5)"
     assert s.state is State.CLOSED
+
+
+# -- the key rewrite (codec.rekey_body) against a model -------------------------------------
+
+
+def _int_key(i: int, width: str) -> bytes:
+    """Index i in one of msgpack's integer encodings (a peer need not use the shortest)."""
+    if width == "short":
+        return codec.pack(i)
+    code, size = {"u8": (0xcc, 1), "u16": (0xcd, 2), "u32": (0xce, 4), "u64": (0xcf, 8),
+                  "i16": (0xd1, 2), "i32": (0xd2, 4), "i64": (0xd3, 8)}[width]
+    return bytes((code,)) + i.to_bytes(size, "big", signed=code >= 0xd0)
+
+
+_WIDTHS = st.sampled_from(["short", "u16", "u32", "u64", "i16", "i32", "i64"])
+
+
+@given(size=st.integers(0, 300), data=st.data())
+def test_rekey_body_rewrites_every_key_encoding_as_a_model_would(size, data):
+    # The model: the body unpacked, each index replaced by the id at it; the ids sent as
+    # strings appended. Covers the one-conversation fast path (a fixint index), indexes
+    # past 127, non-shortest integer encodings, and keys read entry by entry.
+    table = [f"id-{i}" for i in range(size)]  # past 127 too: indexes of 2 and 3 bytes
+    keys = codec.ConversationKeys(MAX_SESSION_CONVERSATIONS)
+    codec.rekey_body(_body(*table), keys, 4096)  # the ids go once, as strings
+    assert keys.ids == table
+    n = data.draw(st.integers(0, min(5, len(table))))
+    picks = data.draw(st.lists(st.integers(0, len(table) - 1), unique=True, min_size=n,
+                               max_size=n)) if table else []
+    new = data.draw(st.lists(st.text(min_size=1, max_size=12).filter(
+        lambda c: c not in table), unique=True, max_size=2))
+    entries = [(_int_key(i, data.draw(_WIDTHS)), table[i]) for i in picks]
+    entries += [(codec.pack(c), c) for c in new]
+    order = data.draw(st.permutations(range(len(entries))))
+    field = codec.pack({0: [NOW_MS, 0, 0, "t"]})
+    body = codec.pack_map_header(len(entries)) + b"".join(entries[k][0] + field
+                                                            for k in order)
+    out = codec.rekey_body(body, keys, 4096, prefix=b"P")
+    assert out[:1] == b"P"
+    assert list(codec.unpack(out[1:]).items()) == [(entries[k][1], {0: [NOW_MS, 0, 0, "t"]})
+                                                   for k in order]
+    assert keys.ids == table + [entries[k][1] for k in order if entries[k][1] in new]
+
+
+def test_a_body_ending_after_its_last_key_is_refused_as_ending_inside_the_map(a, b):
+    s = _open_on_b(a, b)
+    s.receive_data(encode_frame(CompactDelta(start=0, end=1, new_ids=(a.id,),
+                                             body=_body("c"))))
+    with pytest.raises(RemoteProtocolError, match="^COMPACT_DELTA: the bytes end inside"):
+        s.receive_data(encode_frame(CompactDelta(start=1, end=2, new_ids=(), body=b"\x81\x00")))
+    assert b.received_from(a.id) == 1
+
+
+@pytest.mark.parametrize("keys", [(0,), ("d",), (0, "d")])
+def test_a_last_value_cut_short_is_refused_by_the_decoder_and_nothing_applied(a, b, keys):
+    # The rewrite does not read the last value (§15): the decoder refuses it, as it does any
+    # malformed value, and nothing of the frame is applied.
+    s = _open_on_b(a, b)
+    s.receive_data(encode_frame(CompactDelta(start=0, end=1, new_ids=(a.id,),
+                                             body=_body("c"))))
+    with pytest.raises(RemoteProtocolError, match="^DELTA: not valid msgpack"):
+        s.receive_data(encode_frame(CompactDelta(start=1, end=2, new_ids=(),
+                                                 body=_body(*keys)[:-1])))
+    assert b.get("d") is None and b.received_from(a.id) == 1
+
+
+@pytest.mark.parametrize("width", ["short", "u8", "u16", "u32", "u64", "i16", "i32", "i64"])
+@pytest.mark.parametrize("index", [0, 127, 128, 205, 255])
+def test_one_conversation_bodies_take_every_index_encoding(width, index):
+    # A one-entry body keyed by a fixint index is rewritten without msgpack (the fast path):
+    # any other first byte of the key, which may itself be below the table's length (0xcd is
+    # 205), goes entry by entry.
+    table = [f"id-{i}" for i in range(300)]
+    keys = codec.ConversationKeys(MAX_SESSION_CONVERSATIONS)
+    codec.rekey_body(_body(*table), keys, 4096)
+    body = b"\x81" + _int_key(index, width) + codec.pack({0: [NOW_MS, 0, 0, "t"]})
+    assert codec.unpack(codec.rekey_body(body, keys, 4096)) == {
+        f"id-{index}": {0: [NOW_MS, 0, 0, "t"]}}

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from crdtim import codec
 from crdtim.crdt import ConversationMap, Stamp
+from crdtim.errors import DecodeError
 from crdtim.protocol import (
     MAX_SESSION_CONVERSATIONS,
     PROTOCOL_VERSION,
@@ -238,3 +239,15 @@ def test_one_conversation_bodies_take_every_index_encoding(width, index):
     body = b"\x81" + _int_key(index, width) + codec.pack({0: [NOW_MS, 0, 0, "t"]})
     assert codec.unpack(codec.rekey_body(body, keys, 4096)) == {
         f"id-{index}": {0: [NOW_MS, 0, 0, "t"]}}
+
+
+@pytest.mark.parametrize("full, keys, twice", [
+    (False, (0, 0), "a"), (False, ("b", 1), "b"), (False, (0, "b", 1), "b"),
+    (True, (1, 1), "b"), (True, ("x", "x"), "x"), (True, (0, "x", 1, "x"), "x")])
+def test_one_id_twice_in_a_body_is_refused_however_it_is_keyed(full, keys, twice):
+    # A table of capacity 2 holding "a" (and "b" when full): an id appended by a key is
+    # the index after it; a full table's ids come as strings, and may come twice.
+    table = codec.ConversationKeys(2)
+    codec.rekey_body(_body(*("a", "b")[:1 + full]), table, 4096)
+    with pytest.raises(DecodeError, match=f"^conversation '{twice}' twice in one body$"):
+        codec.rekey_body(_body(*keys), table, 4096)

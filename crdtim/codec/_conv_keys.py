@@ -93,39 +93,49 @@ def _rekey_entries(body: bytes, keys: ConversationKeys, max_conversations: int,
     unpack, skip, tell = unpacker.unpack, unpacker.skip, unpacker.tell
     ids, packed, held = keys.ids, keys.packed, keys.held
     parts = [prefix, body[:pos]]
-    seen: set[str] = set()
+    # The indexes used, and the ids sent as strings that the table had no room for: an
+    # index stands for one id, and an id the table holds cannot come as a string.
+    seen: set[int | str] = set()
     end = len(body)
     last = n - 1
     try:
         for k in range(n):
             head = body[pos]
-            if 0x80 <= head <= 0x9f or 0xdc <= head <= 0xdf:  # fixmap, fixarray, 16/32
-                raise DecodeError("a map key is an array or a map")
-            key = unpack()
-            if type(key) is int:
-                if not 0 <= key < len(ids):
-                    raise DecodeError(f"conversation index {key} is not in the session "
-                                      f"table ({len(ids)} conversations)")
-                cid = ids[key]
-                start = pos + 1 if head < 0x80 else pos + _INT_KEY_BYTES[head]
-                parts.append(packed[key])
-            elif type(key) is str:
-                if key in held:
-                    raise DecodeError(f"conversation id {key!r:.80} is already in the "
-                                      "session table")
-                cid = key
-                start = tell()
-                if len(ids) < keys.capacity:
-                    ids.append(key)
-                    packed.append(body[pos:start])
-                    held.add(key)
-                parts.append(body[pos:start])  # an id sent as a string keeps its bytes
+            if head < len(ids) and head < 0x80:  # a fixint index in the table: most keys
+                skip()
+                index: int | str = head
+                start = pos + 1
+                parts.append(packed[head])
             else:
-                raise DecodeError(f"a conversation key must be an id or an index, got "
-                                  f"{type(key).__name__}")
-            if cid in seen:
+                if 0x80 <= head <= 0x9f or 0xdc <= head <= 0xdf:  # fixmap, fixarray, 16/32
+                    raise DecodeError("a map key is an array or a map")
+                key = unpack()
+                if type(key) is int:
+                    if not 0 <= key < len(ids):
+                        raise DecodeError(f"conversation index {key} is not in the session "
+                                          f"table ({len(ids)} conversations)")
+                    index = key
+                    start = pos + _INT_KEY_BYTES[head]
+                    parts.append(packed[key])
+                elif type(key) is str:
+                    if key in held:
+                        raise DecodeError(f"conversation id {key!r:.80} is already in the "
+                                          "session table")
+                    start = tell()
+                    index = key
+                    if len(ids) < keys.capacity:
+                        index = len(ids)
+                        ids.append(key)
+                        packed.append(body[pos:start])
+                        held.add(key)
+                    parts.append(body[pos:start])  # an id sent as a string keeps its bytes
+                else:
+                    raise DecodeError(f"a conversation key must be an id or an index, got "
+                                      f"{type(key).__name__}")
+            if index in seen:
+                cid = index if isinstance(index, str) else ids[index]
                 raise DecodeError(f"conversation {cid!r:.80} twice in one body")
-            seen.add(cid)
+            seen.add(index)
             if k == last:
                 if start >= end:
                     raise IndexError  # no value at all after the last key

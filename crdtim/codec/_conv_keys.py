@@ -74,15 +74,24 @@ def rekey_body(body: bytes, keys: ConversationKeys, max_conversations: int,
     body appended before the refusal stay in `keys`: a refusal closes the connection (§15).
 
     Speed (the receive path of every COMPACT_DELTA): a body of one conversation keyed by an
-    index below 128, the common live change, is rewritten with no msgpack call at all;
+    index in the table (a positive fixint, uint 8 or uint 16: any index of a table of at most
+    65,536), the common live change, is rewritten with no msgpack call at all;
     otherwise the entries are read with three calls into msgpack each (key, skip the value,
     where it ends), the table looked up inline. An index key becomes the id's bytes kept
     from when it came: nothing is packed.
     """
-    if body[:1] == b"\x81" and len(body) > 2:
-        index = body[1]  # a positive fixint key is its own value
-        if index < 0x80 and index < len(keys.ids):
-            return b"".join((prefix, b"\x81", keys.packed[index], body[2:]))
+    if body[:1] == b"\x81" and len(body) > 4:
+        head = body[1]
+        if head < 0x80:  # a positive fixint is its own value
+            index, start = head, 2
+        elif head == 0xcc:  # uint 8
+            index, start = body[2], 3
+        elif head == 0xcd:  # uint 16
+            index, start = body[2] << 8 | body[3], 4
+        else:
+            index = start = -1
+        if 0 <= index < len(keys.ids):
+            return b"".join((prefix, b"\x81", keys.packed[index], body[start:]))
     return _rekey_entries(body, keys, max_conversations, prefix)
 
 

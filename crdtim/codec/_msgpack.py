@@ -197,9 +197,6 @@ def unpack_failure(e: BaseException) -> DecodeError:
     return DecodeError(f"not valid msgpack: {_reason(e)}")
 
 
-_CONTAINER_HEADS = frozenset((0xdc, 0xdd, 0xde, 0xdf))  # array 16/32, map 16/32
-
-
 def pack_map_header(n: int) -> bytes:
     """The msgpack header of a map of `n` entries (fixmap, map 16 or map 32)."""
     if n < 16:

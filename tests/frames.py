@@ -9,8 +9,9 @@ from crdtim.protocol._table import ReceivedIds
 
 class Tap:
     """Decodes one direction of a connection as its receiver reads it: a COMPACT_DELTA comes
-    out as the DELTA it stands for (specs/protocol.md §11), unless `as_sent`; `compact`
-    counts them."""
+    out as the DELTA it stands for (specs/protocol.md §11, §15), unless `as_sent` (then it
+    comes out as sent, and the tables are not kept: a tap as sent may start mid-stream);
+    `compact` counts them."""
 
     def __init__(self, as_sent: bool = False):
         self.decoder = FrameDecoder(2**31)
@@ -24,9 +25,8 @@ class Tap:
         while (m := self.decoder.next_message()) is not None:
             if isinstance(m, CompactDelta):
                 self.compact += 1
-                payload = self.table.payload(m)
                 if not self.as_sent:
-                    m = Delta(start=m.start, end=m.end, payload=payload)
+                    m = Delta(start=m.start, end=m.end, payload=self.table.payload(m))
             out.append(m)
         return out
 

@@ -43,6 +43,7 @@ from crdtim.protocol import _session
 from crdtim.crdt import ConversationMap, History, Lww, Stamp
 from crdtim.crdt.message import Append, Header, MessageState
 from crdtim.protocol import (
+    MAX_SESSION_CONVERSATIONS,
     MAX_SESSION_IDS,
     DeltaApplied,
     Error,
@@ -61,6 +62,7 @@ from crdtim.protocol import (
     encode_frame,
 )
 from crdtim import replica as replica_module
+from crdtim.errors import DecodeError
 from crdtim.replica import Replica
 
 NOW_MS = 1_700_000_000_000  # every replica's wall clock: runs are reproducible
@@ -733,6 +735,7 @@ class Mutator:
             self.wrong_arity, self.seq_edge, self.seq_edge, self.payload, self.payload,
             self.payload, self.splice, self.reorder, self.random_message, self.crossover,
             self.random_tail, self.session_table, self.session_table,
+            self.conversation_keys, self.conversation_keys,
         ]
 
     def stream(self, rng: random.Random) -> bytes:
@@ -875,6 +878,41 @@ class Mutator:
             m[3] = ids
             return m
         return self._change_message(rng, frames, retable)
+
+    def conversation_keys(self, rng: random.Random, frames: list[bytes]) -> list[bytes]:
+        """A COMPACT_DELTA body's conversation keys changed (specs/protocol.md §15): a key
+        made an index (in the table, past it, negative, huge) or a hostile scalar, a string
+        key repeated within the body, or the body flooded with new ids to the table's
+        limit and past it. The field maps stay as sent."""
+        def rekey(m: list) -> list | None:
+            if m[0] != _COMPACT_DELTA or len(m) != 5 or type(m[4]) is not bytes:
+                return None
+            try:
+                body = codec.unpack(m[4])
+            except DecodeError:
+                return None
+            if type(body) is not dict or not body:
+                return None
+            items, m = list(body.items()), list(m)
+            kind = rng.randrange(4)
+            i = rng.randrange(len(items))
+            if kind == 0:
+                items[i] = (rng.choice([0, 1, 2, 5, MAX_SESSION_CONVERSATIONS, -1, 2**63]),
+                            items[i][1])
+            elif kind == 1:
+                items[i] = (rng.choice(NASTY_KEYS), items[i][1])
+            elif kind == 2:
+                items.append((items[i][0], items[i][1]))  # the same key twice: the map hides it
+            else:  # flood: up to and past what a table may hold
+                n = rng.choice([MAX_SESSION_CONVERSATIONS, MAX_SESSION_CONVERSATIONS + 1,
+                                MAX_SESSION_CONVERSATIONS * 2])
+                items += [(f"flood-{k}", items[i][1]) for k in range(n)]
+            raw = [codec.pack_map_header(len(items))]
+            for key, value in items:
+                raw += (codec.pack(key), codec.pack(value))
+            m[4] = b"".join(raw)
+            return m
+        return self._change_message(rng, frames, rekey)
 
     def mutate_payload(self, rng: random.Random, payload: bytes) -> bytes:
         kind = rng.randrange(5)

@@ -46,7 +46,8 @@ def test_each_replica_id_goes_once_per_connection_then_by_index(a, b):
 
 def test_a_single_title_change_is_a_small_frame(a, b):
     # The figure of benchmarks sync.b: a set_title on a connection that already carried the
-    # writer's id costs its body, with no replica id in it.
+    # writer's id costs its body, with no replica id in it (nor, since version 5, the
+    # conversation id: §15).
     a.set_title("conv-0000001", "first")
     wire = handshake_only(a, b)
     wire.run_until_quiet()
@@ -58,7 +59,7 @@ def test_a_single_title_change_is_a_small_frame(a, b):
     plain = codec.encode_map(ConversationMap.bottom().set_title(
         "conv-0000001", "Weekend plans 12", Stamp(NOW_MS, 0, a.id)))
     assert isinstance(frame, CompactDelta) and frame.new_ids == ()
-    assert len(frame.body) <= len(plain) - len(a.id) - 3
+    assert len(frame.body) <= len(plain) - len(a.id) - 3 - len("conv-0000001")
 
 
 def test_a_new_connection_starts_a_new_table(a, b):
@@ -75,13 +76,13 @@ def test_a_new_connection_starts_a_new_table(a, b):
 
 
 def test_version_3_peer_is_refused_at_hello(a):
-    assert PROTOCOL_VERSION == 4
+    assert PROTOCOL_VERSION == 5
     s = SyncSession(a, SIM_CONFIG)
     s.initiate()
     s.data_to_send()
     with pytest.raises(RemoteProtocolError) as info:
         s.receive_data(encode_frame(Hello(version=3, replica_id="old")))
-    assert info.value.reason == "protocol version 3 is not supported (this is 4)"
+    assert info.value.reason == "protocol version 3 is not supported (this is 5)"
     (err,) = frames_of(s.data_to_send())
     assert isinstance(err, Error) and err.reason == info.value.reason
     assert s.state is State.CLOSED
@@ -134,7 +135,7 @@ def test_over_the_limit_in_one_frame_is_refused_by_the_decoder(a, b):
     (("x", "x"), _title_body("c", 0), "COMPACT_DELTA: replica id 'x' is already in the session"),
     (("x",), _title_body("c", 1), "DELTA: "),  # an index past the table
     ((), _title_body("c", 0), "DELTA: "),  # no table at all yet
-    (("x",), codec.pack([1, [], {}]), "DELTA: "),  # a whole map where a body belongs
+    (("x",), codec.pack([1, [], {}]), "COMPACT_DELTA: expected a map"),  # a whole map's array
     (("x",), _title_body("c", 0) + b"\x00", "DELTA: "),  # trailing bytes
     (("",), _title_body("c", 0), "COMPACT_DELTA new ids: a replica id"),
     (("a\x00b",), _title_body("c", 0), "COMPACT_DELTA new ids: a replica id"),

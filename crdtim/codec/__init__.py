@@ -13,13 +13,15 @@ format version, integer ranges and decoder bounds), `_msgpack` (pack and unpack)
 wrong), `_history` (the message history: the field of tag 15, and the storage records of one
 message and one group choice), `_census` (counting a map's conversations and items before
 decoding it), `_received` (maps and conversations kept as the bytes that came, not encoded
-again), `_session_table` (a map's body with its replica ids in a sync session's table).
+again), `_session_table` (a map's body with its replica ids in a sync session's table),
+`_conv_keys` (a body whose conversation ids are in the session's table too).
 Callers use `codec.<name>` or import from here, never from a private module.
 """
 
 from ..crdt.conversation import trusted_map
 from ..crdt.maxmap import MAX_READ_BY_MEMBERS
 from ._census import count_conversations, count_items, most_history_records
+from ._conv_keys import ConversationKeys, encode_map_body_keyed, rekey_body
 from ._decode import decode_fields, decode_map
 from ._encode import encode_fields, encode_map
 from ._history import decode_choice, decode_message, encode_choice, encode_message
@@ -33,7 +35,7 @@ from ._limits import (
     STORAGE_LIMITS,
     Limits,
 )
-from ._msgpack import MAX_FRAME_VALUES, pack, unpack, unpack_frame
+from ._msgpack import MAX_FRAME_VALUES, pack, pack_map_header, unpack, unpack_frame
 from ._received import (
     MAX_SHARED_TABLE,
     Received,
@@ -54,6 +56,7 @@ __all__ = [
     "MAX_REPLICA_ID",
     "MAX_SHARED_TABLE",
     "STORAGE_LIMITS",
+    "ConversationKeys",  # a receiver's table of conversation ids (protocol version 5)
     "Limits",
     "Received",
     "count_conversations",  # a peer's frame is refused from these, before decoding
@@ -67,10 +70,13 @@ __all__ = [
     "encode_fields",
     "encode_map",
     "encode_map_body",  # a COMPACT_DELTA's body, ids in the session's table
+    "encode_map_body_keyed",  # and conversation ids too (protocol version 5)
     "encode_message",
     "encode_stored_map",
     "most_history_records",  # a reconciled chunk must stay within max_messages
     "pack",
+    "pack_map_header",
+    "rekey_body",
     "store_received",
     "table_prefix",
     "trusted_map",  # re-exported from crdt.conversation, its home, for the replica

@@ -164,3 +164,43 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, msgpack.FormatError):
         return "a byte that starts no msgpack value (reserved type 0xc1)"
     return str(e) or type(e).__name__
+
+
+def map_reader(data: bytes, max_entries: int) -> tuple[int, int, Any]:
+    """(entries, where the first key starts, an unpacker there) for the map at the start of
+    `data`, for a caller that reads its entries one at a time without building the values
+    (`_conv_keys`; its unpack/skip errors go through `unpack_failure`). DecodeError when
+    `data` does not start with a whole map header, or when the header counts over
+    `max_entries` (refused before any entry is read)."""
+    if not data or not (0x80 <= data[0] <= 0x8f or data[0] in (0xde, 0xdf)):
+        raise DecodeError("expected a map")
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_no_ext,
+                                max_buffer_size=len(data))
+    unpacker.feed(data)
+    try:
+        n: int = unpacker.read_map_header()
+    except msgpack.OutOfData:
+        raise DecodeError("the bytes end inside the map") from None
+    if n > max_entries:
+        raise DecodeError(f"{n} map entries is over the limit of {max_entries}")
+    return n, unpacker.tell(), unpacker
+
+
+#: What reading a map_reader's entries may raise, for unpack_failure to name.
+UNPACK_ERRORS = (ValueError, TypeError, IndexError, msgpack.UnpackException, RecursionError)
+
+
+def unpack_failure(e: BaseException) -> DecodeError:
+    """The DecodeError for one of UNPACK_ERRORS raised inside a map's entries."""
+    if isinstance(e, (msgpack.OutOfData, IndexError)):
+        return DecodeError("the bytes end inside the map")
+    return DecodeError(f"not valid msgpack: {_reason(e)}")
+
+
+def pack_map_header(n: int) -> bytes:
+    """The msgpack header of a map of `n` entries (fixmap, map 16 or map 32)."""
+    if n < 16:
+        return bytes((0x80 | n,))
+    if n < 0x10000:
+        return b"\xde" + n.to_bytes(2, "big")
+    return b"\xdf" + n.to_bytes(4, "big")

@@ -25,6 +25,7 @@ from ._events import (
 from ._messages import (
     MAX_FRAME_BYTES,
     MAX_REPLICA_ID_BYTES,
+    MAX_SESSION_CONVERSATIONS,
     MAX_SESSION_IDS,
     MIN_FRAME_BYTES,
     NONCE_BYTES,
@@ -57,6 +58,7 @@ __all__ = [
     "MAX_KEY_ID",
     "MAX_RELAY_ENTRIES",
     "MAX_REPLICA_ID_BYTES",
+    "MAX_SESSION_CONVERSATIONS",
     "MAX_SESSION_IDS",
     "MIN_FRAME_BYTES",
     "MIN_SECRET_BYTES",

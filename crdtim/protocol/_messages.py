@@ -28,14 +28,15 @@ from ._reconcile import (
     parse_salt,
 )
 
-__all__ = ["MAX_FRAME_BYTES", "MAX_REPLICA_ID_BYTES", "MAX_SESSION_IDS", "MIN_FRAME_BYTES",
+__all__ = ["MAX_FRAME_BYTES", "MAX_REPLICA_ID_BYTES", "MAX_SESSION_CONVERSATIONS",
+           "MAX_SESSION_IDS", "MIN_FRAME_BYTES",
            "NONCE_BYTES", "PROTOCOL_VERSION", "Ack", "Auth", "ChunkAck", "CompactDelta", "Delta",
            "Error", "FrameDecoder", "Have", "Hello", "Message", "Ping", "Pong", "StateChunk",
            "StateEnd", "encode_frame", "message_name"]
 
 # 4: the session table (COMPACT_DELTA, §11), HAVE (§12), reconciliation (RECON_RANGES,
-# RECON_ANSWER, §13)
-PROTOCOL_VERSION = 4
+# RECON_ANSWER, §13); 5: conversation ids in the session table too (§15)
+PROTOCOL_VERSION = 5
 MAX_REPLICA_ID_BYTES = 255
 #: The smallest max_frame_bytes a replica may set: a conversation's whole state, at the
 #: codec's limits on text, must fit in one frame.
@@ -130,6 +131,9 @@ class Have:
 #: Replica ids one side may put in its session table (specs/protocol.md §11): a peer cannot
 #: make us hold more, and a sender whose table is full sends plain DELTAs.
 MAX_SESSION_IDS = 1024
+#: Conversation ids one side may put in its session table (specs/protocol.md §15); once it
+#: is full, ids are sent as strings and not added.
+MAX_SESSION_CONVERSATIONS = 1024
 
 Message = (Hello | Auth | Delta | Ack | StateChunk | StateEnd | Ping | Pong | Error | ChunkAck
            | CompactDelta | Have | ReconRanges | ReconAnswer)

@@ -245,10 +245,10 @@ class Outbound:
                 message, payload, size, new_ids = self._delta_message(
                     end, delta or ConversationMap.bottom(self.replica.schema))
                 if size > self.peer_frame_bytes - DELTA_OVERHEAD:
-                    self.ids.forget(new_ids)
+                    self.ids.take_back(new_ids)
                     raise LogTrimmedError("one log entry is larger than the peer's frames")
                 if over_budget(payload) is not None:
-                    self.ids.forget(new_ids)
+                    self.ids.take_back(new_ids)
                     # Over the decoded work a frame may cost (_budget.py): join fewer
                     # entries; one entry alone over it (a huge batch) goes by state transfer.
                     if end - self._sent_upto <= 1:

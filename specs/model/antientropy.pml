@@ -1,5 +1,6 @@
 /*
- * The anti-entropy core of specs/protocol.md (protocol version 3), in Promela, for spin.
+ * The anti-entropy core of specs/protocol.md (protocol version 5), in Promela, for spin: the
+ * core that versions 3 to 5 share; what 4 and 5 added (§11-§13, §15) is not modelled.
  *
  * What is modelled, and where the spec says it (specs/protocol.md §14 maps it line by line):
  *   - the delta log of each replica: entries 1..head, each with its origin and the part of

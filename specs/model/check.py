@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="one real check and one seeded bug at 2 and at 3 replicas")
     parser.add_argument("--wide", action="store_true",
                         help="add liveness at 2 replicas x 2 writes and at 3 in a line x 2 "
-                             "writes, safety at 3 in a mesh x 3 writes (~9 min)")
+                             "writes, safety at 3 in a mesh x 3 writes (~10 min)")
     args = parser.parse_args(argv)
     for tool in ("spin", "cc"):
         if shutil.which(tool) is None:

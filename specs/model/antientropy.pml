@@ -14,6 +14,9 @@
  *   - state transfer: STATE_CHUNK / CHUNK_ACK / STATE_END, when the peer's resume point is
  *     below the floor or the floor passed what was sent (§3, §5);
  *   - the window of unacknowledged frames (§8);
+ *   - forwarding through a third replica: an entry received from a peer is logged with that
+ *     peer as origin and sent on to the others, not back to it (§4 "Not sent back"); a relay
+ *     trims against the acks of all its peers (§4 "Trimming");
  *   - faults: a connection breaks at any instant (the frames in flight are lost), a replica
  *     crashes and restarts with its persisted state (state, log, floor, received_from, the
  *     acks written at the last trim) and loses the rest (sessions, acks noted since).
@@ -23,10 +26,15 @@
  *
  * Not modelled: the handshake's authentication and scopes, heartbeats and timeouts (a dead
  * link is a broken connection here), frame and byte budgets, group commit, held (`pending`)
- * values, duplicate connections, a sender that lost committed transactions (nosync).
+ * values, duplicate connections, a sender that lost committed transactions (nosync), session
+ * tables (§11), HAVE and the relay's rules that narrow forwarding (§12), reconciliation (§13).
  *
  * Compile-time switches:
  *   N, W, RET, WIN, DROPS, CRASHES  the scope (defaults below)
+ *   WR                     how many replicas write (replicas 0..WR-1, W writes each; default N)
+ *   LINE                   replica N-1, the relay, is the only peer of every other replica
+ *                          (at N = 3 a line 0 - 2 - 1: replica 1 learns replica 0's writes
+ *                          only through 2, and the other way); default: every pair are peers
  *   BUG_ACK_BEFORE_APPLY   the receiver sends ACK(end) before it applies the DELTA (two steps)
  *   BUG_TRIM_PAST_ACK      the sender streams past a trim: no floor check when it reads the
  *                          entries after what it sent (entries trimmed past the peer's ack are
@@ -36,6 +44,13 @@
  *   BUG_RESUME_FORGETS     the resume point (received_from) is not persisted with the data
  *                          it covers: a crash loses it, and the restarted replica resumes
  *                          from 0 while its peers hold acks above that
+ * Seeded bugs only three replicas can show (one peer is every peer at two):
+ *   BUG_ORIGIN_IS_WRITER   the receiver logs a DELTA's entries with the replica that wrote
+ *                          them as origin, not the peer that sent them: a relay's peer then
+ *                          sends the relay back what the relay sent it
+ *   BUG_TRIM_ONE_PEER      the trim drops the entries acked by any one known peer, not by
+ *                          every one: a peer that has not acked them yet then needs a state
+ *                          transfer although retention never dropped them
  */
 
 #ifndef N
@@ -56,8 +71,16 @@
 #ifndef CRASHES
 #define CRASHES 1    /* replica crashes per run */
 #endif
+#ifndef WR
+#define WR N         /* replicas that write */
+#endif
+#ifdef LINE
+#define ADJ(a, b) ((a) != (b) && ((a) == N-1 || (b) == N-1))
+#else
+#define ADJ(a, b) ((a) != (b))
+#endif
 
-#define NW   (N*W)              /* writes in all */
+#define NW   (WR*W)             /* writes in all */
 #define L    (NW+1)             /* log slots per replica: each write is logged once, from 1 */
 #define ALL  ((1 << NW) - 1)
 #define CAP  (2*WIN + 2)        /* frames one direction of a link can hold (see send_frame) */
@@ -108,9 +131,17 @@ byte held_end[N*N];
 
 /* ---- ghost: for the properties only, never read by the protocol ---- */
 byte wseq[N*NW];             /* wseq[r*NW+w]: the entry of r's log that holds write w (0: none) */
+byte wfrom[N*NW];            /* wfrom[r*NW+w]: the replica whose frame brought w to r first */
+byte ackfloor[N];            /* the highest floor r's trims set from acks (not retention) */
 byte drops = 0;
 byte crashes = 0;
 bool trimmable[N];           /* scheduling: an ack or the head moved since r's last trim */
+
+/* Scratch of one atomic step: every step writes each of these before it reads it, so no value
+   is carried from one step to the next, and `hidden` keeps them out of the state vector (as
+   process locals they would keep their last values and multiply the states ~8x). */
+hidden byte p, k, f, a, b, m, c, novel;
+hidden mtype kind;
 
 #define HAS(m, w) (((m) >> (w)) & 1)
 
@@ -136,10 +167,19 @@ inline apply_logged(ar, ao, am) {
      logm[ar*L + head[ar]] = novel;
      for (k : 0 .. NW-1) {
        if
-       :: HAS(novel, k) -> wseq[ar*NW+k] = head[ar]
+       :: HAS(novel, k) -> wseq[ar*NW+k] = head[ar]; wfrom[ar*NW+k] = ao
        :: else
        fi
      }
+#ifdef BUG_ORIGIN_IS_WRITER
+     /* (one write per entry in the scopes this bug is checked at: W = 1) */
+     for (k : 0 .. NW-1) {
+       if
+       :: HAS(novel, k) -> logo[ar*L + head[ar]] = k / W
+       :: else
+       fi
+     }
+#endif
   :: else
   fi;
   state[ar] = state[ar] | am
@@ -188,13 +228,27 @@ inline connect(ca, cb) {
 /* Trim (§4): drop entries acked by every known peer, and entries more than RET behind the
    head; write the acks noted since the last trim. */
 inline trim(tr) {
-  f = head[tr];
+#ifdef BUG_TRIM_ONE_PEER
+  f = 0;
   for (k : 0 .. N-1) {
     if
-    :: k != tr && pack[IX(tr,k)] < f -> f = pack[IX(tr,k)]
+    :: ADJ(tr,k) && pack[IX(tr,k)] > f -> f = pack[IX(tr,k)]
     :: else
     fi
   }
+#else
+  f = head[tr];
+  for (k : 0 .. N-1) {
+    if
+    :: ADJ(tr,k) && pack[IX(tr,k)] < f -> f = pack[IX(tr,k)]
+    :: else
+    fi
+  }
+#endif
+  if
+  :: f > ackfloor[tr] -> ackfloor[tr] = f
+  :: else
+  fi;
   if
   :: head[tr] > RET && head[tr] - RET > f -> f = head[tr] - RET
   :: else
@@ -231,7 +285,9 @@ inline receive_one(rr, rp) {
      /* back-propagation avoided (§4): nothing from an entry of rp's log whose origin is rr */
      for (k : 0 .. NW-1) {
        if
-       :: HAS(m, k) -> assert(logo[rp*L + wseq[rp*NW+k]] != rr)
+       :: HAS(m, k) -> assert(logo[rp*L + wseq[rp*NW+k]] != rr);
+                       /* and not through a relay's log either: rp did not get it from rr */
+                       assert(wfrom[rp*NW+k] != rr)
        :: else
        fi
      }
@@ -282,6 +338,9 @@ inline receive_one(rr, rp) {
         last_sent[c] = a; last_acked[c] = a;
         out_st[c] = DELTAS
      :: else ->
+        /* acks alone never force a state transfer: only retention trims past a peer's
+           received_from (§4 "Trimming": entries acknowledged by every known peer) */
+        assert(ackfloor[rr] <= a);
         last_acked[c] = a;
         out_st[c] = XFER; xfer_head[c] = head[rr];
         xfer_phase[c] = (state[rr] != 0 -> 1 : 2)
@@ -341,7 +400,8 @@ inline send_one(sr, sp) {
         inflight[c]++
      :: else ->
         /* entries after what was sent were trimmed, nothing in flight (CAN_SEND): a state
-           transfer (§3) */
+           transfer (§3), which only retention, not acks, can force */
+        assert(ackfloor[sr] <= last_sent[c]);
         out_st[c] = XFER; xfer_head[c] = head[sr];
         xfer_phase[c] = (state[sr] != 0 -> 1 : 2)
      fi
@@ -361,7 +421,7 @@ inline send_one(sr, sp) {
 
 /* The per-peer branches of a replica's loop. A branch's first statement is its guard, so
    that an atomic branch either runs whole or is not enabled. */
-#define DIAL(P) :: atomic { (P < N && P > r && !up[IX(r,P)]) -> p = P; connect(r, p) }
+#define DIAL(P) :: atomic { (P < N && P > r && ADJ(r,P) && !up[IX(r,P)]) -> p = P; connect(r, p) }
 #define RECV(P) :: atomic { (P < N && P != r && nempty(link[IX(P,r)]) && NOT_HELD(P)) -> \
                             p = P; receive_one(r, p) }
 #define SEND(P) :: atomic { (P < N && P != r && CAN_SEND(r, P)) -> p = P; send_one(r, p) }
@@ -380,12 +440,10 @@ inline send_one(sr, sp) {
 #endif
 
 proctype Replica(byte r) {
-  byte p, k, f, a, b, m, c, novel;
-  mtype kind;
 end:
   do
   /* a local write, one transaction: state, log entry (§0) */
-  :: atomic { nwrites[r] < W ->
+  :: atomic { r < WR && nwrites[r] < W ->
        m = 1 << (r*W + nwrites[r]);
        nwrites[r]++;
        apply_logged(r, r, m) }
@@ -404,7 +462,6 @@ end:
                                 drops++; disconnect(X, Y) }
 #define CRASH(X) :: atomic { (crashes < CRASHES && X < N) -> crashes++; crash(X) }
 active proctype Faults() {
-  byte k;
 end:
   do
   BREAK(0, 1) BREAK(0, 2) BREAK(1, 2)
@@ -425,6 +482,13 @@ init {
 #else
 #define ALLHAVE (ALLHAVE_2 && state[2] == ALL)
 #endif
+
+/* Convergence at quiescence, a safety check: when nothing can move any more (every write
+   made, every fault spent, every connection open, every frame sent and answered), every
+   replica holds every write. `timeout` is enabled exactly in such a state. */
+active proctype Quiescence() {
+  timeout -> assert(ALLHAVE)
+}
 
 /* Liveness (check with pan -a -f): every write, acknowledged to its caller when its
    transaction committed, reaches every replica once the faults stop. */

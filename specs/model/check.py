@@ -28,23 +28,45 @@ class Check:
     defines: tuple[str, ...]
     liveness: bool = False  # pan -a -f with the ltl property; else safety + invalid end states
     bug: str | None = None  # a seeded bug: the check passes when spin finds an error
+    big: bool = False  # millions of states: worth compiling pan with -O2 (~7-14 s, vs ~1.5 s)
 
 
 SMALL = ("-DN=2", "-DW=1", "-DRET=1")  # 2 replicas, 1 write each, retention 1 entry
 WIDE = ("-DN=2", "-DW=2", "-DWIN=1")  # 2 replicas, 2 writes each, window 1
+# 3 replicas, window 1. A line 0 - 2 - 1 (replica 2 relays: 0 and 1 are not peers), with one
+# write (at 0) or one at each end; a full mesh with one write (at 0), or one at each replica.
+LINE1 = ("-DN=3", "-DLINE", "-DWR=1", "-DW=1", "-DWIN=1")
+LINE2 = ("-DN=3", "-DLINE", "-DWR=2", "-DW=1", "-DWIN=1")
+MESH1 = ("-DN=3", "-DWR=1", "-DW=1", "-DWIN=1")
+MESH3 = ("-DN=3", "-DWR=3", "-DW=1", "-DWIN=1")
 
 CHECKS = (
-    Check("safety, 2 replicas x 2 writes", WIDE),
+    Check("safety, 2 replicas x 2 writes", WIDE, big=True),
     Check("safety, 2 replicas x 1 write, retention 1", SMALL),
     Check("liveness, 2 replicas x 1 write, retention 1", SMALL, liveness=True),
-    *((Check("liveness, 2 replicas x 2 writes", WIDE, liveness=True),)  # 5.6 M states, ~4 min
-      if "--wide" in sys.argv else ()),
+    Check("safety, 3 in a line x 1 write", LINE1),
+    Check("liveness, 3 in a line x 1 write", LINE1, liveness=True),
+    Check("safety, 3 in a line x 1 write at each end", LINE2, big=True),
+    Check("safety, 3 in a line x 1 write at each end, retention 1", (*LINE2, "-DRET=1"),
+          big=True),
+    Check("safety, 3 in a mesh x 1 write", MESH1, big=True),
+    *(
+        (
+            Check("liveness, 2 replicas x 2 writes", WIDE, liveness=True, big=True),
+            Check("liveness, 3 in a line x 1 write at each end", LINE2, liveness=True, big=True),
+            Check("safety, 3 in a mesh x 1 write each", MESH3, big=True),
+        )
+        if "--wide" in sys.argv else ()
+    ),
     *(
         Check(f"seeded bug {bug}", SMALL, bug=bug)
         for bug in ("ACK_BEFORE_APPLY", "TRIM_PAST_ACK", "BACK_PROPAGATE", "RESUME_FORGETS")
     ),
+    # bugs only a relay shows: at 2 replicas the one peer is the origin and every peer
+    *(Check(f"seeded bug {bug}", LINE1, bug=bug) for bug in ("ORIGIN_IS_WRITER", "TRIM_ONE_PEER")),
 )
-QUICK = ("safety, 2 replicas x 1 write, retention 1", "seeded bug ACK_BEFORE_APPLY")
+QUICK = ("safety, 2 replicas x 1 write, retention 1", "seeded bug ACK_BEFORE_APPLY",
+         "safety, 3 in a line x 1 write", "seeded bug TRIM_ONE_PEER")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +93,12 @@ def run(check: Check, timeout: float = 600.0) -> Result:
         defines = list(check.defines) + ([f"-DBUG_{check.bug}"] if check.bug else [])
         subprocess.run(["spin", *defines, "-a", MODEL.name], cwd=work, check=True,
                        capture_output=True, timeout=timeout)
-        flags = ["-DCOLLAPSE", "-DMEMLIM=4096"]
+        # NFAIR=3: weak fairness over 3 replicas, Faults, Quiescence, init and the claim
+        flags = ["-DCOLLAPSE", "-DMEMLIM=4096", "-DNFAIR=3"]
         if not check.liveness:
             flags += ["-DSAFETY", "-DNOCLAIM"]
-        subprocess.run(["cc", "-w", "-O2", *flags, "-o", "pan", "pan.c"], cwd=work,
+        optimize = "-O2" if check.big else "-O0"
+        subprocess.run(["cc", "-w", optimize, *flags, "-o", "pan", "pan.c"], cwd=work,
                        check=True, capture_output=True, timeout=timeout)
         pan_args = ["./pan", "-m1000000"] + (["-a", "-f"] if check.liveness else [])
         out = subprocess.run(pan_args, cwd=work, capture_output=True, text=True,
@@ -100,9 +124,11 @@ def _find(pattern: str, text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="one real check, one seeded bug")
+    parser.add_argument("--quick", action="store_true",
+                        help="one real check and one seeded bug at 2 and at 3 replicas")
     parser.add_argument("--wide", action="store_true",
-                        help="add liveness at 2 replicas x 2 writes (5.6 M states, ~4 min)")
+                        help="add liveness at 2 replicas x 2 writes and at 3 in a line x 2 "
+                             "writes, safety at 3 in a mesh x 3 writes (~10 min)")
     args = parser.parse_args(argv)
     for tool in ("spin", "cc"):
         if shutil.which(tool) is None:
@@ -118,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                     if result.errors else "NOT found")
         else:
             what = f"{result.errors} errors"
-        print(f"{check.name:48} {result.states:>10,} states  {what}  "
+        print(f"{check.name:56} {result.states:>10,} states  {what}  "
               f"({result.seconds:.1f} s)  {verdict}")
         failed += not result.ok
     return 1 if failed else 0

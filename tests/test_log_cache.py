@@ -209,3 +209,15 @@ def test_an_entry_is_remembered_as_the_decoder_would_read_it():
     decoded = codec.decode_map(payload, DEFAULT_SCHEMA, STORAGE_LIMITS)
     assert "last_message" not in decoded.fields("c")
     assert as_decoded({"c": fields}, DEFAULT_SCHEMA) == decoded
+
+
+def test_a_peer_far_behind_does_not_push_out_the_newest_entries():
+    m = ConversationMap()
+    cache = LogCache(max_entries=2)
+    cache.put(10, b"j", m)
+    cache.put(11, b"k", m)
+    cache.put(5, b"e", m)  # read by a session far behind: not kept at the others' expense
+    assert cache.get(5, b"e") is None
+    assert cache.get(10, b"j") is m and cache.get(11, b"k") is m
+    cache.put(12, b"l", m)  # a new entry: the lowest goes
+    assert cache.get(10, b"j") is None and cache.get(12, b"l") is m

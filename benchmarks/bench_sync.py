@@ -97,6 +97,7 @@ from crdtim.protocol import (
     encode_frame,
 )
 
+from . import load_procs
 from .report import (
     announce,
     answer_child,
@@ -938,87 +939,7 @@ def bench_latency(cfg: argparse.Namespace, wd: Workdir, prof: Profiler) -> tuple
 # == e. latency under load ======================================================================
 
 
-async def _stream_writes(r: Replica, prefix: str, rate: float, stop: trio.Event,
-                         count: list[int]) -> None:
-    """`rate` single-op writes per second on `r` (its own conversations), paced by the clock
-    (a late tick writes the ones it owes), until `stop`."""
-    t0 = trio.current_time()
-    k = 0
-    while not stop.is_set():
-        due = int((trio.current_time() - t0) * rate)
-        while k < due:
-            r.set_title(f"{prefix}-{k % 500:03d}", f"streamed {k}")
-            k += 1
-        count[0] = k
-        await trio.sleep(0.001)
-
-
-async def crdtim_latency_under_load(rate: float, n_writes: int, wd: Workdir,
-                                    config: NodeConfig | None = None
-                                    ) -> tuple[list[float], float]:
-    """Server R (sync) with peer P (sync) and streamers S1, S2 (nosync) each writing `rate`
-    changes/s into R over loopback; R's single writes timed from commit to P's callback.
-    Returns the latencies (ms) and the rate R received from the streamers during them."""
-    dirs = [wd.fresh(f"load-{k}") for k in ("R", "P", "S1", "S2")]
-    r = Replica.open(dirs[0], durability="sync")
-    p = Replica.open(dirs[1], durability="sync")
-    streamers = [Replica.open(d, durability="nosync") for d in dirs[2:]]
-    populate(r, 100)
-    lat: list[float] = []
-    target: list[Any] = [None, None, 0.0]
-
-    def seen(change: crdtim.Change) -> None:
-        if change.origin == "remote" and change.conversation == target[0] and target[1] is not None:
-            target[2] = time.perf_counter()
-            target[1].set()
-
-    sub = p.subscribe(seen)
-    received = 0.0
-    everything = trio.CancelScope()
-    try:
-        with everything:
-            config = config or NodeConfig()
-            async with Node(r, listen=("127.0.0.1", 0), config=config) as nr, \
-                    trio.open_nursery() as nursery:
-                addr = [("127.0.0.1", nr.port)]
-                nodes = [await nursery.start(_run_node, x, addr, config)
-                         for x in (p, *streamers)]
-                await _wait_until(lambda: p.received_from(r.id) >= r.head)
-                stop = trio.Event()
-                counts = [[0], [0]]
-                for x, c, name in zip(streamers, counts, ("s1", "s2")):
-                    nursery.start_soon(_stream_writes, x, name, rate, stop, c)
-                await trio.sleep(0.5)  # the streams are flowing
-                got0 = sum(r.received_from(x.id) for x in streamers)
-                t_start = trio.current_time()
-                for k in range(n_writes):
-                    c = cid(k % 100)
-                    ev = trio.Event()
-                    target[:] = [c, ev, 0.0]
-                    r.set_title(c, f"Title {k}")
-                    t0 = time.perf_counter()
-                    with trio.fail_after(10):
-                        await ev.wait()
-                    lat.append((target[2] - t0) * 1000)
-                    await trio.sleep(0.002)  # R's writes are spaced, the streams are not
-                elapsed = trio.current_time() - t_start
-                received = (sum(r.received_from(x.id) for x in streamers) - got0) / elapsed
-                stop.set()
-                del nodes
-                everything.cancel()
-    finally:
-        sub.close()
-        for x in (r, p, *streamers):
-            x.close()
-        rm(*dirs)
-    return lat, received
-
-
-async def _run_node(x: Replica, peers: list[tuple[str, int]], config: NodeConfig,
-                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    async with Node(x, peers=peers, config=config) as node:
-        task_status.started(node)
-        await trio.sleep_forever()
+# The harness (R here, P and the streamers in child processes) is in load_procs.py.
 
 
 def bench_load(cfg: argparse.Namespace, wd: Workdir) -> tuple[list[Row], dict]:
@@ -1026,8 +947,8 @@ def bench_load(cfg: argparse.Namespace, wd: Workdir) -> tuple[list[Row], dict]:
     p50s, p99s, idle50, idle99, rates = [], [], [], [], []
     details: list[dict[str, Any]] = []
     for run in range(cfg.runs):
-        idle = trio.run(crdtim_latency_under_load, 0.0, n, wd)[0]
-        lat, got = trio.run(crdtim_latency_under_load, rate, n, wd)
+        idle = trio.run(load_procs.crdtim_latency_under_load, 0.0, n, wd)[0]
+        lat, got = trio.run(load_procs.crdtim_latency_under_load, rate, n, wd)
         p50s.append(percentile(lat, 50))
         p99s.append(percentile(lat, 99))
         idle50.append(percentile(idle, 50))
@@ -1036,8 +957,8 @@ def bench_load(cfg: argparse.Namespace, wd: Workdir) -> tuple[list[Row], dict]:
         details.append({"p50": p50s[-1], "p99": p99s[-1], "max": max(lat),
                         "idle_p50": idle50[-1], "idle_p99": idle99[-1], "received_per_s": got})
     setup = (f"server R (sync) <- 2 streamers (nosync) writing {rate:,.0f} changes/s each, "
-             f"-> peer P (sync); {n} writes at R per run, 2 ms apart; all four Nodes in this "
-             f"one process (one core's event loop); streams R received: "
+             f"-> peer P (sync); {n} writes at R per run, 2 ms apart; R in this process, P "
+             f"and each streamer in its own (benchmarks/load_procs.py); streams R received: "
              f"{statistics.median(rates):,.0f} changes/s median")
     rows = [
         Row("e-load", "commit -> visible at peer under load (2 x 2,000 changes/s in): p50",
@@ -1282,7 +1203,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="cProfile the crdtim side of each figure's first run into DIR")
     cfg = p.parse_args(argv)
     if answer_child(cfg, {"build": child_build, "serve": child_serve,
-                          "rawserve": child_rawserve}):
+                          "rawserve": child_rawserve, "streamer": load_procs.child_streamer,
+                          "loadpeer": load_procs.child_peer}):
         return 0
 
     q = cfg.quick

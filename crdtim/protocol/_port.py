@@ -46,7 +46,8 @@ class ReplicaPort(Protocol):
         """(end, join of the entries in (after, end] not from `skip_origin`, or None); at most
         `max_entries` entries and, but for the first, `max_bytes` of them encoded; entries
         for which `skip(seq, origin)` is true are left out too (specs/protocol.md §12).
-        Raises LogTrimmedError when entries after `after` are gone."""
+        Raises LogTrimmedError when entries after `after` are gone. The map may be shared
+        with other sessions (specs/storage.md §4): not to be changed."""
 
     def encoded_state_chunk(self, after: str | None, max_conversations: int = ...,
                             max_bytes: int | None = None,

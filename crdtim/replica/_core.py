@@ -25,6 +25,7 @@ from ..errors import CorruptStoreError, DecodeError, ReplicaClosedError
 from ..store import Store, Txn
 from ._checks import InvalidArgument, check_seq
 from ._clock import LeasedClock
+from ._log_cache import LogCache
 from ._state_cache import StateCache
 from ._subscriptions import Change, Changed, ChangeFeed, Subscription, changed
 from ._write import LocalOp
@@ -92,6 +93,8 @@ class ReplicaCore:
         self._leased_clock = LeasedClock()
         #: Decoded states by the exact bytes they came from (_state_cache.py).
         self._states = StateCache()
+        #: Decoded log entries, shared by the sessions that relay them (_log_cache.py).
+        self._log_cache = LogCache()
         # The open batch belongs to the task (or thread) that opened it, not to the replica:
         # another trio task writing meanwhile commits on its own, and is not lost if the
         # batch raises. Context variables are per task in trio and asyncio, per thread else.
@@ -226,6 +229,15 @@ class ReplicaCore:
                 f"{self.store.path}: cannot read a stored conversation ({e}): the file is "
                 f"damaged, or was written with a schema that has more fields (open it with "
                 f"that schema)") from None
+
+    def _decode_log_entry(self, seq: int, payload: bytes) -> ConversationMap:
+        """_decode_log of log entry `seq`, decoded once for every session that relays it
+        (_log_cache.py): the map returned is shared, and must not be changed."""
+        m = self._log_cache.get(seq, payload)
+        if m is None:
+            m = self._decode_log(payload)
+            self._log_cache.put(seq, payload, m)
+        return m
 
     def _decode_log(self, payload: bytes) -> ConversationMap:
         try:

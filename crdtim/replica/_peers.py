@@ -150,6 +150,9 @@ class Peers(ReplicaCore):
             return t.drop_log_upto(min(floor, head))
         dropped = self.store.write(write)
         self._pending_acks.clear()
+        if dropped:
+            # Never read again (delta_interval checks the floor first): not worth the memory.
+            self._log_cache.forget_upto(self.store.read(lambda t: t.log_floor()))
         return dropped
 
     def housekeeping(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from ..crdt import (
     conversation_view,
     join_fields,
 )
-from ..crdt.conversation import Fields
+from ..crdt.conversation import Fields, trusted_map
 from ..errors import CorruptStoreError, DecodeError, LogTrimmedError
 from ..store import Txn
 from ._checks import InvalidArgument, check_cid, check_seq
@@ -169,6 +169,8 @@ class Reads(ReplicaCore):
         None when every entry in the range was left out or there are none (then to == after).
         `skip(seq, origin)`, if given, leaves out more entries (the ones a peer already
         holds, specs/protocol.md §12); like those of `skip_origin` they are still covered.
+        Each entry is decoded once for every session relaying it, and `delta` may be shared
+        with them: not to be changed (specs/storage.md §4, "Decoded log entries are shared").
 
         Raises LogTrimmedError if entries after `after` were already dropped: checked in the
         same read transaction, so a trim can never make a gap go unnoticed.
@@ -180,6 +182,7 @@ class Reads(ReplicaCore):
                 raise LogTrimmedError(f"log entries after {after} were dropped "
                                       f"(log floor {t.log_floor()})")
             acc: dict[str, Fields] = {}
+            only: ConversationMap | None = None  # the interval's one entry, so far
             to = after
             size = 0
             for i, (seq, origin, payload) in enumerate(t.log_entries(after)):
@@ -190,12 +193,18 @@ class Reads(ReplicaCore):
                     size += len(payload)
                     if max_bytes is not None and size > max_bytes and acc:
                         break
-                    entry = self._decode_log(payload)
+                    # Decoded once for all the sessions relaying it (_log_cache.py).
+                    entry = self._decode_log_entry(seq, payload)
                     if acc and too_many_messages(acc, entry):
                         break
+                    only = entry if not acc else None
                     _join_into(acc, entry)
                 to = seq
-            return to, ConversationMap(acc, self.schema) if acc else None
+            if not acc:
+                return to, None
+            # One entry goes out as the (shared) map it is; a join of normalized maps is
+            # normalized (ConversationMap.join_all), so it needs no normalizing copy.
+            return to, only if only is not None else trusted_map(acc, self.schema)
         return self.store.read(read)
 
     def state_chunk(self, after: str | None, max_conversations: int = 1000,

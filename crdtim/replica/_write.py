@@ -13,11 +13,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .. import codec
-from ..crdt import Hlc, Schema, Stamp, hlc, join_fields
-from ..crdt.conversation import Fields
+from ..crdt import ConversationMap, Hlc, Schema, Stamp, hlc, join_fields
+from ..crdt.conversation import Fields, clear_covered
 from ..errors import ClockDriftError
 from ..store import Txn, order_key_of
 from ._clock import LeasedClock
+from ._log_cache import LogCache
 from ._message_index import MessageIndex
 from ._state_cache import StateCache
 from ._subscriptions import MESSAGES, Changed, changed
@@ -38,6 +39,7 @@ class WriteHost(Protocol):
     max_clock_drift_ms: int
     _leased_clock: LeasedClock
     _states: StateCache
+    _log_cache: LogCache
 
     def _now(self) -> int: ...
 
@@ -172,7 +174,11 @@ class WriteTxn:
                 # Every part joined here is non-bottom (a normalized map's, or a mutator's
                 # non-empty delta), so the map needs no normalizing pass.
                 self.log_payload = codec.encode_map(codec.trusted_map(self.delta, schema))
-            self.replica._note_logged(t.append_log(origin, self.log_payload))
+            seq = t.append_log(origin, self.log_payload)
+            self.replica._note_logged(seq)
+            # The entry as the map it holds, for the sessions that relay it: they need not
+            # decode it (_log_cache.py). Kept by its bytes, so an abort leaves nothing wrong.
+            self.replica._log_cache.put(seq, self.log_payload, as_decoded(self.delta, schema))
         if self.clock_moved and self.clock is not None and self.lease is not None:
             # Written only when the reading passed the stored lease (specs/storage.md §3a), so
             # most commits leave meta untouched.
@@ -181,3 +187,12 @@ class WriteTxn:
             if lease is not None:
                 t.put_clock(lease.wall, lease.counter)
         return [changed(cid, part) for cid, part in self.delta.items()]
+
+
+def as_decoded(delta: dict[str, Fields], schema: Schema) -> ConversationMap:
+    """The map a log entry encoding `delta` decodes to: the decoder drops a last message
+    covered by the conversation's cleared_at (specs/crdt.md §6, "Join"), which a lone
+    mutator's delta may still hold. Every part is non-bottom already (see `finish`)."""
+    out = {cid: clear_covered(fields) if "cleared_at" in fields else fields
+           for cid, fields in delta.items()}
+    return codec.trusted_map(out, schema)

@@ -190,6 +190,24 @@ def test_trimming_forgets_the_entries_it_dropped(open_replica):
     assert len(a._log_cache) == 2 and a.log_floor == 3
 
 
+def test_a_write_puts_in_only_small_entries_and_a_relay_decodes_a_large_one_once(open_replica):
+    """storage.md §4: building the map of a large entry (a state chunk, a big batch) as it
+    is written costs more than it saves; a session that relays it decodes and shares it."""
+    from crdtim.replica._log_cache import MAX_WRITTEN_ENTRY_BYTES
+
+    a = open_replica("a")
+    a.set_title("small", "t")
+    with a.batch():
+        for k in range(400):
+            a.set_title(f"c{k:04}", "a title long enough to make the entry large " * 2)
+    (_, _, small), (seq, _, large) = _stored_log(a)[-2:]
+    assert len(small) <= MAX_WRITTEN_ENTRY_BYTES < len(large)
+    assert a._log_cache.get(seq - 1, small) is not None and a._log_cache.get(seq, large) is None
+    assert a.delta_interval(seq - 1, max_entries=1) == (seq, codec.decode_map(large,
+                                                                         DEFAULT_SCHEMA))
+    assert a._log_cache.get(seq, large) is not None
+
+
 def test_the_cache_is_bounded_in_entries_and_bytes():
     m = ConversationMap()
     cache = LogCache(max_entries=2, max_bytes=10)

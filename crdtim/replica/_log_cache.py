@@ -23,13 +23,15 @@ from __future__ import annotations
 
 from ..crdt import ConversationMap
 
-__all__ = ["MAX_LOG_CACHE_BYTES", "MAX_LOG_CACHE_ENTRIES", "LogCache"]
+__all__ = ["MAX_LOG_CACHE_BYTES", "MAX_LOG_CACHE_ENTRIES", "MAX_WRITTEN_ENTRY_BYTES", "LogCache"]
 
 #: Entries remembered, at most, and the most bytes of their payloads (which bounds the
 #: objects kept alive). The sessions of one replica stream the same new entries within
 #: moments of each other, so a short window of the newest is what they share.
 MAX_LOG_CACHE_ENTRIES = 64
 MAX_LOG_CACHE_BYTES = 128 << 10
+#: The largest entry a write puts in as it commits; larger ones go in when first decoded.
+MAX_WRITTEN_ENTRY_BYTES = 16 << 10
 
 
 class LogCache:

@@ -18,7 +18,7 @@ from ..crdt.conversation import Fields, clear_covered
 from ..errors import ClockDriftError
 from ..store import Txn, order_key_of
 from ._clock import LeasedClock
-from ._log_cache import LogCache
+from ._log_cache import MAX_WRITTEN_ENTRY_BYTES, LogCache
 from ._message_index import MessageIndex
 from ._state_cache import StateCache
 from ._subscriptions import MESSAGES, Changed, changed
@@ -178,7 +178,11 @@ class WriteTxn:
             self.replica._note_logged(seq)
             # The entry as the map it holds, for the sessions that relay it: they need not
             # decode it (_log_cache.py). Kept by its bytes, so an abort leaves nothing wrong.
-            self.replica._log_cache.put(seq, self.log_payload, as_decoded(self.delta, schema))
+            # Not a large entry (a state chunk, a big batch): building its map costs a fifth
+            # of a bootstrap, and a session that relays it decodes and shares it anyway.
+            if len(self.log_payload) <= MAX_WRITTEN_ENTRY_BYTES:
+                self.replica._log_cache.put(seq, self.log_payload,
+                                            as_decoded(self.delta, schema))
         if self.clock_moved and self.clock is not None and self.lease is not None:
             # Written only when the reading passed the stored lease (specs/storage.md §3a), so
             # most commits leave meta untouched.

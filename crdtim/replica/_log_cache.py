@@ -22,6 +22,7 @@ garbage collector, and a cache of 512 entries (1 MiB) made applying ~25% slower 
 from __future__ import annotations
 
 from ..crdt import ConversationMap
+from ._state_cache import BytesCheckedCache
 
 __all__ = ["MAX_LOG_CACHE_BYTES", "MAX_LOG_CACHE_ENTRIES", "MAX_WRITTEN_ENTRY_BYTES", "LogCache"]
 
@@ -34,52 +35,34 @@ MAX_LOG_CACHE_BYTES = 128 << 10
 MAX_WRITTEN_ENTRY_BYTES = 16 << 10
 
 
-class LogCache:
+class LogCache(BytesCheckedCache[int, ConversationMap]):
     """seq -> (payload as stored, the map it decodes to); the lowest seqs go first."""
 
-    __slots__ = ("_bytes", "_entries", "_max_bytes", "_max_entries")
+    __slots__ = ("_max_bytes", "_max_entries")
 
     def __init__(self, max_entries: int = MAX_LOG_CACHE_ENTRIES,
                  max_bytes: int = MAX_LOG_CACHE_BYTES) -> None:
-        self._entries: dict[int, tuple[bytes, ConversationMap]] = {}
-        self._bytes = 0
+        super().__init__()
         self._max_entries, self._max_bytes = max_entries, max_bytes
-
-    def get(self, seq: int, payload: bytes) -> ConversationMap | None:
-        """The map `payload` decodes to, if it is the payload remembered for `seq`."""
-        entry = self._entries.get(seq)
-        if entry is not None and entry[0] == payload:
-            return entry[1]
-        return None
 
     def put(self, seq: int, payload: bytes, m: ConversationMap) -> None:
         """Remember that the log entry `seq` holding `payload` is `m`; the caller decoded
         one from the other, or encoded it. `m` must not be changed afterwards (maps are
         immutable in use)."""
-        entries = self._entries
-        old = entries.pop(seq, None)
-        if old is not None:
-            self._bytes -= len(old[0])
+        self._forget(seq)
         size = len(payload)
         if size > self._max_bytes:
             return
+        entries = self._entries
         while entries and (len(entries) >= self._max_entries
                            or self._bytes + size > self._max_bytes):
             lowest = min(entries)  # a few dozen keys: cheaper than keeping them ordered
             if seq < lowest:
                 return  # older than every entry kept: they are worth more
-            self._bytes -= len(entries.pop(lowest)[0])
-        entries[seq] = (payload, m)
-        self._bytes += size
+            self._forget(lowest)
+        self._keep(seq, payload, m)
 
     def forget_upto(self, seq: int) -> None:
         """Entries at or below `seq` were trimmed from the log: drop them."""
         for k in [k for k in self._entries if k <= seq]:
-            self._bytes -= len(self._entries.pop(k)[0])
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
+            self._forget(k)
